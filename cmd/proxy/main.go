@@ -1,0 +1,67 @@
+// Command proxy is svcproxy: a Kubernetes service proxy that replaces
+// kube-proxy's iptables and ipvs modes. It takes kube-proxy's flags and
+// configuration file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/klog/v2"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) > 0 && args[0] == "version" {
+		fmt.Println("svcproxy", version)
+		return 0
+	}
+	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
+	f := registerFlags(fs)
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if f.version {
+		fmt.Println("svcproxy", version)
+		return 0
+	}
+	defer klog.Flush()
+
+	cfg, err := f.configuration(fs)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if f.cleanup {
+		if err := cleanup(); err != nil {
+			klog.ErrorS(err, "Cleanup")
+			return 1
+		}
+		return 0
+	}
+	if err := serve(ctx, cfg, f); err != nil {
+		klog.ErrorS(err, "Proxy stopped")
+		return 1
+	}
+	// SIGTERM ends here: rules stay in place so traffic keeps flowing
+	// while the proxy restarts.
+	klog.InfoS("Stopped; kernel rules left in place")
+	return 0
+}

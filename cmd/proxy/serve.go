@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	"k8s.io/kube-proxy/config/v1alpha1"
+
+	"svcproxy.dev/svcproxy/pkg/config"
+	"svcproxy.dev/svcproxy/pkg/health"
+	"svcproxy.dev/svcproxy/pkg/metrics"
+	"svcproxy.dev/svcproxy/pkg/proxy"
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// serve runs the proxy until ctx is done.
+func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) error {
+	client, err := newClient(cfg, f.master)
+	if err != nil {
+		return err
+	}
+	nodeName, err := nodeName(cfg)
+	if err != nil {
+		return err
+	}
+	node := waitForNode(ctx, client, nodeName)
+	syncPeriod, minSyncPeriod := config.SyncPeriods(cfg)
+	klog.InfoS("Starting svcproxy", "version", version, "mode", cfg.Mode, "node", nodeName, "syncPeriod", syncPeriod, "minSyncPeriod", minSyncPeriod)
+
+	backends, err := newBackends(cfg, node)
+	if err != nil {
+		return err
+	}
+	hs := health.NewProxyHealthServer(health.ProxyHealthServerOptions{Addr: cfg.HealthzBindAddress, HealthTimeout: 2 * syncPeriod})
+	svcHealth := health.NewServiceHealthServer(health.ServiceHealthServerOptions{NodeIPs: healthCheckIPs(cfg, node), ProxyHealth: hs})
+	go runServer("healthz", func() error { return hs.Run(ctx) })
+	go runServer("metrics", func() error { return metrics.Serve(ctx, cfg.MetricsBindAddress) })
+
+	tracker := watch.NewTracker(nodeName)
+	daemon := proxy.New(proxy.Options{Tracker: tracker, Backends: backends, Health: hs, SvcHealth: svcHealth, SyncPeriod: syncPeriod})
+	runner := watch.NewRunner(daemon.Sync, watch.RunnerOptions{MinInterval: minSyncPeriod, MaxInterval: syncPeriod})
+	synced := watch.Watch(ctx, tracker, watch.InformerOptions{
+		Client: client, NodeName: nodeName, Resync: cfg.ConfigSyncPeriod.Duration,
+		OnChange: func() { daemon.Queued(); runner.Trigger() },
+	})
+	for _, b := range backends {
+		// A proxy that never manages a first sync must turn unhealthy.
+		hs.QueuedUpdate(b.Family())
+	}
+	runner.Run(ctx, synced)
+	return nil
+}
+
+func runServer(name string, run func() error) {
+	if err := run(); err != nil {
+		klog.ErrorS(err, "Server stopped", "server", name)
+	}
+}
+
+func newClient(cfg *v1alpha1.KubeProxyConfiguration, master string) (kubernetes.Interface, error) {
+	kubeconfig := cfg.ClientConnection.Kubeconfig
+	var rc *rest.Config
+	var err error
+	if kubeconfig == "" && master == "" {
+		rc, err = rest.InClusterConfig()
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags(master, kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("API client: %w", err)
+	}
+	rc.QPS = cfg.ClientConnection.QPS
+	rc.Burst = int(cfg.ClientConnection.Burst)
+	rc.ContentType = cfg.ClientConnection.ContentType
+	rc.AcceptContentTypes = cfg.ClientConnection.AcceptContentTypes
+	rc.UserAgent = "svcproxy/" + version
+	return kubernetes.NewForConfig(rc)
+}
+
+func nodeName(cfg *v1alpha1.KubeProxyConfiguration) (string, error) {
+	if cfg.HostnameOverride != "" {
+		return strings.ToLower(strings.TrimSpace(cfg.HostnameOverride)), nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("node name: %w", err)
+	}
+	return strings.ToLower(h), nil
+}
+
+// waitForNode fetches this node's Node object, needed for its primary IPs
+// and pod CIDRs; like kube-proxy it waits a while and then goes on without.
+func waitForNode(ctx context.Context, client kubernetes.Interface, name string) *v1.Node {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		node, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			return node
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			klog.ErrorS(err, "Could not get this node's Node object; going on without its addresses", "node", name)
+			return nil
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// primaryIPs returns the node's first InternalIP (else ExternalIP) per family.
+func primaryIPs(node *v1.Node) map[v1.IPFamily]netip.Addr {
+	out := map[v1.IPFamily]netip.Addr{}
+	if node == nil {
+		return out
+	}
+	for _, kind := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
+		for _, a := range node.Status.Addresses {
+			if a.Type != kind {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				fam := watch.FamilyOf(ip)
+				if _, ok := out[fam]; !ok {
+					out[fam] = ip.Unmap()
+				}
+			}
+		}
+	}
+	return out
+}
+
+// nodePortAddresses resolves nodePortAddresses for one family: nil means
+// every local address.
+func nodePortAddresses(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node, family v1.IPFamily) []netip.Addr {
+	if len(cfg.NodePortAddresses) == 0 {
+		return nil
+	}
+	out := []netip.Addr{}
+	local := localAddrs()
+	for _, entry := range cfg.NodePortAddresses {
+		switch entry {
+		case config.NodePortAddressesAll:
+			return nil
+		case config.NodePortAddressesPrimary:
+			if ip, ok := primaryIPs(node)[family]; ok {
+				out = append(out, ip)
+			}
+			continue
+		case config.NodePortAddressesLocalhost:
+			entry = "127.0.0.0/8"
+			if family == v1.IPv6Protocol {
+				entry = "::1/128"
+			}
+		}
+		prefix, err := netip.ParsePrefix(entry)
+		if err != nil {
+			continue // validated at load time
+		}
+		for _, a := range local {
+			if prefix.Contains(a) && watch.FamilyOf(a) == family {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+func localAddrs() []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		klog.ErrorS(err, "Listing local addresses")
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+// healthCheckIPs are the addresses health-check NodePorts listen on.
+func healthCheckIPs(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []net.IP {
+	var out []net.IP
+	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		addrs := nodePortAddresses(cfg, node, fam)
+		if addrs == nil {
+			return nil
+		}
+		for _, a := range addrs {
+			out = append(out, net.IP(a.AsSlice()))
+		}
+	}
+	return out
+}

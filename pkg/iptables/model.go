@@ -1,0 +1,157 @@
+// Package iptables is svcproxy's iptables backend: a ruleset model in
+// kube-proxy's chain layout, a pure planner (Snapshot -> Ruleset), a restore
+// writer that turns the difference between two Rulesets into the smallest
+// iptables-restore payload, a kernel interface with a real implementation
+// and a validating fake, and a packet tracer over the model.
+package iptables
+
+import (
+	"maps"
+	"slices"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// Table names.
+const (
+	TableFilter = "filter"
+	TableNAT    = "nat"
+	TableMangle = "mangle"
+)
+
+// Chain names shared with kube-proxy, so operators' habits and a node moving
+// from kube-proxy in place keep working.
+const (
+	ChainServices         = "KUBE-SERVICES"
+	ChainExternalServices = "KUBE-EXTERNAL-SERVICES"
+	ChainNodePorts        = "KUBE-NODEPORTS"
+	ChainPostrouting      = "KUBE-POSTROUTING"
+	ChainMarkMasq         = "KUBE-MARK-MASQ"
+	ChainForward          = "KUBE-FORWARD"
+	ChainProxyFirewall    = "KUBE-PROXY-FIREWALL"
+	ChainFirewall         = "KUBE-FIREWALL"
+	ChainCanary           = "KUBE-PROXY-CANARY"
+)
+
+// ChainKey names one chain in one table.
+type ChainKey struct {
+	Table string
+	Name  string
+}
+
+// ServiceRules is everything one Service owns: whole chains (KUBE-SVC-*,
+// KUBE-SVL-*, KUBE-EXT-*, KUBE-FW-*, KUBE-SEP-*) and its entries in the
+// shared chains (KUBE-SERVICES, KUBE-NODEPORTS, ...). A change to the Service
+// rewrites only these, which keeps a one-Service change independent of the
+// number of Services.
+type ServiceRules struct {
+	// Chains maps each owned chain to its rules (the text after "-A CHAIN ").
+	Chains map[ChainKey][]string
+	// Entries maps each shared chain to this Service's rules in it.
+	Entries map[ChainKey][]string
+}
+
+// Equal reports whether two ServiceRules hold the same rules.
+func (s *ServiceRules) Equal(o *ServiceRules) bool {
+	if s == nil || o == nil {
+		return s == o
+	}
+	eq := func(a, b []string) bool { return slices.Equal(a, b) }
+	return maps.EqualFunc(s.Chains, o.Chains, eq) && maps.EqualFunc(s.Entries, o.Entries, eq)
+}
+
+// Ruleset is the complete desired content of this proxy's chains for one IP
+// family. Shared chains hold every Service's entries (in Service order)
+// followed by their fixed Tail rules.
+type Ruleset struct {
+	Family v1.IPFamily
+	// Base holds the chains that belong to no Service, with their fixed rules.
+	// For a shared chain these rules come after every Service's entries.
+	Base map[ChainKey][]string
+	// Jumps are the rules in built-in chains that lead into ours; they are
+	// kept in place with -C/-I rather than through restore.
+	Jumps []Jump
+	// Services maps "namespace/name" to what that Service owns.
+	Services map[string]*ServiceRules
+}
+
+// Jump is one rule in a built-in chain (INPUT, PREROUTING, ...).
+type Jump struct {
+	Table string
+	Chain string
+	Rule  []string
+}
+
+// ServiceKeys returns the Services of the ruleset in a stable order.
+func (r *Ruleset) ServiceKeys() []string {
+	return slices.Sorted(maps.Keys(r.Services))
+}
+
+// Chain returns the full content of one chain as the kernel would hold it:
+// Service entries first (in ServiceKeys order), then the Base rules.
+func (r *Ruleset) Chain(key ChainKey) ([]string, bool) {
+	base, isBase := r.Base[key]
+	var rules []string
+	found := isBase
+	for _, svc := range r.ServiceKeys() {
+		sr := r.Services[svc]
+		if rs, ok := sr.Chains[key]; ok {
+			return rs, true
+		}
+		if rs, ok := sr.Entries[key]; ok {
+			rules = append(rules, rs...)
+			found = true
+		}
+	}
+	return append(rules, base...), found
+}
+
+// ChainKeys returns every chain the ruleset defines, sorted by table and name.
+func (r *Ruleset) ChainKeys() []ChainKey {
+	set := map[ChainKey]bool{}
+	for k := range r.Base {
+		set[k] = true
+	}
+	for _, sr := range r.Services {
+		for k := range sr.Chains {
+			set[k] = true
+		}
+	}
+	keys := slices.Collect(maps.Keys(set))
+	slices.SortFunc(keys, compareKeys)
+	return keys
+}
+
+// RuleCount returns the number of rules per table.
+func (r *Ruleset) RuleCount() map[string]int {
+	n := map[string]int{}
+	for k, rs := range r.Base {
+		n[k.Table] += len(rs)
+	}
+	for _, sr := range r.Services {
+		for k, rs := range sr.Chains {
+			n[k.Table] += len(rs)
+		}
+		for k, rs := range sr.Entries {
+			n[k.Table] += len(rs)
+		}
+	}
+	return n
+}
+
+func compareKeys(a, b ChainKey) int {
+	if a.Table != b.Table {
+		return compare(a.Table, b.Table)
+	}
+	return compare(a.Name, b.Name)
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

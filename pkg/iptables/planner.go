@@ -1,0 +1,384 @@
+package iptables
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// PlanOptions is the node configuration a plan depends on.
+type PlanOptions struct {
+	Family        v1.IPFamily
+	MasqueradeBit int
+	MasqueradeAll bool
+	// LocalDetector tells pod traffic from other traffic; nil when none.
+	LocalDetector *LocalDetector
+	// NodePortAddresses limits NodePorts to these node addresses; nil
+	// means every local address (-m addrtype --dst-type LOCAL), and an
+	// empty non-nil list means none of this family.
+	NodePortAddresses []netip.Addr
+	// LocalhostNodePorts serves NodePorts on 127.0.0.1 (IPv4 only).
+	LocalhostNodePorts bool
+	// NodeIP is the node's primary IP of this family: a load balancer
+	// source range that contains it also admits the LB IP as a source.
+	NodeIP netip.Addr
+	// TCPBeLiberal skips the INVALID-state drop in KUBE-FORWARD.
+	TCPBeLiberal bool
+}
+
+// LocalDetector matches traffic from pods on this node, as kube-proxy's
+// detect-local modes do.
+type LocalDetector struct {
+	IfLocal    []string
+	IfNotLocal []string
+}
+
+// ClusterCIDRDetector returns a detector for the family's cluster CIDR.
+func ClusterCIDRDetector(cidr netip.Prefix) *LocalDetector {
+	s := cidr.Masked().String()
+	return &LocalDetector{IfLocal: []string{"-s", s}, IfNotLocal: []string{"!", "-s", s}}
+}
+
+// InterfaceDetector returns a detector for a bridge interface or an
+// interface name prefix (given with a trailing "+").
+func InterfaceDetector(iface string) *LocalDetector {
+	return &LocalDetector{IfLocal: []string{"-i", iface}, IfNotLocal: []string{"!", "-i", iface}}
+}
+
+// Plan computes the Ruleset for one IP family. It is a pure function of the
+// snapshot and options: the same input always gives the same rules.
+func Plan(snap *watch.Snapshot, opts PlanOptions) *Ruleset {
+	return PlanFrom(nil, snap, opts)
+}
+
+// PlanFrom is Plan for a snapshot that follows the one prev was planned
+// from: Services the snapshot does not mark as changed keep their rules from
+// prev, so a sync plans only what changed. With a nil prev, or when the node
+// changed (locality and topology of every endpoint may differ), it plans
+// everything.
+func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
+	rs := &Ruleset{Family: opts.Family, Base: baseChains(opts), Jumps: jumps(opts), Services: map[string]*ServiceRules{}}
+	reuse := prev != nil && !snap.NodeChanged
+	var toPlan []watch.ServicePortName
+	for name, port := range snap.Services {
+		if _, ok := port.ClusterIP(opts.Family); !ok {
+			continue
+		}
+		key := name.NamespacedName.String()
+		if reuse && !snap.Changed[name.NamespacedName] {
+			if sr, ok := prev.Services[key]; ok {
+				rs.Services[key] = sr
+				continue
+			}
+		}
+		toPlan = append(toPlan, name)
+	}
+	slices.SortFunc(toPlan, watch.CompareNames)
+	for _, name := range toPlan {
+		key := name.NamespacedName.String()
+		sr := rs.Services[key]
+		if sr == nil {
+			sr = &ServiceRules{Chains: map[ChainKey][]string{}, Entries: map[ChainKey][]string{}}
+			rs.Services[key] = sr
+		}
+		planPort(sr, snap.Services[name], familyEndpoints(snap.Endpoints[name], opts.Family), snap.Node, opts)
+	}
+	return rs
+}
+
+func familyEndpoints(eps []*watch.Endpoint, family v1.IPFamily) []*watch.Endpoint {
+	var out []*watch.Endpoint
+	for _, ep := range eps {
+		if watch.FamilyOf(ep.Addr) == family {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// portPlan holds the decisions for one Service port, following the order
+// of kube-proxy's syncProxyRules so that the same traffic gets the same fate.
+type portPlan struct {
+	port      *watch.ServicePort
+	sel       watch.Selection
+	opts      PlanOptions
+	proto     string
+	name      string // "ns/name:port"
+	clusterIP netip.Addr
+
+	svcChain, svlChain, extChain, fwChain string
+	internalChain, externalChain           string
+
+	hasEndpoints, hasInternal, hasExternal bool
+	internalFilter, externalFilter         string // REJECT, DROP or ""
+	usesCluster, usesLocal, usesExt, useFW bool
+}
+
+func newPortPlan(port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts PlanOptions) *portPlan {
+	p := &portPlan{port: port, opts: opts, proto: protoLower(port), name: port.Name.String()}
+	p.clusterIP, _ = port.ClusterIP(opts.Family)
+	p.sel = watch.Select(port, eps, node)
+	p.svcChain, p.svlChain = portChain(prefixSVC, port), portChain(prefixSVL, port)
+	p.extChain, p.fwChain = portChain(prefixEXT, port), portChain(prefixFW, port)
+
+	p.internalChain, p.hasInternal = p.svcChain, len(p.sel.Cluster) > 0
+	if port.InternalPolicyLocal {
+		p.internalChain, p.hasInternal = p.svlChain, len(p.sel.Local) > 0
+	}
+	p.externalChain, p.hasExternal = p.svcChain, len(p.sel.Cluster) > 0
+	if port.ExternalPolicyLocal {
+		p.externalChain, p.hasExternal = p.svlChain, len(p.sel.Local) > 0
+	}
+	p.hasEndpoints = p.sel.HasAny
+	switch {
+	case !p.hasEndpoints:
+		p.internalFilter, p.externalFilter = "REJECT", "REJECT"
+	default:
+		if !p.hasInternal {
+			p.internalFilter = "DROP"
+		}
+		if !p.hasExternal {
+			p.externalFilter = "DROP"
+		}
+	}
+	p.usesCluster = len(p.sel.Cluster) > 0 && port.UsesClusterEndpoints()
+	p.usesLocal = len(p.sel.Local) > 0 && port.UsesLocalEndpoints()
+	p.usesExt = p.hasEndpoints && port.ExternallyAccessible()
+	p.useFW = p.hasEndpoints && len(port.LoadBalancerSourceRanges) > 0
+	return p
+}
+
+func planPort(sr *ServiceRules, port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts PlanOptions) {
+	p := newPortPlan(port, eps, node, opts)
+	b := &builder{sr: sr}
+	p.clusterIPRules(b)
+	p.externalIPRules(b)
+	p.loadBalancerRules(b)
+	p.nodePortRules(b)
+	p.externalChainRules(b)
+	p.firewallChainRules(b)
+	if p.usesCluster {
+		p.policyChainRules(b, p.svcChain, p.sel.Cluster)
+	}
+	if p.usesLocal {
+		p.policyChainRules(b, p.svlChain, p.sel.Local)
+	}
+	p.endpointChainRules(b)
+}
+
+// builder appends rules to a ServiceRules.
+type builder struct{ sr *ServiceRules }
+
+func (b *builder) entry(table, chain string, parts ...string) {
+	k := ChainKey{table, chain}
+	b.sr.Entries[k] = append(b.sr.Entries[k], join(parts))
+}
+
+func (b *builder) rule(table, chain string, parts ...string) {
+	k := ChainKey{table, chain}
+	b.sr.Chains[k] = append(b.sr.Chains[k], join(parts))
+}
+
+// declare makes an owned chain exist even if it stays empty.
+func (b *builder) declare(table, chain string) {
+	k := ChainKey{table, chain}
+	if _, ok := b.sr.Chains[k]; !ok {
+		b.sr.Chains[k] = []string{}
+	}
+}
+
+func join(parts []string) string { return strings.Join(parts, " ") }
+
+func comment(text string) string { return "-m comment --comment " + strconv.Quote(text) }
+
+func hostPrefix(a netip.Addr) string {
+	return netip.PrefixFrom(a, a.BitLen()).String()
+}
+
+// match returns "-m proto -p proto -d ip --dport port" for an address.
+func (p *portPlan) match(ip netip.Addr, port int32) string {
+	return fmt.Sprintf("-m %s -p %s -d %s --dport %d", p.proto, p.proto, hostPrefix(ip), port)
+}
+
+func (p *portPlan) clusterIPRules(b *builder) {
+	args := []string{comment(p.name + " cluster IP"), p.match(p.clusterIP, p.port.Port)}
+	if !p.hasInternal {
+		b.entry(TableFilter, ChainServices, append(args, "-j", p.internalFilter)...)
+		return
+	}
+	b.declare(TableNAT, p.internalChain)
+	switch {
+	case p.opts.MasqueradeAll:
+		b.rule(TableNAT, p.internalChain, append(args, "-j", ChainMarkMasq)...)
+	case p.opts.LocalDetector != nil:
+		b.rule(TableNAT, p.internalChain, append(append(args, p.opts.LocalDetector.IfNotLocal...), "-j", ChainMarkMasq)...)
+	}
+	b.entry(TableNAT, ChainServices, append(args, "-j", p.internalChain)...)
+}
+
+func (p *portPlan) externalIPRules(b *builder) {
+	for _, ip := range p.port.ExternalIPs {
+		if watch.FamilyOf(ip) != p.opts.Family {
+			continue
+		}
+		args := []string{comment(p.name + " external IP"), p.match(ip, p.port.Port)}
+		if p.hasEndpoints {
+			b.entry(TableNAT, ChainServices, append(args, "-j", p.extChain)...)
+		}
+		if p.externalFilter != "" {
+			b.entry(TableFilter, ChainExternalServices, append(args, "-j", p.externalFilter)...)
+		}
+	}
+}
+
+func (p *portPlan) loadBalancerRules(b *builder) {
+	target := p.extChain
+	if p.useFW {
+		target = p.fwChain
+	}
+	for _, ip := range p.port.LoadBalancerIPs {
+		if watch.FamilyOf(ip) != p.opts.Family {
+			continue
+		}
+		if p.hasEndpoints {
+			b.entry(TableNAT, ChainServices, comment(p.name+" loadbalancer IP"), p.match(ip, p.port.Port), "-j", target)
+		}
+		if p.useFW {
+			b.entry(TableFilter, ChainProxyFirewall, comment(p.name+" traffic not accepted by "+p.fwChain), p.match(ip, p.port.Port), "-j", "DROP")
+		}
+		if p.externalFilter != "" {
+			b.entry(TableFilter, ChainExternalServices, comment(p.name+" has no local endpoints"), p.match(ip, p.port.Port), "-j", p.externalFilter)
+		}
+	}
+}
+
+func (p *portPlan) nodePortRules(b *builder) {
+	if p.port.NodePort != 0 {
+		portMatch := fmt.Sprintf("-m %s -p %s --dport %d", p.proto, p.proto, p.port.NodePort)
+		if p.hasEndpoints {
+			b.entry(TableNAT, ChainNodePorts, comment(p.name), portMatch, "-j", p.extChain)
+		}
+		if p.externalFilter != "" {
+			b.entry(TableFilter, ChainExternalServices, comment(p.name), "-m addrtype --dst-type LOCAL", portMatch, "-j", p.externalFilter)
+		}
+	}
+	if hc := p.port.HealthCheckNodePort; hc != 0 {
+		b.entry(TableFilter, ChainNodePorts, comment(p.name+" health check node port"), fmt.Sprintf("-m tcp -p tcp --dport %d", hc), "-j", "ACCEPT")
+	}
+}
+
+// externalChainRules writes KUBE-EXT-*: under Cluster policy external
+// traffic is masqueraded; under Local policy pod and host traffic is sent
+// to every endpoint (as if it went out to the load balancer and back) and
+// the rest keeps its source and goes to local endpoints only.
+func (p *portPlan) externalChainRules(b *builder) {
+	if !p.usesExt {
+		return
+	}
+	b.declare(TableNAT, p.extChain)
+	if !p.port.ExternalPolicyLocal {
+		b.rule(TableNAT, p.extChain, comment("masquerade traffic for "+p.name+" external destinations"), "-j", ChainMarkMasq)
+	} else if p.usesCluster {
+		// Only when the cluster chain exists (it does not when both
+		// policies are Local).
+		if d := p.opts.LocalDetector; d != nil {
+			b.rule(TableNAT, p.extChain, append([]string{comment("pod traffic for " + p.name + " external destinations")}, append(d.IfLocal, "-j", p.svcChain)...)...)
+		}
+		b.rule(TableNAT, p.extChain, comment("masquerade LOCAL traffic for "+p.name+" external destinations"), "-m addrtype --src-type LOCAL", "-j", ChainMarkMasq)
+		b.rule(TableNAT, p.extChain, comment("route LOCAL traffic for "+p.name+" external destinations"), "-m addrtype --src-type LOCAL", "-j", p.svcChain)
+	}
+	if p.hasExternal {
+		b.rule(TableNAT, p.extChain, "-j", p.externalChain)
+	}
+}
+
+// firewallChainRules writes KUBE-FW-*: allowed source ranges continue to
+// KUBE-EXT-*; anything else falls through undNATed and is dropped by the
+// filter rule in KUBE-PROXY-FIREWALL.
+func (p *portPlan) firewallChainRules(b *builder) {
+	if !p.useFW {
+		return
+	}
+	b.declare(TableNAT, p.fwChain)
+	args := comment(p.name + " loadbalancer IP")
+	allowFromNode := false
+	for _, cidr := range p.port.LoadBalancerSourceRanges {
+		if cidr.Addr().Is4() != (p.opts.Family == v1.IPv4Protocol) {
+			continue
+		}
+		b.rule(TableNAT, p.fwChain, args, "-s", cidr.String(), "-j", p.extChain)
+		if p.opts.NodeIP.IsValid() && cidr.Contains(p.opts.NodeIP) {
+			allowFromNode = true
+		}
+	}
+	if !allowFromNode {
+		return
+	}
+	for _, ip := range p.port.LoadBalancerIPs {
+		if watch.FamilyOf(ip) == p.opts.Family {
+			b.rule(TableNAT, p.fwChain, args, "-s", hostPrefix(ip), "-j", p.extChain)
+		}
+	}
+}
+
+// policyChainRules writes a KUBE-SVC-* or KUBE-SVL-* chain: affinity checks
+// first, then one rule per endpoint with probability 1/(n-i) so that each of
+// n endpoints is equally likely.
+func (p *portPlan) policyChainRules(b *builder, chain string, eps []*watch.Endpoint) {
+	b.declare(TableNAT, chain)
+	if t := p.port.SessionAffinityTimeout; t > 0 {
+		for _, ep := range eps {
+			sep := endpointChain(p.port, ep)
+			b.rule(TableNAT, chain, comment(p.name+" -> "+ep.String()), "-m recent --name", sep, "--rcheck --seconds", strconv.Itoa(int(t)), "--reap -j", sep)
+		}
+	}
+	n := len(eps)
+	for i, ep := range eps {
+		parts := []string{comment(p.name + " -> " + ep.String())}
+		if i < n-1 {
+			parts = append(parts, fmt.Sprintf("-m statistic --mode random --probability %0.10f", 1.0/float64(n-i)))
+		}
+		b.rule(TableNAT, chain, append(parts, "-j", endpointChain(p.port, ep))...)
+	}
+}
+
+// endpointChainRules writes one KUBE-SEP-* per reachable endpoint: hairpin
+// traffic (an endpoint reaching itself) is masqueraded, then DNAT.
+func (p *portPlan) endpointChainRules(b *builder) {
+	for _, ep := range p.reachable() {
+		sep := endpointChain(p.port, ep)
+		b.rule(TableNAT, sep, comment(p.name), "-s", hostPrefix(ep.Addr), "-j", ChainMarkMasq)
+		dnat := []string{comment(p.name)}
+		if p.port.SessionAffinityTimeout > 0 {
+			dnat = append(dnat, "-m recent --name", sep, "--set")
+		}
+		b.rule(TableNAT, sep, append(dnat, fmt.Sprintf("-m %s -p %s -j DNAT --to-destination %s", p.proto, p.proto, ep.String()))...)
+	}
+}
+
+// reachable returns the endpoints some chain of this port jumps to.
+func (p *portPlan) reachable() []*watch.Endpoint {
+	var eps []*watch.Endpoint
+	seen := map[*watch.Endpoint]bool{}
+	add := func(list []*watch.Endpoint) {
+		for _, ep := range list {
+			if !seen[ep] {
+				seen[ep] = true
+				eps = append(eps, ep)
+			}
+		}
+	}
+	if p.usesCluster {
+		add(p.sel.Cluster)
+	}
+	if p.usesLocal {
+		add(p.sel.Local)
+	}
+	return eps
+}

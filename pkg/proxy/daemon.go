@@ -1,0 +1,207 @@
+// Package proxy runs the sync loop: it takes Snapshots from the watch
+// Tracker when the Runner says so, hands them to every backend (one per IP
+// family), and reports the outcome to metrics and the health servers. It
+// holds no kernel logic of its own.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+
+	"svcproxy.dev/svcproxy/pkg/health"
+	"svcproxy.dev/svcproxy/pkg/metrics"
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// Backend programs one IP family of the kernel from Snapshots.
+type Backend interface {
+	// Family is the IP family the backend programs.
+	Family() v1.IPFamily
+	// Sync makes the kernel match snap.
+	Sync(snap *watch.Snapshot) (Result, error)
+	// Verify looks for drift between the kernel and the last successful
+	// sync; a non-empty reason means the next Sync must rewrite everything.
+	Verify() (reason, detail string, err error)
+	// ForceFull makes the next Sync a full one.
+	ForceFull()
+}
+
+// Result is what a backend reports about one successful sync.
+type Result struct {
+	Full         bool
+	PayloadBytes int
+	// Rules counts the rules (or real servers) per table after the sync.
+	Rules map[string]int
+}
+
+// Options configures a Daemon.
+type Options struct {
+	Tracker   *watch.Tracker
+	Backends  []Backend
+	Health    *health.ProxyHealthServer
+	SvcHealth *health.ServiceHealthServer
+	// SyncPeriod is how often the kernel is checked for drift.
+	SyncPeriod time.Duration
+	// OnSynced is called after each successful sync (for conntrack cleanup).
+	OnSynced func(prev, cur *watch.Snapshot)
+}
+
+// Daemon is the sync loop.
+type Daemon struct {
+	opts Options
+
+	mu         sync.Mutex
+	lastVerify time.Time
+	prev       *watch.Snapshot
+	// failed is set after a failed sync: that snapshot's change set is
+	// gone, so the next sync must be a full one.
+	failed bool
+}
+
+// New returns a Daemon.
+func New(opts Options) *Daemon { return &Daemon{opts: opts} }
+
+// Queued is called for every watch event: it marks an update as pending for
+// the health check and the queued-timestamp metric.
+func (d *Daemon) Queued() {
+	now := time.Now()
+	for _, b := range d.opts.Backends {
+		if d.opts.Health != nil {
+			d.opts.Health.QueuedUpdate(b.Family())
+		}
+		metrics.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(string(b.Family())).Set(float64(now.Unix()))
+	}
+	svc, ep := d.opts.Tracker.Pending()
+	metrics.ServiceChangesPending.Set(float64(svc))
+	metrics.EndpointChangesPending.Set(float64(ep))
+}
+
+// Sync takes a Snapshot and syncs every backend. It is the Runner's sync
+// function.
+func (d *Daemon) Sync(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	svcChanges, epChanges := d.opts.Tracker.Pending()
+	snap := d.opts.Tracker.Snapshot()
+	metrics.ServiceChangesPending.Set(0)
+	metrics.EndpointChangesPending.Set(0)
+	metrics.ServiceChangesTotal.Add(float64(svcChanges))
+	metrics.EndpointChangesTotal.Add(float64(epChanges))
+
+	if d.failed {
+		// The change set of the failed snapshot is gone; a full sync
+		// covers it.
+		for _, b := range d.opts.Backends {
+			b.ForceFull()
+		}
+	}
+	d.checkDrift()
+
+	var errs []error
+	for _, b := range d.opts.Backends {
+		if err := d.syncBackend(b, snap); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.failed = len(errs) > 0
+	if d.failed {
+		return errors.Join(errs...)
+	}
+	if d.opts.Health != nil {
+		d.opts.Health.SyncNode(d.opts.Tracker.Node())
+	}
+	d.syncHealthChecks(snap)
+	if d.opts.OnSynced != nil {
+		d.opts.OnSynced(d.prev, snap)
+	}
+	d.prev = snap
+	return nil
+}
+
+func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) error {
+	fam := string(b.Family())
+	start := time.Now()
+	res, err := b.Sync(snap)
+	elapsed := metrics.SinceInSeconds(start)
+	if err != nil {
+		metrics.SyncProxyRulesSyncFailuresTotal.WithLabelValues(fam).Inc()
+		klog.ErrorS(err, "Sync failed; previous rules stay in place and the next sync rewrites everything", "family", fam)
+		return fmt.Errorf("%s: %w", fam, err)
+	}
+	metrics.SyncProxyRulesLatency.WithLabelValues(fam).Observe(elapsed)
+	if res.Full {
+		metrics.SyncFullProxyRulesLatency.WithLabelValues(fam).Observe(elapsed)
+	} else {
+		metrics.SyncPartialProxyRulesLatency.WithLabelValues(fam).Observe(elapsed)
+	}
+	if res.PayloadBytes > 0 {
+		metrics.SyncProxyRulesRestoreBytes.WithLabelValues(fam).Observe(float64(res.PayloadBytes))
+	}
+	for table, n := range res.Rules {
+		metrics.IPTablesRulesTotal.WithLabelValues(table, fam).Set(float64(n))
+	}
+	metrics.SyncProxyRulesLastTimestamp.WithLabelValues(fam).SetToCurrentTime()
+	for _, at := range snap.TriggerTimes {
+		metrics.NetworkProgrammingLatency.WithLabelValues(fam).Observe(metrics.SinceInSeconds(at))
+	}
+	if d.opts.Health != nil {
+		d.opts.Health.Updated(b.Family())
+	}
+	klog.V(2).InfoS("Synced", "family", fam, "full", res.Full, "bytes", res.PayloadBytes, "took", time.Since(start))
+	return nil
+}
+
+// checkDrift asks each backend, at most once per SyncPeriod, whether the
+// kernel still holds what it wrote; drift is logged once and repaired by the
+// full sync that follows.
+func (d *Daemon) checkDrift() {
+	if d.opts.SyncPeriod <= 0 || time.Since(d.lastVerify) < d.opts.SyncPeriod {
+		return
+	}
+	d.lastVerify = time.Now()
+	for _, b := range d.opts.Backends {
+		reason, detail, err := b.Verify()
+		if err != nil {
+			klog.ErrorS(err, "Checking kernel state", "family", b.Family())
+			continue
+		}
+		if reason == "" {
+			continue
+		}
+		klog.InfoS("Kernel rules drifted from what was written; repairing", "family", b.Family(), "reason", reason, "detail", detail)
+		metrics.SyncProxyRulesDriftRepairsTotal.WithLabelValues(reason, string(b.Family())).Inc()
+		b.ForceFull()
+	}
+}
+
+// syncHealthChecks opens the health-check NodePorts of eTP=Local Services
+// and tells each how many local endpoints it has.
+func (d *Daemon) syncHealthChecks(snap *watch.Snapshot) {
+	if d.opts.SvcHealth == nil {
+		return
+	}
+	ports := map[types.NamespacedName]uint16{}
+	local := map[types.NamespacedName]int{}
+	for name, port := range snap.Services {
+		if port.HealthCheckNodePort == 0 {
+			continue
+		}
+		ports[name.NamespacedName] = uint16(port.HealthCheckNodePort)
+		sel := watch.Select(port, snap.Endpoints[name], snap.Node)
+		local[name.NamespacedName] = max(local[name.NamespacedName], len(sel.Local))
+	}
+	if err := d.opts.SvcHealth.SyncServices(ports); err != nil {
+		klog.ErrorS(err, "Opening health-check NodePorts")
+	}
+	if err := d.opts.SvcHealth.SyncEndpoints(local); err != nil {
+		klog.ErrorS(err, "Updating health-check NodePorts")
+	}
+}

@@ -1,0 +1,125 @@
+package watch
+
+import (
+	"context"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+)
+
+// serviceSelector leaves out Services another proxy owns and headless ones,
+// as kube-proxy does, so they never reach this process at all.
+const serviceSelector = "!" + LabelServiceProxyName + ",!" + LabelHeadless
+
+// InformerOptions configures Watch.
+type InformerOptions struct {
+	Client   kubernetes.Interface
+	NodeName string
+	// Resync is the informers' resync period (configSyncPeriod).
+	Resync time.Duration
+	// OnChange is called after every recorded event (typically Runner.Trigger).
+	OnChange func()
+}
+
+// Watch starts informers for Services, EndpointSlices and this node's Node,
+// feeding tracker. The returned channel closes once every cache has synced.
+func Watch(ctx context.Context, tracker *Tracker, opts InformerOptions) <-chan struct{} {
+	notify := opts.OnChange
+	if notify == nil {
+		notify = func() {}
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = serviceSelector }))
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", opts.NodeName).String()
+		}))
+
+	svcInformer := factory.Core().V1().Services().Informer()
+	sliceInformer := factory.Discovery().V1().EndpointSlices().Informer()
+	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+	mustAdd(svcInformer, serviceHandler(tracker, notify))
+	mustAdd(sliceInformer, sliceHandler(tracker, notify))
+	mustAdd(nodeInformer, nodeHandler(tracker, notify))
+
+	factory.Start(ctx.Done())
+	nodeFactory.Start(ctx.Done())
+
+	synced := make(chan struct{})
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced) {
+			close(synced)
+		}
+	}()
+	return synced
+}
+
+func mustAdd(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) {
+	if _, err := inf.AddEventHandler(h); err != nil {
+		// Only fails on a stopped informer, which cannot happen before Start.
+		klog.ErrorS(err, "Adding event handler")
+	}
+}
+
+func serviceHandler(t *Tracker, notify func()) cache.ResourceEventHandler {
+	set := func(obj any) {
+		if svc, ok := obj.(*v1.Service); ok {
+			t.OnService(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, svc)
+			notify()
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    set,
+		UpdateFunc: func(_, obj any) { set(obj) },
+		DeleteFunc: func(obj any) {
+			if svc, ok := unwrap(obj).(*v1.Service); ok {
+				t.OnService(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, nil)
+				notify()
+			}
+		},
+	}
+}
+
+func sliceHandler(t *Tracker, notify func()) cache.ResourceEventHandler {
+	on := func(obj any, deleted bool) {
+		if es, ok := unwrap(obj).(*discovery.EndpointSlice); ok {
+			t.OnEndpointSlice(es, deleted)
+			notify()
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { on(obj, false) },
+		UpdateFunc: func(_, obj any) { on(obj, false) },
+		DeleteFunc: func(obj any) { on(obj, true) },
+	}
+}
+
+func nodeHandler(t *Tracker, notify func()) cache.ResourceEventHandler {
+	set := func(obj any) {
+		if n, ok := obj.(*v1.Node); ok {
+			t.OnNode(n)
+			notify()
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    set,
+		UpdateFunc: func(_, obj any) { set(obj) },
+		DeleteFunc: func(any) { t.OnNode(nil); notify() },
+	}
+}
+
+// unwrap returns the object inside a tombstone left by a missed delete.
+func unwrap(obj any) any {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		return d.Obj
+	}
+	return obj
+}

@@ -1,0 +1,119 @@
+package watch
+
+import (
+	"context"
+	"time"
+
+	"k8s.io/utils/clock"
+)
+
+// RunnerOptions configures a Runner.
+type RunnerOptions struct {
+	// MinInterval is the least time between two syncs (minSyncPeriod):
+	// changes arriving faster than that are coalesced into one sync.
+	MinInterval time.Duration
+	// MaxInterval is the most time between two syncs (syncPeriod): the
+	// backend then checks the kernel for drift even when nothing changed.
+	MaxInterval time.Duration
+	// InitialBackoff is the first retry delay after a failed sync; it
+	// doubles on each further failure, up to MaxInterval.
+	InitialBackoff time.Duration
+	// Clock is the time source (a fake one in tests).
+	Clock clock.WithTicker
+}
+
+// Runner calls a sync function when asked to, but no more often than
+// MinInterval, at least every MaxInterval, and again after a failure with
+// exponential backoff. It never syncs before Run's ready channel closes, so a
+// backend never programs a half-filled cache.
+type Runner struct {
+	opts    RunnerOptions
+	sync    func(context.Context) error
+	trigger chan struct{}
+}
+
+// NewRunner returns a Runner that calls sync.
+func NewRunner(sync func(context.Context) error, opts RunnerOptions) *Runner {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	if opts.MaxInterval <= 0 {
+		opts.MaxInterval = 30 * time.Second
+	}
+	if opts.InitialBackoff <= 0 {
+		opts.InitialBackoff = time.Second
+	}
+	return &Runner{opts: opts, sync: sync, trigger: make(chan struct{}, 1)}
+}
+
+// Trigger asks for a sync soon. It never blocks; several triggers before the
+// next sync count as one.
+func (r *Runner) Trigger() {
+	select {
+	case r.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run waits for ready to close, then syncs until ctx is done.
+func (r *Runner) Run(ctx context.Context, ready <-chan struct{}) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-ready:
+	}
+	var st runnerState
+	st.pending = true
+	for {
+		timer := r.opts.Clock.NewTimer(r.wait(&st))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-r.trigger:
+			timer.Stop()
+			st.pending = true
+			continue
+		case <-timer.C():
+		}
+		st.last = r.opts.Clock.Now()
+		st.ran = true
+		st.pending = false
+		if err := r.sync(ctx); err != nil {
+			st.backoff = r.nextBackoff(st.backoff)
+		} else {
+			st.backoff = 0
+		}
+	}
+}
+
+type runnerState struct {
+	ran     bool
+	last    time.Time
+	pending bool
+	backoff time.Duration // non-zero after a failure
+}
+
+// wait returns how long to sleep before the next sync.
+func (r *Runner) wait(st *runnerState) time.Duration {
+	if !st.ran {
+		return 0
+	}
+	var next time.Time
+	switch {
+	case st.backoff > 0:
+		next = st.last.Add(st.backoff)
+	case st.pending:
+		next = st.last.Add(r.opts.MinInterval)
+	default:
+		next = st.last.Add(r.opts.MaxInterval)
+	}
+	return max(next.Sub(r.opts.Clock.Now()), 0)
+}
+
+func (r *Runner) nextBackoff(prev time.Duration) time.Duration {
+	if prev == 0 {
+		return min(r.opts.InitialBackoff, r.opts.MaxInterval)
+	}
+	return min(2*prev, r.opts.MaxInterval)
+}

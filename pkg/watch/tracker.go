@@ -1,0 +1,238 @@
+package watch
+
+import (
+	"reflect"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+)
+
+// Tracker records Service, EndpointSlice and Node events and hands out
+// Snapshots. Events only mark a Service dirty; the conversion and comparison
+// happen in Snapshot, so a burst of events (or an add followed by a delete)
+// costs one comparison and may turn out to be no change at all.
+type Tracker struct {
+	nodeName string
+
+	mu       sync.Mutex
+	services map[types.NamespacedName]*v1.Service
+	slices   map[types.NamespacedName]map[string]*discovery.EndpointSlice
+	node     *v1.Node
+
+	dirty       map[types.NamespacedName]bool
+	nodeDirty   bool
+	svcEvents   int
+	epEvents    int
+	triggerTime map[types.NamespacedName]time.Time
+
+	// state as of the last Snapshot
+	ports     map[types.NamespacedName]map[ServicePortName]*ServicePort
+	endpoints map[types.NamespacedName]map[ServicePortName][]*Endpoint
+	nodeInfo  NodeInfo
+	first     bool
+}
+
+// NewTracker returns a Tracker for the node called nodeName.
+func NewTracker(nodeName string) *Tracker {
+	return &Tracker{
+		nodeName:    nodeName,
+		services:    map[types.NamespacedName]*v1.Service{},
+		slices:      map[types.NamespacedName]map[string]*discovery.EndpointSlice{},
+		dirty:       map[types.NamespacedName]bool{},
+		triggerTime: map[types.NamespacedName]time.Time{},
+		ports:       map[types.NamespacedName]map[ServicePortName]*ServicePort{},
+		endpoints:   map[types.NamespacedName]map[ServicePortName][]*Endpoint{},
+		nodeInfo:    NodeInfo{Name: nodeName},
+		first:       true,
+	}
+}
+
+// OnService records the current state of a Service; nil deletes it.
+func (t *Tracker) OnService(name types.NamespacedName, svc *v1.Service) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if svc == nil {
+		delete(t.services, name)
+	} else {
+		t.services[name] = svc
+	}
+	t.dirty[name] = true
+	t.svcEvents++
+}
+
+// OnEndpointSlice records the current state of a slice; nil deletes it.
+// Slices without the service-name label belong to no Service and are ignored.
+func (t *Tracker) OnEndpointSlice(slice *discovery.EndpointSlice, deleted bool) {
+	svcName, ok := slice.Labels[discovery.LabelServiceName]
+	if !ok || svcName == "" {
+		return
+	}
+	name := types.NamespacedName{Namespace: slice.Namespace, Name: svcName}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	bySlice := t.slices[name]
+	if deleted {
+		delete(bySlice, slice.Name)
+		if len(bySlice) == 0 {
+			delete(t.slices, name)
+		}
+	} else {
+		if bySlice == nil {
+			bySlice = map[string]*discovery.EndpointSlice{}
+			t.slices[name] = bySlice
+		}
+		bySlice[slice.Name] = slice
+	}
+	t.dirty[name] = true
+	t.epEvents++
+	t.noteTriggerTime(name, slice)
+}
+
+func (t *Tracker) noteTriggerTime(name types.NamespacedName, slice *discovery.EndpointSlice) {
+	raw, ok := slice.Annotations[v1.EndpointsLastChangeTriggerTime]
+	if !ok {
+		return
+	}
+	at, err := time.Parse(time.RFC3339Nano, raw)
+	if err != nil {
+		return
+	}
+	if prev, ok := t.triggerTime[name]; !ok || at.Before(prev) {
+		t.triggerTime[name] = at
+	}
+}
+
+// OnNode records this node's Node object (nil when it is deleted).
+func (t *Tracker) OnNode(node *v1.Node) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.node = node
+	t.nodeDirty = true
+}
+
+// Node returns the last Node object seen (nil if none).
+func (t *Tracker) Node() *v1.Node {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.node
+}
+
+// Pending returns how many service and endpoint events wait for a Snapshot.
+func (t *Tracker) Pending() (services, endpoints int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.svcEvents, t.epEvents
+}
+
+// Snapshot returns the current desired state and which Services changed
+// since the previous call.
+func (t *Tracker) Snapshot() *Snapshot {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+
+	snap := &Snapshot{
+		Changed:      map[types.NamespacedName]bool{},
+		TriggerTimes: t.triggerTime,
+	}
+	t.refreshNode(snap)
+	for name := range t.dirty {
+		if t.refreshService(name) {
+			snap.Changed[name] = true
+		}
+	}
+	if snap.NodeChanged {
+		for name := range t.ports {
+			snap.Changed[name] = true
+		}
+	}
+	t.fill(snap)
+
+	t.dirty = map[types.NamespacedName]bool{}
+	t.triggerTime = map[types.NamespacedName]time.Time{}
+	t.svcEvents, t.epEvents = 0, 0
+	t.first = false
+	return snap
+}
+
+// refreshNode re-reads the Node. Locality and topology of every endpoint
+// depend on it, so a change re-plans everything.
+func (t *Tracker) refreshNode(snap *Snapshot) {
+	info := nodeInfo(t.nodeName, t.node)
+	snap.NodeChanged = t.first || (t.nodeDirty && !reflect.DeepEqual(info, t.nodeInfo))
+	if snap.NodeChanged && !t.first {
+		// Endpoint locality does not depend on labels, but topology does.
+		for name := range t.ports {
+			t.dirty[name] = true
+		}
+	}
+	t.nodeInfo = info
+	t.nodeDirty = false
+	snap.Node = info
+}
+
+// refreshService converts one dirty Service and reports whether its ports or
+// endpoints differ from what the last Snapshot held.
+func (t *Tracker) refreshService(name types.NamespacedName) bool {
+	ports, ok := t.convertService(name)
+	if !ok {
+		// Keep the last good state of an object that became invalid: a bad
+		// update must not take a working Service down.
+		return false
+	}
+	var eps map[ServicePortName][]*Endpoint
+	if len(ports) > 0 {
+		var warnings []string
+		eps, warnings = sliceEndpoints(name, t.slices[name], t.nodeName)
+		for _, w := range warnings {
+			klog.InfoS("Skipping invalid part of EndpointSlice", "service", name, "problem", w)
+		}
+	}
+	changed := !reflect.DeepEqual(ports, t.ports[name]) || !reflect.DeepEqual(eps, t.endpoints[name])
+	if len(ports) == 0 {
+		delete(t.ports, name)
+		delete(t.endpoints, name)
+	} else {
+		t.ports[name] = ports
+		t.endpoints[name] = eps
+	}
+	return changed
+}
+
+// convertService returns the ports of a Service (none when it is gone or not
+// ours); ok is false when the Service is invalid and must be skipped.
+func (t *Tracker) convertService(name types.NamespacedName) (ports map[ServicePortName]*ServicePort, ok bool) {
+	svc := t.services[name]
+	if svc == nil {
+		return nil, true
+	}
+	ports, warnings, err := servicePorts(svc)
+	if err != nil {
+		klog.ErrorS(err, "Skipping invalid Service; its last good state (if any) stays programmed", "service", name)
+		return nil, false
+	}
+	for _, w := range warnings {
+		klog.InfoS("Ignoring invalid part of Service", "service", name, "problem", w)
+	}
+	return ports, true
+}
+
+func (t *Tracker) fill(snap *Snapshot) {
+	n := 0
+	for _, ports := range t.ports {
+		n += len(ports)
+	}
+	snap.Services = make(map[ServicePortName]*ServicePort, n)
+	snap.Endpoints = make(map[ServicePortName][]*Endpoint, n)
+	for name, ports := range t.ports {
+		for spn, p := range ports {
+			snap.Services[spn] = p
+			if eps := t.endpoints[name][spn]; len(eps) > 0 {
+				snap.Endpoints[spn] = eps
+			}
+		}
+	}
+}

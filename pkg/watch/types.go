@@ -1,0 +1,196 @@
+// Package watch turns the API server's Services, EndpointSlices and this
+// node's Node object into immutable Snapshots that the backends plan from.
+//
+// Data flows one way: informer events go into a Tracker, the Tracker hands out
+// Snapshots, and a Runner decides when a backend syncs. Endpoint selection
+// (readiness, terminating fallback, traffic policies, topology) lives here as
+// pure functions so that both backends and `proxy explain` share it.
+package watch
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// ServicePortName identifies one port of one Service, as kube-proxy does:
+// "namespace/name:portname" plus the protocol.
+type ServicePortName struct {
+	types.NamespacedName
+	Port     string
+	Protocol v1.Protocol
+}
+
+// String returns "namespace/name:port" (":port" omitted for an unnamed port).
+func (n ServicePortName) String() string {
+	if n.Port == "" {
+		return n.NamespacedName.String()
+	}
+	return fmt.Sprintf("%s:%s", n.NamespacedName.String(), n.Port)
+}
+
+// ServicePort is everything a backend needs to know about one Service port.
+// It is immutable once built: a change produces a new value.
+type ServicePort struct {
+	Name     ServicePortName
+	Type     v1.ServiceType
+	Protocol v1.Protocol
+	Port     int32
+	NodePort int32
+
+	ClusterIPs               []netip.Addr
+	ExternalIPs              []netip.Addr
+	LoadBalancerIPs          []netip.Addr // ingress IPs in VIP mode only
+	LoadBalancerSourceRanges []netip.Prefix
+
+	ExternalPolicyLocal bool
+	InternalPolicyLocal bool
+	HealthCheckNodePort int32
+
+	// SessionAffinityTimeout is the ClientIP affinity timeout in seconds, or 0
+	// when the Service has no session affinity.
+	SessionAffinityTimeout int32
+}
+
+// ExternallyAccessible reports whether traffic can reach the port from
+// outside the cluster (NodePort, external IPs or LoadBalancer IPs).
+func (p *ServicePort) ExternallyAccessible() bool {
+	return p.NodePort != 0 || len(p.ExternalIPs) > 0 || len(p.LoadBalancerIPs) > 0
+}
+
+// UsesClusterEndpoints reports whether some traffic to the port may go to
+// endpoints on any node.
+func (p *ServicePort) UsesClusterEndpoints() bool {
+	return !p.InternalPolicyLocal || (p.ExternallyAccessible() && !p.ExternalPolicyLocal)
+}
+
+// UsesLocalEndpoints reports whether some traffic to the port is restricted
+// to endpoints on this node.
+func (p *ServicePort) UsesLocalEndpoints() bool {
+	return p.InternalPolicyLocal || (p.ExternallyAccessible() && p.ExternalPolicyLocal)
+}
+
+// ClusterIP returns the port's ClusterIP of the given family, if any.
+func (p *ServicePort) ClusterIP(family v1.IPFamily) (netip.Addr, bool) {
+	for _, ip := range p.ClusterIPs {
+		if FamilyOf(ip) == family {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// Endpoint is one backend address and port of a Service port.
+type Endpoint struct {
+	Addr     netip.Addr
+	Port     int32
+	NodeName string
+	Zone     string
+	// IsLocal is true when the endpoint runs on this node.
+	IsLocal bool
+	// ZoneHints and NodeHints are the topology hints of the endpoint, sorted.
+	ZoneHints []string
+	NodeHints []string
+
+	Ready       bool
+	Serving     bool
+	Terminating bool
+}
+
+// String returns "ip:port" ("[ip]:port" for IPv6).
+func (e *Endpoint) String() string {
+	return netip.AddrPortFrom(e.Addr, uint16(e.Port)).String()
+}
+
+// HasZoneHint reports whether the endpoint is hinted for zone.
+func (e *Endpoint) HasZoneHint(zone string) bool { return slices.Contains(e.ZoneHints, zone) }
+
+// HasNodeHint reports whether the endpoint is hinted for node.
+func (e *Endpoint) HasNodeHint(node string) bool { return slices.Contains(e.NodeHints, node) }
+
+// NodeInfo is what the proxy needs of its own Node object.
+type NodeInfo struct {
+	Name   string
+	Labels map[string]string
+	// Zone is the topology.kubernetes.io/zone label.
+	Zone string
+	// Deleting is set while the Node has a deletion timestamp or is tainted
+	// for removal by the cluster autoscaler.
+	Deleting bool
+}
+
+// Snapshot is the desired state of every Service port on this node at one
+// moment. It is never modified after the Tracker hands it out.
+type Snapshot struct {
+	Services  map[ServicePortName]*ServicePort
+	Endpoints map[ServicePortName][]*Endpoint
+	Node      NodeInfo
+
+	// Changed names the Services whose ports or endpoints differ from the
+	// previous Snapshot. NodeChanged means every Service must be re-planned.
+	Changed     map[types.NamespacedName]bool
+	NodeChanged bool
+
+	// TriggerTimes holds, per changed Service, the earliest change trigger
+	// time of its EndpointSlices (for network programming latency).
+	TriggerTimes map[types.NamespacedName]time.Time
+}
+
+// SortedNames returns the snapshot's service port names in a stable order,
+// so that plans and payloads are deterministic.
+func (s *Snapshot) SortedNames() []ServicePortName {
+	names := make([]ServicePortName, 0, len(s.Services))
+	for n := range s.Services {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, CompareNames)
+	return names
+}
+
+// PortsOf returns the ports of one Service, sorted.
+func (s *Snapshot) PortsOf(svc types.NamespacedName) []*ServicePort {
+	var out []*ServicePort
+	for n, p := range s.Services {
+		if n.NamespacedName == svc {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b *ServicePort) int { return CompareNames(a.Name, b.Name) })
+	return out
+}
+
+// CompareNames orders service port names by namespace, name, port, protocol.
+func CompareNames(a, b ServicePortName) int {
+	if a.Namespace != b.Namespace {
+		return cmpString(a.Namespace, b.Namespace)
+	}
+	if a.Name != b.Name {
+		return cmpString(a.Name, b.Name)
+	}
+	if a.Port != b.Port {
+		return cmpString(a.Port, b.Port)
+	}
+	return cmpString(string(a.Protocol), string(b.Protocol))
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// FamilyOf returns the IP family of addr.
+func FamilyOf(addr netip.Addr) v1.IPFamily {
+	if addr.Is4() || addr.Is4In6() {
+		return v1.IPv4Protocol
+	}
+	return v1.IPv6Protocol
+}
