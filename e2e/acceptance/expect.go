@@ -60,10 +60,11 @@ type Attempt struct {
 	Backend netip.AddrPort // the responder's own address (ClassBackend)
 	Peer    netip.AddrPort // the client address the responder saw
 	Local   netip.AddrPort // the client socket's own address
-	// SNAT is the conntrack verdict for node and localhost sources: the reply
-	// tuple's destination differs from the original source. Nil if unknown.
-	SNAT   *bool
-	Detail string
+	// ReplyDst is, for node and localhost sources, the destination of the
+	// conntrack entry's reply tuple; it differs from Local when the
+	// connection was source-NATed. Invalid if no entry was found.
+	ReplyDst netip.AddrPort
+	Detail   string
 }
 
 // Label names the attempt's outcome for reports.
@@ -169,11 +170,14 @@ func (c Check) masqueradeFault(atts []Attempt) string {
 			continue
 		}
 		if c.SourceKind == KindNode || c.SourceKind == KindLocalhost {
-			if a.SNAT == nil {
-				return fmt.Sprintf("masquerade: no conntrack entry found for %s -> %s", a.Local, a.Backend)
+			if !a.ReplyDst.IsValid() {
+				return fmt.Sprintf("masquerade: no conntrack entry found for %s (backend %s)", a.Local, a.Backend)
 			}
-			if *a.SNAT != want {
-				return fmt.Sprintf("masquerade: conntrack reply tuple %s SNAT for %s, expected %s", yesNo(*a.SNAT, "shows", "shows no"), a.Local, yesNo(want, "SNAT", "no SNAT"))
+			if snat := a.ReplyDst != a.Local; snat != want {
+				if want {
+					return fmt.Sprintf("masquerade: conntrack reply tuple goes back to %s unchanged, expected SNAT", a.Local)
+				}
+				return fmt.Sprintf("masquerade: conntrack reply tuple goes to %s, not the client %s, expected no SNAT", a.ReplyDst, a.Local)
 			}
 			continue
 		}
@@ -187,13 +191,6 @@ func (c Check) masqueradeFault(atts []Attempt) string {
 		}
 	}
 	return ""
-}
-
-func yesNo(b bool, yes, no string) string {
-	if b {
-		return yes
-	}
-	return no
 }
 
 // summarize renders attempts as "10.180.0.1:80 x7, REJECT x3", most

@@ -272,17 +272,20 @@ func protoNum(protocol string) uint8 {
 	return unix.IPPROTO_TCP
 }
 
-// SNAT looks up the entry whose original tuple is src -> dst and reports
-// whether its reply tuple goes to an address other than src. ok is false
-// when no entry matches.
-func (c *Conntrack) SNAT(protocol string, src, dst netip.AddrPort) (snat, ok bool, err error) {
+// SNAT looks up the entry whose original tuple is src -> dst and returns
+// the reply tuple's destination: the connection was source-NATed when that
+// differs from src. A MASQUERADE that keeps the address (the node IP is
+// already the source) still shows, as a changed port, when the proxy uses
+// --random-fully as kube-proxy does; one that changes neither leaves no
+// trace on the wire either. ok is false when no entry matches.
+func (c *Conntrack) SNAT(protocol string, src, dst netip.AddrPort) (replyDst netip.AddrPort, ok bool, err error) {
 	fam := netlink.InetFamily(unix.AF_INET)
 	if src.Addr().Is6() {
 		fam = netlink.InetFamily(unix.AF_INET6)
 	}
 	flows, err := c.h.ConntrackTableList(netlink.ConntrackTable, fam)
 	if err != nil {
-		return false, false, err
+		return replyDst, false, err
 	}
 	proto := protoNum(protocol)
 	for _, f := range flows {
@@ -291,9 +294,10 @@ func (c *Conntrack) SNAT(protocol string, src, dst netip.AddrPort) (snat, ok boo
 			!ipEq(o.SrcIP, src.Addr()) || !ipEq(o.DstIP, dst.Addr()) {
 			continue
 		}
-		return !ipEq(f.Reverse.DstIP, src.Addr()), true, nil
+		ip, _ := netip.AddrFromSlice(f.Reverse.DstIP)
+		return netip.AddrPortFrom(ip.Unmap(), f.Reverse.DstPort), true, nil
 	}
-	return false, false, nil
+	return replyDst, false, nil
 }
 
 func ipEq(ip net.IP, a netip.Addr) bool {

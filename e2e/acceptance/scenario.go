@@ -54,32 +54,32 @@ type Config struct {
 
 // Service is a Service as a scenario writes it.
 type Service struct {
-	Namespace                     string              `json:"namespace"`
-	Name                          string              `json:"name"`
-	Type                          string              `json:"type,omitempty"`
-	ClusterIP                     string              `json:"clusterIP,omitempty"`
-	ClusterIPs                    []string            `json:"clusterIPs,omitempty"`
-	IPFamilies                    []string            `json:"ipFamilies,omitempty"`
-	IPFamilyPolicy                string              `json:"ipFamilyPolicy,omitempty"`
-	Ports                         []ServicePort       `json:"ports,omitempty"`
-	ExternalIPs                   []string            `json:"externalIPs,omitempty"`
-	ExternalName                  string              `json:"externalName,omitempty"`
-	LoadBalancerIPs               []string            `json:"loadBalancerIPs,omitempty"`
-	LoadBalancerIngress           []LBIngress         `json:"loadBalancerIngress,omitempty"`
-	LoadBalancerSourceRanges      []string            `json:"loadBalancerSourceRanges,omitempty"`
-	LoadBalancerClass             *string             `json:"loadBalancerClass,omitempty"`
-	AllocateLoadBalancerNodePorts *bool               `json:"allocateLoadBalancerNodePorts,omitempty"`
-	ExternalTrafficPolicy         string              `json:"externalTrafficPolicy,omitempty"`
-	InternalTrafficPolicy         string              `json:"internalTrafficPolicy,omitempty"`
-	HealthCheckNodePort           int32               `json:"healthCheckNodePort,omitempty"`
-	SessionAffinity               string              `json:"sessionAffinity,omitempty"`
-	SessionAffinityTimeoutSeconds *int32              `json:"sessionAffinityTimeoutSeconds,omitempty"`
-	SessionAffinityConfig         *AffinityConfig     `json:"sessionAffinityConfig,omitempty"`
-	PublishNotReadyAddresses      bool                `json:"publishNotReadyAddresses,omitempty"`
-	Annotations                   map[string]string   `json:"annotations,omitempty"`
-	Labels                        map[string]string   `json:"labels,omitempty"`
-	TrafficDistribution           *string             `json:"trafficDistribution,omitempty"`
-	Selector                      map[string]string   `json:"selector,omitempty"`
+	Namespace                     string            `json:"namespace"`
+	Name                          string            `json:"name"`
+	Type                          string            `json:"type,omitempty"`
+	ClusterIP                     string            `json:"clusterIP,omitempty"`
+	ClusterIPs                    []string          `json:"clusterIPs,omitempty"`
+	IPFamilies                    []string          `json:"ipFamilies,omitempty"`
+	IPFamilyPolicy                string            `json:"ipFamilyPolicy,omitempty"`
+	Ports                         []ServicePort     `json:"ports,omitempty"`
+	ExternalIPs                   []string          `json:"externalIPs,omitempty"`
+	ExternalName                  string            `json:"externalName,omitempty"`
+	LoadBalancerIPs               []string          `json:"loadBalancerIPs,omitempty"`
+	LoadBalancerIngress           []LBIngress       `json:"loadBalancerIngress,omitempty"`
+	LoadBalancerSourceRanges      []string          `json:"loadBalancerSourceRanges,omitempty"`
+	LoadBalancerClass             *string           `json:"loadBalancerClass,omitempty"`
+	AllocateLoadBalancerNodePorts *bool             `json:"allocateLoadBalancerNodePorts,omitempty"`
+	ExternalTrafficPolicy         string            `json:"externalTrafficPolicy,omitempty"`
+	InternalTrafficPolicy         string            `json:"internalTrafficPolicy,omitempty"`
+	HealthCheckNodePort           int32             `json:"healthCheckNodePort,omitempty"`
+	SessionAffinity               string            `json:"sessionAffinity,omitempty"`
+	SessionAffinityTimeoutSeconds *int32            `json:"sessionAffinityTimeoutSeconds,omitempty"`
+	SessionAffinityConfig         *AffinityConfig   `json:"sessionAffinityConfig,omitempty"`
+	PublishNotReadyAddresses      bool              `json:"publishNotReadyAddresses,omitempty"`
+	Annotations                   map[string]string `json:"annotations,omitempty"`
+	Labels                        map[string]string `json:"labels,omitempty"`
+	TrafficDistribution           *string           `json:"trafficDistribution,omitempty"`
+	Selector                      map[string]string `json:"selector,omitempty"`
 }
 
 // AffinityConfig is the API's sessionAffinityConfig, accepted as an

@@ -71,6 +71,10 @@ var baseSysctls = [][2]string{
 	{"net.ipv6.conf.default.accept_dad", "0"},
 	{"net.ipv6.conf.all.accept_ra", "0"},
 	{"net.ipv6.conf.default.accept_ra", "0"},
+	// The kernel limits ICMP errors per peer (burst 6, then 1/s); several
+	// REJECTed attempts in a row would otherwise partly pass as DROP.
+	{"net.ipv4.icmp_ratelimit", "0"},
+	{"net.ipv6.icmp.ratelimit", "0"},
 }
 
 var routingSysctls = [][2]string{

@@ -300,6 +300,8 @@ func (c *ControlPlane) buildClients() error {
 		QPS:             200,
 		Burst:           400,
 		Timeout:         30 * time.Second,
+		// Deprecation warnings (externalIPs, PreferClose) are expected here.
+		WarningHandler: rest.NoWarnings{},
 	}
 	cl, err := kubernetes.NewForConfig(c.RESTConfig)
 	if err != nil {

@@ -8,6 +8,7 @@ package iptables
 import (
 	"maps"
 	"slices"
+	"sync"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -73,6 +74,10 @@ type Ruleset struct {
 	Jumps []Jump
 	// Services maps "namespace/name" to what that Service owns.
 	Services map[string]*ServiceRules
+
+	once   sync.Once
+	keys   []string            // sorted Service keys
+	owners map[ChainKey]string // owned chain -> Service key
 }
 
 // Jump is one rule in a built-in chain (INPUT, PREROUTING, ...).
@@ -84,24 +89,39 @@ type Jump struct {
 
 // ServiceKeys returns the Services of the ruleset in a stable order.
 func (r *Ruleset) ServiceKeys() []string {
-	return slices.Sorted(maps.Keys(r.Services))
+	r.index()
+	return r.keys
+}
+
+// index builds the lookup tables once; a Ruleset is not changed after
+// planning, so they stay valid.
+func (r *Ruleset) index() {
+	r.once.Do(func() {
+		r.keys = slices.Sorted(maps.Keys(r.Services))
+		r.owners = map[ChainKey]string{}
+		for svc, sr := range r.Services {
+			for k := range sr.Chains {
+				r.owners[k] = svc
+			}
+		}
+	})
 }
 
 // Chain returns the full content of one chain as the kernel would hold it:
-// Service entries first (in ServiceKeys order), then the Base rules.
+// for a shared chain, every Service's entries (in ServiceKeys order) then
+// the Base rules. The slice is the caller's to keep or change.
 func (r *Ruleset) Chain(key ChainKey) ([]string, bool) {
-	base, isBase := r.Base[key]
+	r.index()
+	if svc, ok := r.owners[key]; ok {
+		return slices.Clone(r.Services[svc].Chains[key]), true
+	}
+	base, found := r.Base[key]
+	if !sharedChains[key] {
+		return slices.Clone(base), found
+	}
 	var rules []string
-	found := isBase
-	for _, svc := range r.ServiceKeys() {
-		sr := r.Services[svc]
-		if rs, ok := sr.Chains[key]; ok {
-			return rs, true
-		}
-		if rs, ok := sr.Entries[key]; ok {
-			rules = append(rules, rs...)
-			found = true
-		}
+	for _, svc := range r.keys {
+		rules = append(rules, r.Services[svc].Entries[key]...)
 	}
 	return append(rules, base...), found
 }

@@ -113,7 +113,7 @@ type portPlan struct {
 	clusterIP netip.Addr
 
 	svcChain, svlChain, extChain, fwChain string
-	internalChain, externalChain           string
+	internalChain, externalChain          string
 
 	hasEndpoints, hasInternal, hasExternal bool
 	internalFilter, externalFilter         string // REJECT, DROP or ""

@@ -41,7 +41,9 @@ func (p *payload) table(name string) *tableLines {
 
 // declare flushes (or creates) a chain: under --noflush a ":CHAIN" line
 // empties an existing chain, which is how a chain is rewritten atomically.
-func (p *payload) declare(k ChainKey) { p.table(k.Table).decl = append(p.table(k.Table).decl, ":"+k.Name+" - [0:0]") }
+func (p *payload) declare(k ChainKey) {
+	p.table(k.Table).decl = append(p.table(k.Table).decl, ":"+k.Name+" - [0:0]")
+}
 
 func (p *payload) appendRules(k ChainKey, rules []string) {
 	t := p.table(k.Table)

@@ -190,7 +190,10 @@ func affinityTimeout(svc *v1.Service) int32 {
 
 // sliceEndpoints merges a Service's EndpointSlices into endpoints per service
 // port. Slices are taken in name order and an ip:port seen twice keeps its
-// first occurrence, so the result does not depend on event order.
+// first occurrence unless a later one is local (kube-proxy favours the local
+// copy too). Each port's endpoints are sorted by "ip:port" string, as
+// kube-proxy's endpointsMapFromEndpointInfo does, so the result depends
+// neither on event order nor on the order of endpoints inside a slice.
 func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*discovery.EndpointSlice, nodeName string) (map[ServicePortName][]*Endpoint, []string) {
 	names := make([]string, 0, len(slicesByName))
 	for n := range slicesByName {
@@ -199,7 +202,7 @@ func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*discovery
 	slices.Sort(names)
 
 	out := map[ServicePortName][]*Endpoint{}
-	seen := map[ServicePortName]map[string]bool{}
+	seen := map[ServicePortName]map[string]int{} // ip:port -> index in out[spn]
 	var warnings []string
 	for _, n := range names {
 		es := slicesByName[n]
@@ -213,7 +216,7 @@ func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*discovery
 				continue
 			}
 			if seen[spn] == nil {
-				seen[spn] = map[string]bool{}
+				seen[spn] = map[string]int{}
 			}
 			for ei := range es.Endpoints {
 				ep, err := endpointFrom(&es.Endpoints[ei], *port.Port, nodeName)
@@ -221,13 +224,20 @@ func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*discovery
 					warnings = append(warnings, fmt.Sprintf("EndpointSlice %s/%s endpoints[%d]: %v", es.Namespace, es.Name, ei, err))
 					continue
 				}
-				if seen[spn][ep.String()] {
+				key := ep.String()
+				if i, dup := seen[spn][key]; dup {
+					if ep.IsLocal && !out[spn][i].IsLocal {
+						out[spn][i] = ep
+					}
 					continue
 				}
-				seen[spn][ep.String()] = true
+				seen[spn][key] = len(out[spn])
 				out[spn] = append(out[spn], ep)
 			}
 		}
+	}
+	for _, eps := range out {
+		slices.SortFunc(eps, func(a, b *Endpoint) int { return strings.Compare(a.String(), b.String()) })
 	}
 	return out, warnings
 }

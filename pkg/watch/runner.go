@@ -16,7 +16,8 @@ type RunnerOptions struct {
 	// backend then checks the kernel for drift even when nothing changed.
 	MaxInterval time.Duration
 	// InitialBackoff is the first retry delay after a failed sync; it
-	// doubles on each further failure, up to MaxInterval.
+	// doubles on each further failure, up to MaxInterval. A retry still
+	// waits at least MinInterval.
 	InitialBackoff time.Duration
 	// Clock is the time source (a fake one in tests).
 	Clock clock.WithTicker
@@ -102,7 +103,8 @@ func (r *Runner) wait(st *runnerState) time.Duration {
 	var next time.Time
 	switch {
 	case st.backoff > 0:
-		next = st.last.Add(st.backoff)
+		// A retry is a sync like any other: never sooner than MinInterval.
+		next = st.last.Add(max(st.backoff, r.opts.MinInterval))
 	case st.pending:
 		next = st.last.Add(r.opts.MinInterval)
 	default:

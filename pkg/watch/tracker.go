@@ -17,6 +17,9 @@ import (
 // costs one comparison and may turn out to be no change at all.
 type Tracker struct {
 	nodeName string
+	// start is when the Tracker was made: trigger times before it belong to
+	// changes made before this process watched (kube-proxy's trackerStartTime).
+	start time.Time
 
 	mu       sync.Mutex
 	services map[types.NamespacedName]*v1.Service
@@ -40,6 +43,7 @@ type Tracker struct {
 func NewTracker(nodeName string) *Tracker {
 	return &Tracker{
 		nodeName:    nodeName,
+		start:       time.Now(),
 		services:    map[types.NamespacedName]*v1.Service{},
 		slices:      map[types.NamespacedName]map[string]*discovery.EndpointSlice{},
 		dirty:       map[types.NamespacedName]bool{},
@@ -98,7 +102,7 @@ func (t *Tracker) noteTriggerTime(name types.NamespacedName, slice *discovery.En
 		return
 	}
 	at, err := time.Parse(time.RFC3339Nano, raw)
-	if err != nil {
+	if err != nil || !at.After(t.start) {
 		return
 	}
 	if prev, ok := t.triggerTime[name]; !ok || at.Before(prev) {
@@ -136,7 +140,7 @@ func (t *Tracker) Snapshot() *Snapshot {
 
 	snap := &Snapshot{
 		Changed:      map[types.NamespacedName]bool{},
-		TriggerTimes: t.triggerTime,
+		TriggerTimes: map[types.NamespacedName]time.Time{},
 	}
 	t.refreshNode(snap)
 	for name := range t.dirty {
@@ -150,6 +154,13 @@ func (t *Tracker) Snapshot() *Snapshot {
 		}
 	}
 	t.fill(snap)
+	// Only real changes count for network programming latency, as in
+	// kube-proxy, which records trigger times only for slices that changed.
+	for name, at := range t.triggerTime {
+		if snap.Changed[name] {
+			snap.TriggerTimes[name] = at
+		}
+	}
 
 	t.dirty = map[types.NamespacedName]bool{}
 	t.triggerTime = map[types.NamespacedName]time.Time{}

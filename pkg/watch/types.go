@@ -63,9 +63,13 @@ func (p *ServicePort) ExternallyAccessible() bool {
 }
 
 // UsesClusterEndpoints reports whether some traffic to the port may go to
-// endpoints on any node.
+// endpoints on any node: under internal policy Cluster, or whenever the port
+// is externally accessible. Even with external policy Local, pod and host
+// traffic to an external address is short-circuited to the cluster-wide
+// endpoints (as if it went out to the load balancer and came back), exactly
+// as kube-proxy's BaseServicePortInfo.UsesClusterEndpoints does.
 func (p *ServicePort) UsesClusterEndpoints() bool {
-	return !p.InternalPolicyLocal || (p.ExternallyAccessible() && !p.ExternalPolicyLocal)
+	return !p.InternalPolicyLocal || p.ExternallyAccessible()
 }
 
 // UsesLocalEndpoints reports whether some traffic to the port is restricted

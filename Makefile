@@ -1,0 +1,57 @@
+# svcproxy: see README.md. `make demo` and `make test` do all set-up on a
+# fresh Debian machine with Go installed (apt packages, tool builds, caches).
+
+GO        ?= go
+BIN       := $(CURDIR)/bin
+CACHE     := $(CURDIR)/.cache
+TOOLS_BIN := $(CACHE)/bin
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+MODE      ?= iptables
+FILE      ?= $(CURDIR)/../shared/acceptance/examples.yaml
+RUN       ?=
+PROXY     ?=
+STATICCHECK_VERSION := v0.8.2
+
+export SVCPROXY_BIN_DIR := $(TOOLS_BIN)
+
+.PHONY: all build deps tools test unit e2e acceptance demo bench lint clean
+
+all: build
+
+deps:
+	@hack/install-deps.sh
+
+# The real control plane (etcd, kube-apiserver) and the reference kube-proxy,
+# built from the pinned module in e2e/tools and cached in .cache/bin.
+tools:
+	@e2e/build-tools.sh
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/proxy ./cmd/proxy
+	$(GO) build -o $(BIN)/acceptance ./e2e/cmd/acceptance
+	$(GO) build -o $(BIN)/responder ./e2e/cmd/responder
+
+# Unit tests, then the e2e tests (real kube-apiserver, real kernel rules in
+# network namespaces), then the acceptance examples with real packets.
+test: deps tools build lint unit acceptance
+
+unit:
+	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 ./...
+
+acceptance: deps tools build
+	$(BIN)/acceptance --mode $(MODE) --file $(FILE) $(if $(RUN),--run '$(RUN)') --proxy $(or $(PROXY),$(BIN)/proxy)
+
+demo: deps tools build
+	$(BIN)/acceptance --mode iptables --file $(CURDIR)/e2e/demo/demo.yaml --proxy $(BIN)/proxy --verbose
+
+bench: deps tools build
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./pkg/iptables/
+
+lint:
+	@test -z "$$(gofmt -l cmd pkg e2e)" || (gofmt -l cmd pkg e2e; echo "gofmt: files above need formatting"; exit 1)
+	$(GO) vet ./...
+	@test -x $(TOOLS_BIN)/staticcheck || GOBIN=$(TOOLS_BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(TOOLS_BIN)/staticcheck ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,210 @@
+package iptables
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// cluster is a tracker pre-filled with n Services of 10 endpoints each.
+type cluster struct {
+	t  *testing.T
+	tr *watch.Tracker
+}
+
+func newCluster(t *testing.T, n int) *cluster {
+	c := &cluster{t: t, tr: watch.NewTracker(testNode)}
+	for i := range n {
+		c.setService(i, 10, 0)
+	}
+	return c
+}
+
+func (c *cluster) setService(i, endpoints, shift int) {
+	name := fmt.Sprintf("svc-%d", i)
+	s := svcSpec{ns: "bench", name: name, typ: v1.ServiceTypeNodePort,
+		clusterIPs: []string{fmt.Sprintf("172.30.%d.%d", i/250, i%250+1)}, ports: []v1.ServicePort{tcpPort("http", 80, int32(3000+i))}}
+	c.tr.OnService(types.NamespacedName{Namespace: "bench", Name: name}, s.object())
+	var eps []ep
+	for e := range endpoints {
+		eps = append(eps, ep{ip: fmt.Sprintf("10.%d.%d.%d", 100+i/250, i%250, e+1+shift), node: "n"})
+	}
+	c.tr.OnEndpointSlice(slice("bench", name, name+"-1", 8080, "http", eps...), false)
+}
+
+// converge applies a sync to the fake and checks that the fake now holds
+// exactly the planned ruleset, chain by chain.
+func converge(t *testing.T, p *Proxier, fake *Fake, snap *watch.Snapshot) SyncResult {
+	t.Helper()
+	res, err := p.Sync(snap)
+	if err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	for _, k := range res.Ruleset.ChainKeys() {
+		want, _ := res.Ruleset.Chain(k)
+		got := fake.Rules(k.Table, k.Name)
+		slices.Sort(want)
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s/%s in kernel:\n%s\nwant:\n%s", k.Table, k.Name, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+	for _, table := range []string{TableNAT, TableFilter} {
+		for _, c := range fake.Chains(table) {
+			if IsServiceChain(c) {
+				if _, ok := res.Ruleset.Chain(ChainKey{table, c}); !ok {
+					t.Fatalf("stale chain %s/%s left in kernel", table, c)
+				}
+			}
+		}
+	}
+	return res
+}
+
+// TestDeltaIndependentOfServiceCount checks the central promise of delta
+// syncs: one endpoint change writes only that Service's lines, and the
+// payload is the same size with 50 or 2,000 Services.
+func TestDeltaIndependentOfServiceCount(t *testing.T) {
+	var sizes []int
+	for _, n := range []int{50, 2000} {
+		c := newCluster(t, n)
+		fake := NewFake()
+		p := NewProxier(fake, defaultOpts())
+		if res := converge(t, p, fake, c.tr.Snapshot()); !res.Full {
+			t.Fatal("first sync must be full")
+		}
+		c.setService(7, 10, 1) // replace one endpoint: .1 goes, .11 comes
+		res := converge(t, p, fake, c.tr.Snapshot())
+		if res.Full {
+			t.Fatal("endpoint change must be a delta")
+		}
+		payload := string(fake.Restores[len(fake.Restores)-1])
+		for _, line := range strings.Split(payload, "\n") {
+			if strings.HasPrefix(line, "-A KUBE-SERVICES") || strings.HasPrefix(line, "-A KUBE-NODEPORTS") {
+				t.Errorf("delta rewrote a shared chain: %s", line)
+			}
+		}
+		if !strings.Contains(payload, "bench/svc-7:http") || strings.Contains(payload, "bench/svc-8:http") {
+			t.Errorf("delta touches other Services:\n%s", payload)
+		}
+		sizes = append(sizes, res.PayloadBytes)
+	}
+	if sizes[0] != sizes[1] {
+		t.Errorf("one-endpoint payload grew with the number of Services: %d bytes at 50, %d at 2000", sizes[0], sizes[1])
+	}
+}
+
+func TestDeltaAddAndDeleteService(t *testing.T) {
+	c := newCluster(t, 20)
+	fake := NewFake()
+	p := NewProxier(fake, defaultOpts())
+	converge(t, p, fake, c.tr.Snapshot())
+
+	c.setService(100, 3, 0)
+	if res := converge(t, p, fake, c.tr.Snapshot()); res.Full {
+		t.Error("adding a Service must be a delta")
+	}
+	c.tr.OnService(types.NamespacedName{Namespace: "bench", Name: "svc-3"}, nil)
+	res := converge(t, p, fake, c.tr.Snapshot())
+	if res.Full {
+		t.Error("deleting a Service must be a delta")
+	}
+	if !strings.Contains(string(fake.Restores[len(fake.Restores)-1]), "-X KUBE-SVC-") {
+		t.Error("deleting a Service must remove its chains")
+	}
+	// Going to zero endpoints swaps the nat jump for a filter REJECT.
+	c.setService(5, 0, 0)
+	converge(t, p, fake, c.tr.Snapshot())
+	if !slices.ContainsFunc(fake.Rules(TableFilter, ChainServices), func(r string) bool { return strings.Contains(r, "svc-5:http") && strings.HasSuffix(r, "-j REJECT") }) {
+		t.Error("a Service without endpoints must REJECT")
+	}
+}
+
+func TestFailedRestoreForcesFullSync(t *testing.T) {
+	c := newCluster(t, 5)
+	fake := NewFake()
+	p := NewProxier(fake, defaultOpts())
+	converge(t, p, fake, c.tr.Snapshot())
+	before := fake.Rules(TableNAT, ChainServices)
+
+	fake.FailRestore = fmt.Errorf("injected")
+	c.setService(1, 10, 3)
+	if _, err := p.Sync(c.tr.Snapshot()); err == nil {
+		t.Fatal("sync must report the failed restore")
+	}
+	if !slices.Equal(before, fake.Rules(TableNAT, ChainServices)) {
+		t.Fatal("a failed restore changed the rules")
+	}
+	fake.FailRestore = nil
+	res := converge(t, p, fake, c.tr.Snapshot())
+	if !res.Full {
+		t.Error("the sync after a failure must be full")
+	}
+}
+
+func TestVerifyFindsDrift(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		break_ func(*Fake)
+		reason string
+	}{
+		{"flushed chain", func(f *Fake) { f.Flush(TableNAT, ChainServices) }, "rules"},
+		{"stray rule", func(f *Fake) {
+			_ = f.Restore([]byte("*filter\n-A KUBE-SERVICES -j DROP\nCOMMIT\n"))
+		}, "rules"},
+		{"deleted canary", func(f *Fake) { f.DeleteChainForTest(TableMangle, ChainCanary) }, "canary"},
+		{"deleted jump", func(f *Fake) { f.DeleteChainForTest(TableNAT, ChainPostrouting) }, "chain"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, 3)
+			fake := NewFake()
+			p := NewProxier(fake, defaultOpts())
+			snap := c.tr.Snapshot()
+			converge(t, p, fake, snap)
+			if d, err := p.Verify(); err != nil || d != nil {
+				t.Fatalf("fresh rules reported drift %v, %v", d, err)
+			}
+			tc.break_(fake)
+			d, err := p.Verify()
+			if err != nil || d == nil || d.Reason != tc.reason {
+				t.Fatalf("Verify = %+v, %v; want reason %q", d, err, tc.reason)
+			}
+			p.ForceFull()
+			converge(t, p, fake, snap)
+			if d, _ := p.Verify(); d != nil {
+				t.Fatalf("drift remains after full sync: %+v", d)
+			}
+		})
+	}
+}
+
+// TestFullSyncBatches checks that a large full sync is split and that a
+// restart adopts the rules in place (no chain is deleted and recreated).
+func TestFullSyncBatches(t *testing.T) {
+	c := newCluster(t, 300)
+	fake := NewFake()
+	p := NewProxier(fake, defaultOpts())
+	p.batchLines = 1000
+	res := converge(t, p, fake, c.tr.Snapshot())
+	if res.Payloads < 5 {
+		t.Errorf("full sync of 300 Services wrote %d payloads, want it split", res.Payloads)
+	}
+	restarted := NewProxier(fake, defaultOpts())
+	restarted.batchLines = 1000
+	fake.Restores = nil
+	converge(t, restarted, fake, c.tr.Snapshot())
+	for _, pl := range fake.Restores {
+		if strings.Contains(string(pl), "-X ") {
+			t.Errorf("restart removed chains it should adopt:\n%s", pl)
+		}
+	}
+}
+
+var _ = discovery.AddressTypeIPv4

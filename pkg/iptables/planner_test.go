@@ -1,0 +1,103 @@
+package iptables
+
+import (
+	"bytes"
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+type goldenCase struct {
+	name   string
+	svcs   []svcSpec
+	slices []*discovery.EndpointSlice
+	opts   func(*PlanOptions)
+}
+
+func goldenCases() []goldenCase {
+	web := svcSpec{ns: "ns1", name: "web", clusterIPs: []string{"172.30.0.41"}, ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
+	webSlice := slice("ns1", "web", "web-1", 8080, "http", ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"})
+	lb := svcSpec{ns: "ns1", name: "lb", typ: v1.ServiceTypeLoadBalancer, clusterIPs: []string{"172.30.0.42"},
+		ports: []v1.ServicePort{tcpPort("p80", 80, 3001)}, externalIPs: []string{"192.168.99.11"}, lbIPs: []string{"198.51.100.4"}}
+	lbSlice := slice("ns1", "lb", "lb-1", 80, "p80", ep{ip: "10.180.0.2", node: testNode}, ep{ip: "10.180.1.2", node: "remote"})
+	withRanges := lb
+	withRanges.ranges = []string{"203.0.113.0/25", "192.168.0.0/24"}
+	etp := lb
+	etp.etpLocal, etp.hcPort = true, 30000
+	itp := web
+	itp.itpLocal = true
+	sticky := web
+	sticky.affinity = 10800
+	udp := web
+	udp.ports = []v1.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53}, {Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 53}}
+	udpSlice := slice("ns1", "web", "web-1", 53, "dns", ep{ip: "10.180.0.1", node: testNode})
+	udpSlice.Ports = append(udpSlice.Ports, discovery.EndpointPort{Name: strPtr("sctp"), Protocol: protoPtr(v1.ProtocolSCTP), Port: int32Ptr(53)})
+	terminating := slice("ns1", "web", "web-1", 8080, "http",
+		ep{ip: "10.0.1.2", node: testNode, notReady: true, serving: true, terminat: true},
+		ep{ip: "10.0.1.4", node: "other", notReady: true, serving: false, terminat: true})
+
+	return []goldenCase{
+		{name: "clusterip", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}},
+		{name: "clusterip-masquerade-all", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}, opts: func(o *PlanOptions) { o.MasqueradeAll = true }},
+		{name: "clusterip-no-detector", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}, opts: func(o *PlanOptions) { o.LocalDetector = nil }},
+		{name: "no-endpoints-reject", svcs: []svcSpec{lb}},
+		{name: "loadbalancer-nodeport-externalip", svcs: []svcSpec{lb}, slices: []*discovery.EndpointSlice{lbSlice}},
+		{name: "loadbalancer-source-ranges", svcs: []svcSpec{withRanges}, slices: []*discovery.EndpointSlice{lbSlice}},
+		{name: "etp-local", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{lbSlice}},
+		{name: "etp-local-no-local-endpoint", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{slice("ns1", "lb", "lb-1", 80, "p80", ep{ip: "10.180.1.2", node: "remote"})}},
+		{name: "itp-local", svcs: []svcSpec{itp}, slices: []*discovery.EndpointSlice{webSlice}},
+		{name: "session-affinity", svcs: []svcSpec{sticky}, slices: []*discovery.EndpointSlice{webSlice}},
+		{name: "udp-sctp", svcs: []svcSpec{udp}, slices: []*discovery.EndpointSlice{udpSlice}},
+		{name: "terminating-fallback", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{terminating}},
+		{name: "nodeport-addresses", svcs: []svcSpec{lb}, slices: []*discovery.EndpointSlice{lbSlice}, opts: func(o *PlanOptions) { o.NodePortAddresses = []netip.Addr{nodeIPs[0]} }},
+		{name: "localhost-nodeports-off", svcs: []svcSpec{lb}, slices: []*discovery.EndpointSlice{lbSlice}, opts: func(o *PlanOptions) { o.LocalhostNodePorts = false }},
+	}
+}
+
+// TestPlanGolden renders a full sync for each behaviour and compares it with
+// testdata/<case>.golden (go test -run TestPlanGolden -update rewrites them
+// after a reviewed change). Every payload is also applied to the validating
+// fake, so a golden file can never hold a ruleset the kernel would refuse.
+func TestPlanGolden(t *testing.T) {
+	for _, tc := range goldenCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := defaultOpts()
+			if tc.opts != nil {
+				tc.opts(&opts)
+			}
+			rs := Plan(snapshot(t, tc.svcs, tc.slices...), opts)
+			fake := NewFake()
+			var got bytes.Buffer
+			for _, p := range FullPayloads(rs, nil, DefaultBatchLines) {
+				if err := fake.Restore(p); err != nil {
+					t.Fatalf("fake kernel refused the payload: %v\n%s", err, p)
+				}
+				got.Write(p)
+			}
+			path := filepath.Join("testdata", tc.name+".golden")
+			if *update {
+				if err := os.WriteFile(path, got.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create)", err)
+			}
+			if !bytes.Equal(got.Bytes(), want) {
+				t.Errorf("plan differs from %s:\n%s", path, got.String())
+			}
+		})
+	}
+}
+
+func strPtr(s string) *string             { return &s }
+func int32Ptr(i int32) *int32             { return &i }
+func protoPtr(p v1.Protocol) *v1.Protocol { return &p }
