@@ -18,6 +18,7 @@ import (
 	"k8s.io/kube-proxy/config/v1alpha1"
 
 	"svcproxy.dev/svcproxy/pkg/config"
+	"svcproxy.dev/svcproxy/pkg/conntrack"
 	"svcproxy.dev/svcproxy/pkg/health"
 	"svcproxy.dev/svcproxy/pkg/metrics"
 	"svcproxy.dev/svcproxy/pkg/proxy"
@@ -48,7 +49,15 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) 
 	go runServer("metrics", func() error { return metrics.Serve(ctx, cfg.MetricsBindAddress) })
 
 	tracker := watch.NewTracker(nodeName)
-	daemon := proxy.New(proxy.Options{Tracker: tracker, Backends: backends, Health: hs, SvcHealth: svcHealth, SyncPeriod: syncPeriod})
+	cleaner := &conntrack.Cleaner{Local: localAddrs}
+	daemon := proxy.New(proxy.Options{
+		Tracker: tracker, Backends: backends, Health: hs, SvcHealth: svcHealth, SyncPeriod: syncPeriod,
+		OnSynced: func(_, snap *watch.Snapshot) {
+			for _, b := range backends {
+				cleaner.Reconcile(snap, b.Family())
+			}
+		},
+	})
 	runner := watch.NewRunner(daemon.Sync, watch.RunnerOptions{MinInterval: minSyncPeriod, MaxInterval: syncPeriod})
 	synced := watch.Watch(ctx, tracker, watch.InformerOptions{
 		Client: client, NodeName: nodeName, Resync: cfg.ConfigSyncPeriod.Duration,

@@ -1,0 +1,62 @@
+package conntrack
+
+import (
+	"net/netip"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+func udpSnapshot(endpoints ...string) *watch.Snapshot {
+	tr := watch.NewTracker("node")
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "dns"}, &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "dns"},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort, ClusterIP: "172.30.0.10", ClusterIPs: []string{"172.30.0.10"},
+			Ports: []v1.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, NodePort: 3053}}},
+	})
+	es := &discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "dns-1", Labels: map[string]string{discovery.LabelServiceName: "dns"}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("dns"), Protocol: ptr.To(v1.ProtocolUDP), Port: ptr.To(int32(5353))}},
+	}
+	for _, ip := range endpoints {
+		es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{ip}})
+	}
+	tr.OnEndpointSlice(es, false)
+	return tr.Snapshot()
+}
+
+func TestStale(t *testing.T) {
+	a := netip.MustParseAddr
+	node := a("192.168.0.2")
+	targets := BuildTargets(udpSnapshot("10.0.0.1"), v1.IPv4Protocol, []netip.Addr{node})
+	for _, tc := range []struct {
+		name      string
+		proto     uint8
+		dst       netip.Addr
+		dport     uint16
+		reply     netip.Addr
+		replyPort uint16
+		stale     bool
+	}{
+		{"flow to a live endpoint", protoUDP, a("172.30.0.10"), 53, a("10.0.0.1"), 5353, false},
+		{"flow to a removed endpoint", protoUDP, a("172.30.0.10"), 53, a("10.0.0.9"), 5353, true},
+		{"black-holed flow (not DNATed)", protoUDP, a("172.30.0.10"), 53, a("172.30.0.10"), 53, true},
+		{"NodePort flow to a removed endpoint", protoUDP, node, 3053, a("10.0.0.9"), 5353, true},
+		{"NodePort number on a foreign address", protoUDP, a("8.8.8.8"), 3053, a("8.8.8.8"), 3053, false},
+		{"TCP flows are never touched", 6, a("172.30.0.10"), 53, a("10.0.0.9"), 5353, false},
+		{"other destinations are never touched", protoUDP, a("172.30.0.11"), 53, a("10.0.0.9"), 5353, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := targets.Stale(tc.proto, tc.dst, tc.dport, tc.reply, tc.replyPort); got != tc.stale {
+				t.Errorf("Stale = %v, want %v", got, tc.stale)
+			}
+		})
+	}
+}

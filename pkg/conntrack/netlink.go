@@ -1,0 +1,55 @@
+package conntrack
+
+import (
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"svcproxy.dev/svcproxy/pkg/metrics"
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// Cleaner deletes stale entries from the kernel's conntrack table.
+type Cleaner struct {
+	// Local returns the node's addresses (NodePort destinations).
+	Local func() []netip.Addr
+}
+
+// Reconcile deletes every stale UDP/SCTP entry for snap's Services.
+func (c *Cleaner) Reconcile(snap *watch.Snapshot, family v1.IPFamily) {
+	start := time.Now()
+	var local []netip.Addr
+	if c.Local != nil {
+		local = c.Local()
+	}
+	targets := BuildTargets(snap, family, local)
+	nlFamily := netlink.FAMILY_V4
+	if family == v1.IPv6Protocol {
+		nlFamily = netlink.FAMILY_V6
+	}
+	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.InetFamily(nlFamily), filter{targets})
+	metrics.ReconcileConntrackFlowsLatency.WithLabelValues(string(family)).Observe(metrics.SinceInSeconds(start))
+	if err != nil {
+		klog.ErrorS(err, "Deleting stale conntrack entries", "family", family)
+		return
+	}
+	if n > 0 {
+		metrics.ReconcileConntrackFlowsDeletedEntriesTotal.WithLabelValues(string(family)).Add(float64(n))
+		klog.V(2).InfoS("Deleted stale conntrack entries", "family", family, "count", n)
+	}
+}
+
+type filter struct{ t *Targets }
+
+func (f filter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
+	return f.t.Stale(flow.Forward.Protocol, addr(flow.Forward.DstIP), flow.Forward.DstPort, addr(flow.Reverse.SrcIP), flow.Reverse.SrcPort)
+}
+
+func addr(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}
