@@ -98,7 +98,7 @@ func NewRunner(opts Options) (*Runner, error) {
 	for _, err := range nsutil.RemoveStale() {
 		fmt.Fprintln(opts.Log, "stale netns cleanup:", err)
 	}
-	dir, err := os.MkdirTemp("", "svcp-acceptance-")
+	dir, err := nsutil.TempDir("acceptance")
 	if err != nil {
 		return nil, err
 	}

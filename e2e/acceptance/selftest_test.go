@@ -66,12 +66,12 @@ func TestSelfWrongScenarioFails(t *testing.T) {
 	}
 	t.Logf("report:\n%s", out.String())
 	want := map[string]struct{ status, reason string }{
-		"right-pod-to-svc1":                {"pass", ""},
-		"wrong-backend-of-another-service": {"fail", "got 10.180.0.1:80 x"},
+		"right-pod-to-svc1":                 {"pass", ""},
+		"wrong-backend-of-another-service":  {"fail", "got 10.180.0.1:80 x"},
 		"wrong-reject-where-traffic-passes": {"fail", "got 10.180.0.1:80 x"},
-		"wrong-masquerade-for-pod-traffic": {"fail", "masquerade: backend 10.180.0.1:80 saw 10.0.0.2, expected SNAT"},
-		"wrong-drop-where-rejected":        {"fail", "got REJECT x"},
-		"wrong-extra-backend-never-seen":   {"fail", "never 10.180.0.3:80"},
+		"wrong-masquerade-for-pod-traffic":  {"fail", "masquerade: backend 10.180.0.1:80 saw 10.0.0.2, expected SNAT"},
+		"wrong-drop-where-rejected":         {"fail", "got REJECT x"},
+		"wrong-extra-backend-never-seen":    {"fail", "never 10.180.0.3:80"},
 	}
 	if len(sum.Results) != len(want) {
 		t.Errorf("%d results, want %d", len(sum.Results), len(want))

@@ -121,7 +121,7 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 			return nil, fmt.Errorf("control plane binary missing (run e2e/build-tools.sh): %w", err)
 		}
 	}
-	dir, err := os.MkdirTemp("", "svcp-cp-")
+	dir, err := nsutil.TempDir("cp")
 	if err != nil {
 		return nil, err
 	}

@@ -82,9 +82,10 @@ func OwnerPID(name string) int {
 	return 0
 }
 
-// RemoveStale deletes namespaces whose creating process no longer exists: the
-// leftovers of a run that was killed before it could clean up. Namespaces of
-// live processes (a concurrent run) are left alone.
+// RemoveStale deletes namespaces and temp dirs (made by TempDir) whose
+// creating process no longer exists: the leftovers of a run that was killed
+// before it could clean up. Those of live processes (a concurrent run) are
+// left alone.
 func RemoveStale() []error {
 	names, err := List()
 	if err != nil {
@@ -92,15 +93,32 @@ func RemoveStale() []error {
 	}
 	var errs []error
 	for _, n := range names {
-		pid := OwnerPID(n)
-		if pid == 0 || pid == os.Getpid() || processAlive(pid) {
-			continue
+		if stale(n) {
+			if err := Delete(n); err != nil {
+				errs = append(errs, err)
+			}
 		}
-		if err := Delete(n); err != nil {
-			errs = append(errs, err)
+	}
+	entries, _ := os.ReadDir(os.TempDir())
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), Prefix) && stale(e.Name()) {
+			if err := os.RemoveAll(filepath.Join(os.TempDir(), e.Name())); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errs
+}
+
+func stale(name string) bool {
+	pid := OwnerPID(name)
+	return pid != 0 && pid != os.Getpid() && !processAlive(pid)
+}
+
+// TempDir makes a temp dir "svcp-<role>-<pid>-*" that RemoveStale can
+// attribute to this process.
+func TempDir(role string) (string, error) {
+	return os.MkdirTemp("", fmt.Sprintf("%s%s-%d-", Prefix, role, os.Getpid()))
 }
 
 func processAlive(pid int) bool {

@@ -65,17 +65,14 @@ func (r *Runner) Run(ctx context.Context, ready <-chan struct{}) {
 	}
 	var st runnerState
 	st.pending = true
-	for {
-		timer := r.opts.Clock.NewTimer(r.wait(&st))
+	for r.sleep(ctx, &st) {
+		// Every trigger queued so far is covered by this sync (it takes a
+		// fresh Snapshot); only triggers that arrive from now on call for
+		// another one. Without this, the events queued while the caches
+		// filled would cause a second, empty sync right after the first.
 		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
 		case <-r.trigger:
-			timer.Stop()
-			st.pending = true
-			continue
-		case <-timer.C():
+		default:
 		}
 		st.last = r.opts.Clock.Now()
 		st.ran = true
@@ -84,6 +81,29 @@ func (r *Runner) Run(ctx context.Context, ready <-chan struct{}) {
 			st.backoff = r.nextBackoff(st.backoff)
 		} else {
 			st.backoff = 0
+		}
+	}
+}
+
+// sleep waits until the next sync is due, taking in triggers meanwhile. It
+// returns false when ctx is done. A sync that is already due runs without a
+// timer, so it never depends on the clock firing a zero-length timer.
+func (r *Runner) sleep(ctx context.Context, st *runnerState) bool {
+	for {
+		d := r.wait(st)
+		if d <= 0 {
+			return ctx.Err() == nil
+		}
+		timer := r.opts.Clock.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return false
+		case <-r.trigger:
+			timer.Stop()
+			st.pending = true
+		case <-timer.C():
+			return true
 		}
 	}
 }
