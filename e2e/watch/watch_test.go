@@ -526,7 +526,7 @@ func TestWatchEndToEnd(t *testing.T) {
 
 	// 10. A Node label change re-plans every Service.
 	t.Log("relabelling the Node")
-	mark = rec.mark()
+	_ = rec.mark()
 	node, err := c.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
 	must(err)
 	node.Labels[corev1.LabelTopologyZone] = "zone-b"

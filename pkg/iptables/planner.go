@@ -285,8 +285,8 @@ func (p *portPlan) externalChainRules(b *builder) {
 	if !p.port.ExternalPolicyLocal {
 		b.rule(TableNAT, p.extChain, comment("masquerade traffic for "+p.name+" external destinations"), "-j", ChainMarkMasq)
 	} else if p.usesCluster {
-		// Only when the cluster chain exists (it does not when both
-		// policies are Local).
+		// The cluster chain exists whenever there are cluster endpoints
+		// (UsesClusterEndpoints holds for every externally reachable port).
 		if d := p.opts.LocalDetector; d != nil {
 			b.rule(TableNAT, p.extChain, append([]string{comment("pod traffic for " + p.name + " external destinations")}, append(d.IfLocal, "-j", p.svcChain)...)...)
 		}
