@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,15 +20,16 @@ import (
 var version = "dev"
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string) int {
+func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "version" {
-		fmt.Println("svcproxy", version)
+		fmt.Fprintln(stdout, "svcproxy", version)
 		return 0
 	}
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	f := registerFlags(fs)
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -37,14 +39,14 @@ func run(args []string) int {
 		return 2
 	}
 	if f.version {
-		fmt.Println("svcproxy", version)
+		fmt.Fprintln(stdout, "svcproxy", version)
 		return 0
 	}
 	defer klog.Flush()
 
 	cfg, err := f.configuration(fs)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
+		fmt.Fprintln(stderr, "error:", err)
 		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
