@@ -45,7 +45,7 @@ demo: deps tools build
 	$(BIN)/acceptance --mode iptables --file $(CURDIR)/e2e/demo/demo.yaml --proxy $(BIN)/proxy --verbose
 
 bench: deps tools build
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./pkg/iptables/
+	$(GO) test -run '^$$' -bench OneEndpointChange -benchtime 20x ./pkg/iptables/ | tee $(CACHE)/bench-one-change.txt
 
 lint:
 	@test -z "$$(gofmt -l cmd pkg e2e)" || (gofmt -l cmd pkg e2e; echo "gofmt: files above need formatting"; exit 1)

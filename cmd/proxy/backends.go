@@ -3,10 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
-	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
@@ -25,84 +23,18 @@ func newBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.B
 	}
 	ipBackend := iptables.DetectBackend()
 	klog.InfoS("Using iptables backend", "backend", ipBackend)
+	fams, err := iptablesFamilies(cfg, node, ipBackend)
+	if err != nil {
+		return nil, err
+	}
 	var out []proxy.Backend
-	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
-		kernel, err := iptables.NewKernel(fam, ipBackend)
-		if err != nil {
-			if fam == v1.IPv4Protocol {
-				return nil, err
-			}
-			klog.InfoS("IPv6 not available; running single-stack", "reason", err)
-			continue
-		}
-		opts := planOptions(cfg, node, fam)
-		if iptablesLocalhost(opts) {
+	for _, f := range fams {
+		if iptablesLocalhost(f.opts) {
 			enableRouteLocalnet()
 		}
-		out = append(out, &iptablesBackend{family: fam, proxier: iptables.NewProxier(kernel, opts)})
+		out = append(out, &iptablesBackend{family: f.family, proxier: iptables.NewProxier(f.kernel, f.opts)})
 	}
 	return out, nil
-}
-
-func planOptions(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node, fam v1.IPFamily) iptables.PlanOptions {
-	opts := iptables.PlanOptions{
-		Family:             fam,
-		MasqueradeBit:      int(ptrOr(cfg.IPTables.MasqueradeBit, 14)),
-		MasqueradeAll:      cfg.IPTables.MasqueradeAll,
-		LocalDetector:      localDetector(cfg, node, fam),
-		NodePortAddresses:  nodePortAddresses(cfg, node, fam),
-		LocalhostNodePorts: ptrOr(cfg.IPTables.LocalhostNodePorts, true),
-		TCPBeLiberal:       cfg.Conntrack.TCPBeLiberal,
-	}
-	opts.NodeIP = primaryIPs(node)[fam]
-	return opts
-}
-
-func ptrOr[T any](p *T, def T) T {
-	if p == nil {
-		return def
-	}
-	return *p
-}
-
-// localDetector builds the detect-local rule for one family, or nil when
-// the configured mode has nothing for it.
-func localDetector(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node, fam v1.IPFamily) *iptables.LocalDetector {
-	var cidrs []string
-	switch cfg.DetectLocalMode {
-	case config.LocalModeBridgeInterface:
-		return iptables.InterfaceDetector(cfg.DetectLocal.BridgeInterface)
-	case config.LocalModeInterfaceNamePrefix:
-		return iptables.InterfaceDetector(cfg.DetectLocal.InterfaceNamePrefix + "+")
-	case config.LocalModeNodeCIDR:
-		if node != nil {
-			cidrs = node.Spec.PodCIDRs
-		}
-	default:
-		cidrs = splitList(cfg.ClusterCIDR)
-	}
-	for _, c := range cidrs {
-		p, err := netip.ParsePrefix(strings.TrimSpace(c))
-		if err == nil && watch.FamilyOf(p.Addr()) == fam {
-			return iptables.ClusterCIDRDetector(p)
-		}
-	}
-	return nil
-}
-
-func iptablesLocalhost(opts iptables.PlanOptions) bool {
-	if opts.Family != v1.IPv4Protocol || !opts.LocalhostNodePorts {
-		return false
-	}
-	if opts.NodePortAddresses == nil {
-		return true
-	}
-	for _, a := range opts.NodePortAddresses {
-		if a.IsLoopback() {
-			return true
-		}
-	}
-	return false
 }
 
 // enableRouteLocalnet lets DNAT of 127.0.0.1 NodePort traffic leave the
