@@ -12,6 +12,7 @@ import (
 
 	"svcproxy.dev/svcproxy/pkg/config"
 	"svcproxy.dev/svcproxy/pkg/iptables"
+	"svcproxy.dev/svcproxy/pkg/ipvs"
 	"svcproxy.dev/svcproxy/pkg/proxy"
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
@@ -50,6 +51,7 @@ func enableRouteLocalnet() {
 // iptablesBackend adapts an iptables.Proxier to proxy.Backend.
 type iptablesBackend struct {
 	family  v1.IPFamily
+	kernel  iptables.Interface
 	proxier *iptables.Proxier
 }
 
@@ -79,10 +81,25 @@ func (b *iptablesBackend) Verify() (string, string, error) {
 	return d.Reason, d.Detail, nil
 }
 
+// removeOtherModeLeftovers removes IPVS-mode state (ours or kube-proxy's)
+// after the first successful iptables sync.
+func removeOtherModeLeftovers(backends []proxy.Backend) {
+	var kernels []iptables.Interface
+	for _, b := range backends {
+		if ib, ok := b.(*iptablesBackend); ok {
+			kernels = append(kernels, ib.kernel)
+		}
+	}
+	if err := ipvs.RemoveLeftovers(kernels); err != nil {
+		klog.ErrorS(err, "Removing IPVS-mode leftovers")
+	}
+}
+
 // cleanup removes this proxy's (and kube-proxy's) rules from both iptables
 // backends and both families.
 func cleanup() error {
 	var errs []error
+	var kernels []iptables.Interface
 	for _, be := range []iptables.Backend{iptables.BackendNFT, iptables.BackendLegacy} {
 		for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
 			if _, err := exec.LookPath(fmt.Sprintf("%s-%s-restore", map[v1.IPFamily]string{v1.IPv4Protocol: "iptables", v1.IPv6Protocol: "ip6tables"}[fam], be)); err != nil {
@@ -92,9 +109,17 @@ func cleanup() error {
 			if err != nil {
 				continue
 			}
-			if err := iptables.Cleanup(kernel); err != nil {
-				errs = append(errs, fmt.Errorf("%s %s: %w", be, fam, err))
-			}
+			kernels = append(kernels, kernel)
+		}
+	}
+	// IPVS-mode state first: its chains reference ipsets and live beside
+	// the chains both modes share.
+	if err := ipvs.RemoveLeftovers(kernels); err != nil {
+		errs = append(errs, err)
+	}
+	for _, k := range kernels {
+		if err := iptables.Cleanup(k); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

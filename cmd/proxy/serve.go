@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -50,9 +51,13 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) 
 
 	tracker := watch.NewTracker(nodeName)
 	cleaner := &conntrack.Cleaner{Local: localAddrs}
+	var leftovers sync.Once
 	daemon := proxy.New(proxy.Options{
 		Tracker: tracker, Backends: backends, Health: hs, SvcHealth: svcHealth, SyncPeriod: syncPeriod,
 		OnSynced: func(_, snap *watch.Snapshot) {
+			// The other mode's state goes only once this mode's rules are
+			// complete, so Services keep answering through a mode switch.
+			leftovers.Do(func() { removeOtherModeLeftovers(backends) })
 			for _, b := range backends {
 				cleaner.Reconcile(snap, b.Family())
 			}

@@ -208,3 +208,27 @@ func TestFullSyncBatches(t *testing.T) {
 }
 
 var _ = discovery.AddressTypeIPv4
+
+func TestCleanupRemovesOnlyOurs(t *testing.T) {
+	c := newCluster(t, 3)
+	fake := NewFake()
+	// Someone else's chain and a jump of theirs in a built-in chain.
+	if err := fake.Restore([]byte("*nat\n:OTHER-CHAIN - [0:0]\n-A OTHER-CHAIN -j RETURN\n-A PREROUTING -j OTHER-CHAIN\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	p := NewProxier(fake, defaultOpts())
+	converge(t, p, fake, c.tr.Snapshot())
+	if err := Cleanup(fake); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{TableNAT, TableFilter, TableMangle} {
+		for _, ch := range fake.Chains(table) {
+			if strings.HasPrefix(ch, "KUBE-") {
+				t.Errorf("%s/%s left behind", table, ch)
+			}
+		}
+	}
+	if got := fake.Rules(TableNAT, "PREROUTING"); !slices.Equal(got, []string{"-j OTHER-CHAIN"}) {
+		t.Errorf("PREROUTING = %v, want only the other component's jump", got)
+	}
+}

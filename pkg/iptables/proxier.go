@@ -8,9 +8,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"time"
-
-	"k8s.io/klog/v2"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
@@ -233,42 +230,18 @@ func parseSave(save []byte) savedTable {
 }
 
 // Cleanup removes every rule and chain this proxy (or kube-proxy's iptables
-// mode) owns in this family, leaving everyone else's alone.
+// mode) owns in this family, including the jumps into them from built-in
+// chains, and leaves everyone else's rules alone.
 func Cleanup(kernel Interface) error {
 	var errs []error
-	for _, j := range jumps(PlanOptions{LocalhostNodePorts: true, Family: "IPv4"}) {
-		if err := kernel.DeleteJump(j); err != nil {
-			errs = append(errs, err)
-		}
-	}
 	for _, table := range []string{TableNAT, TableFilter, TableMangle} {
-		save, err := kernel.Save(table)
+		ours, err := OwnedChains(kernel, table)
+		if err == nil {
+			err = RemoveChains(kernel, table, ours)
+		}
 		if err != nil {
-			errs = append(errs, err)
-			continue
+			errs = append(errs, fmt.Errorf("%s: %w", table, err))
 		}
-		var ours []string
-		for name := range parseSave(save).counts {
-			if IsServiceChain(name) || isBaseChain(name) || name == ChainCanary {
-				ours = append(ours, name)
-			}
-		}
-		if len(ours) == 0 {
-			continue
-		}
-		slices.Sort(ours)
-		p := newPayload()
-		for _, name := range ours {
-			k := ChainKey{table, name}
-			p.declare(k)
-			p.table(table).remove = append(p.table(table).remove, "-X "+name)
-		}
-		if err := kernel.Restore(p.Bytes()); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) == 0 {
-		klog.InfoS("Removed iptables rules", "at", time.Now().Format(time.RFC3339))
 	}
 	return errors.Join(errs...)
 }
