@@ -64,14 +64,19 @@ type RunOptions struct {
 	// warning in Result.SetupLog.
 	Modules      []string
 	ExtraModules []string
-	// Forwards gives the guest a virtio NIC on a QEMU user network that is
-	// restricted (restrict=on: no packet reaches the host's network or
-	// anything else) except for these guest-to-host forwards: a TCP
-	// connection from the guest to GuestAddr runs HostCommand on the host
-	// with the connection as its stdin and stdout. The guest's eth0 gets
-	// 10.0.2.15/24 and no default route; GuestAddr must lie in 10.0.2.0/24
-	// (e.g. 10.0.2.100:6443). See ForwardTCP.
+	// Forwards gives the guest a virtio NIC (eth0) on a QEMU user network
+	// that is restricted (restrict=on: no packet reaches the host's network
+	// or anything else) except for these guest-to-host forwards: each TCP
+	// connection from the guest to a GuestAddr runs its HostCommand on the
+	// host with the connection as stdin and stdout. Without Forwards the
+	// guest has no NIC at all. See ForwardTCP.
 	Forwards []Forward
+	// Network is the IPv4 network of that user network, default
+	// 10.0.2.0/24: the guest's eth0 gets host number 15 in it (no default
+	// route), QEMU's own virtual addresses take numbers 2 and 3, and every
+	// GuestAddr must lie in it. 169.254.250.0/24 lets a guest reach the
+	// e2e/controlplane API server at its usual 169.254.250.1:6443.
+	Network string
 	// Console, when set, receives the guest's serial console as it comes:
 	// kernel and init messages, and the command's output too (it is then
 	// copied there as well as to Result.Output).
@@ -127,9 +132,34 @@ type Result struct {
 	CtlDir string
 }
 
-// GuestAddrHost is the address inside the guest where Forwards usually
-// listen (QEMU's user network, reachable only through the forwards).
-const GuestAddrHost = "10.0.2.100"
+type userNet struct {
+	cidr             string
+	net              *net.IPNet
+	prefix           int
+	host, dns, guest net.IP
+}
+
+// userNetwork checks a RunOptions.Network and picks QEMU's and the guest's
+// addresses in it.
+func userNetwork(cidr string) (userNet, error) {
+	if cidr == "" {
+		cidr = "10.0.2.0/24"
+	}
+	_, n, err := net.ParseCIDR(cidr)
+	if err != nil || n.IP.To4() == nil {
+		return userNet{}, fmt.Errorf("vm: bad network %q (want an IPv4 CIDR)", cidr)
+	}
+	ones, _ := n.Mask.Size()
+	if ones > 27 {
+		return userNet{}, fmt.Errorf("vm: network %q too small (want /27 or larger)", cidr)
+	}
+	nth := func(i byte) net.IP {
+		ip := append(net.IP{}, n.IP.To4()...)
+		ip[3] += i
+		return ip
+	}
+	return userNet{cidr: n.String(), net: n, prefix: ones, host: nth(2), dns: nth(3), guest: nth(15)}, nil
+}
 
 // Paths are the files a run uses.
 type Paths struct {
@@ -310,16 +340,21 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	if len(opts.Forwards) == 0 {
 		args = append(args, "-nic", "none")
 	} else {
-		netdev := "user,id=n0,restrict=on,net=10.0.2.0/24,host=10.0.2.2"
+		nw, err := userNetwork(opts.Network)
+		if err != nil {
+			return res, err
+		}
+		netdev := fmt.Sprintf("user,id=n0,restrict=on,net=%s,host=%s,dns=%s,dhcpstart=%s", nw.cidr, nw.host, nw.dns, nw.guest)
 		for _, f := range opts.Forwards {
 			host, port, err := net.SplitHostPort(f.GuestAddr)
-			ip := net.ParseIP(host).To4()
-			if err != nil || ip == nil || ip[0] != 10 || ip[1] != 0 || ip[2] != 2 || len(f.HostCommand) == 0 {
-				return res, fmt.Errorf("vm: bad forward %q -> %q (guest address must be 10.0.2.x:port)", f.GuestAddr, f.HostCommand)
+			ip := net.ParseIP(host)
+			if err != nil || ip == nil || !nw.net.Contains(ip) || ip.Equal(nw.host) || ip.Equal(nw.dns) || ip.Equal(nw.guest) || len(f.HostCommand) == 0 {
+				return res, fmt.Errorf("vm: bad forward %q -> %q (the guest address must lie in %s and not be .2, .3 or .15)", f.GuestAddr, f.HostCommand, nw.cidr)
 			}
 			netdev += ",guestfwd=tcp:" + host + ":" + port + "-cmd:" + qemuEscape(shellJoin(f.HostCommand))
 		}
 		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0")
+		opts.Network = fmt.Sprintf("%s/%d", nw.guest, nw.prefix)
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
@@ -436,8 +471,8 @@ func writeCtl(ctl string, p Paths, share string, opts RunOptions) error {
 modprobe -d %s virtio_net
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
 ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0
-`, shellQuote(p.KernelDir))
+ip addr add %s dev eth0
+`, shellQuote(p.KernelDir), opts.Network)
 	}
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(ctl, name), []byte(text), 0o644); err != nil {
