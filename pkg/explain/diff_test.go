@@ -23,8 +23,10 @@ func TestDiffFake(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Jumps as the kernel prints them (quoted comments), which the fake's
+	// EnsureJump does not do.
 	for _, j := range rs.Jumps {
-		if err := fake.EnsureJump(j); err != nil {
+		if err := fake.Restore([]byte("*" + j.Table + "\n-I " + j.Chain + " 1 " + quoteArgs(j.Rule) + "\nCOMMIT\n")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -41,11 +43,9 @@ func TestDiffFake(t *testing.T) {
 			entry = r
 		}
 	}
-	breakIt := "*nat\n-D KUBE-NODEPORTS " + entry + "\n:KUBE-MARK-MASQ - [0:0]\nCOMMIT\n*mangle\n-X KUBE-PROXY-CANARY\nCOMMIT\n"
+	j := rs.Jumps[0]
+	breakIt := "*nat\n-D KUBE-NODEPORTS " + entry + "\n:KUBE-MARK-MASQ - [0:0]\n-D " + j.Chain + " " + quoteArgs(j.Rule) + "\nCOMMIT\n*mangle\n-X KUBE-PROXY-CANARY\nCOMMIT\n"
 	if err := fake.Restore([]byte(breakIt)); err != nil {
-		t.Fatal(err)
-	}
-	if err := fake.DeleteJump(rs.Jumps[0]); err != nil {
 		t.Fatal(err)
 	}
 	d := Diff(snap, fams())
