@@ -28,6 +28,7 @@ type svcSpec struct {
 	itpLocal    bool
 	hcPort      int32
 	affinity    int32
+	proxyLBIPs  []string // ingress IPs with ipMode Proxy
 }
 
 func (s svcSpec) object() *v1.Service {
@@ -53,6 +54,9 @@ func (s svcSpec) object() *v1.Service {
 	}
 	for _, ip := range s.lbIPs {
 		svc.Status.LoadBalancer.Ingress = append(svc.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{IP: ip})
+	}
+	for _, ip := range s.proxyLBIPs {
+		svc.Status.LoadBalancer.Ingress = append(svc.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{IP: ip, IPMode: ptr.To(v1.LoadBalancerIPModeProxy)})
 	}
 	return svc
 }

@@ -43,7 +43,20 @@ func goldenCases() []goldenCase {
 		ep{ip: "10.0.1.2", node: testNode, notReady: true, serving: true, terminat: true},
 		ep{ip: "10.0.1.4", node: "other", notReady: true, serving: false, terminat: true})
 
+	proxyMode := lb
+	proxyMode.proxyLBIPs = []string{"198.51.100.9"}
+	v6 := svcSpec{ns: "ns1", name: "web6", typ: v1.ServiceTypeNodePort, clusterIPs: []string{"172.30.0.71", "fd00:172:30::71"},
+		ports: []v1.ServicePort{tcpPort("p80", 80, 3071)}}
+	v6Slice := slice("ns1", "web6", "web6-v6", 80, "p80", ep{ip: "fd00:10:180::71", node: testNode}, ep{ip: "fd00:10:180::2:71", node: "node2"})
+	v4Slice := slice("ns1", "web6", "web6-v4", 80, "p80", ep{ip: "10.180.0.71", node: testNode})
+
 	return []goldenCase{
+		{name: "loadbalancer-ipmode-proxy-left-alone", svcs: []svcSpec{proxyMode}, slices: []*discovery.EndpointSlice{lbSlice}},
+		{name: "dual-stack-ipv6-family", svcs: []svcSpec{v6}, slices: []*discovery.EndpointSlice{v6Slice, v4Slice}, opts: func(o *PlanOptions) {
+			o.Family = v1.IPv6Protocol
+			o.LocalDetector = ClusterCIDRDetector(netip.MustParsePrefix("fd00:10::/64"))
+			o.NodeIP = netip.MustParseAddr("2001:db8::1")
+		}},
 		{name: "clusterip", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}},
 		{name: "clusterip-masquerade-all", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}, opts: func(o *PlanOptions) { o.MasqueradeAll = true }},
 		{name: "clusterip-no-detector", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}, opts: func(o *PlanOptions) { o.LocalDetector = nil }},
