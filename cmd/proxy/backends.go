@@ -33,7 +33,7 @@ func newBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.B
 		if iptablesLocalhost(f.opts) {
 			enableRouteLocalnet()
 		}
-		out = append(out, &iptablesBackend{family: f.family, proxier: iptables.NewProxier(f.kernel, f.opts)})
+		out = append(out, &iptablesBackend{family: f.family, kernel: f.kernel, proxier: iptables.NewProxier(f.kernel, f.opts)})
 	}
 	return out, nil
 }

@@ -47,6 +47,13 @@ type Options struct {
 	ServiceCIDRs []string
 	// NodePortRange for --service-node-port-range. Default "3000-32767".
 	NodePortRange string
+	// Authorization selects the API server's authorizers: "" or
+	// "AlwaysAllow" (the default) lets every authenticated client do
+	// anything; "RBAC" runs --authorization-mode=Node,RBAC, so clients get
+	// only what their roles grant. The admin token (RESTConfig, Client,
+	// KubeconfigPath) is in group system:masters and keeps full access
+	// either way.
+	Authorization string
 	// Log receives the processes' output; default: files in the temp dir.
 	Log func(format string, args ...any)
 }
@@ -116,6 +123,10 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	if opts.NodePortRange == "" {
 		opts.NodePortRange = "3000-32767"
 	}
+	authz, err := authorizationMode(opts.Authorization)
+	if err != nil {
+		return nil, err
+	}
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(opts.BinDir, b)); err != nil {
 			return nil, fmt.Errorf("control plane binary missing (run e2e/build-tools.sh): %w", err)
@@ -147,7 +158,7 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	if err := cp.startEtcd(opts.BinDir); err != nil {
 		return cp, err
 	}
-	if err := cp.startAPIServer(opts); err != nil {
+	if err := cp.startAPIServer(opts, authz); err != nil {
 		return cp, err
 	}
 	if err := cp.buildClients(); err != nil {
@@ -243,7 +254,18 @@ func (c *ControlPlane) startEtcd(binDir string) error {
 	)
 }
 
-func (c *ControlPlane) startAPIServer(opts Options) error {
+// authorizationMode maps Options.Authorization to --authorization-mode.
+func authorizationMode(a string) (string, error) {
+	switch a {
+	case "", "AlwaysAllow":
+		return "AlwaysAllow", nil
+	case "RBAC":
+		return "Node,RBAC", nil
+	}
+	return "", fmt.Errorf("controlplane: unknown Authorization %q (want \"\", \"AlwaysAllow\" or \"RBAC\")", a)
+}
+
+func (c *ControlPlane) startAPIServer(opts Options, authz string) error {
 	return c.startProc("kube-apiserver", filepath.Join(opts.BinDir, "kube-apiserver"),
 		"--etcd-servers=http://127.0.0.1:2379",
 		"--service-cluster-ip-range="+strings.Join(opts.ServiceCIDRs, ","),
@@ -255,7 +277,7 @@ func (c *ControlPlane) startAPIServer(opts Options) error {
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file="+filepath.Join(c.Dir, "sa.pub"),
 		"--service-account-signing-key-file="+filepath.Join(c.Dir, "sa.key"),
-		"--authorization-mode=AlwaysAllow",
+		"--authorization-mode="+authz,
 		"--token-auth-file="+filepath.Join(c.Dir, "tokens.csv"),
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",

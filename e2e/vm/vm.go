@@ -9,7 +9,8 @@
 // runs chrooted into that view after the kernel modules of
 // hack/vm/modules.txt (IPVS and its schedulers, nf_tables, xtables, ipset,
 // veth, bridge, dummy, ...) are loaded; the kernel loads any other module it
-// asks for from the same extracted Debian kernel.
+// asks for from the same extracted Debian kernel, whose module tree also
+// appears at /lib/modules/<release> (so a plain modprobe works too).
 //
 // hack/vm/prepare.sh installs QEMU and builds the cache (.cache/vm: the
 // kernel package extracted, an initramfs); Available reports whether it has
@@ -81,6 +82,12 @@ type RunOptions struct {
 	// kernel and init messages, and the command's output too (it is then
 	// copied there as well as to Result.Output).
 	Console io.Writer
+	// ShareCache mounts ShareDir with 9p's page cache (cache=loose): a
+	// binary run from it starts several times faster (it is otherwise read
+	// page by page anew at each exec), but the guest may not see host
+	// changes to files it has already read during the run. The guest's
+	// writes reach the host before Run returns either way.
+	ShareCache bool
 	// RootCacheNone mounts the host root without 9p's page cache
 	// (cache=none). By default it is cached (cache=loose), which is faster
 	// but does not see host files changing during the run (ShareDir is
@@ -192,9 +199,9 @@ func Locate() (Paths, error) {
 	p.Version = strings.TrimSpace(string(b))
 	// The uncompressed vmlinux (PVH entry) boots about 3 s faster than the
 	// bzImage, which has to decompress itself under emulation.
-	p.Kernel = filepath.Join(p.Cache, "vmlinux")
-	if _, err := os.Stat(p.Kernel); err != nil {
-		p.Kernel = filepath.Join(p.KernelDir, "boot", "vmlinuz-"+p.Version)
+	p.Kernel = filepath.Join(p.KernelDir, "boot", "vmlinuz-"+p.Version)
+	if b, err := os.ReadFile(filepath.Join(p.Cache, "vmlinux.version")); err == nil && strings.TrimSpace(string(b)) == p.Version {
+		p.Kernel = filepath.Join(p.Cache, "vmlinux")
 	}
 	p.Initramfs = filepath.Join(p.Cache, "initramfs.cpio")
 	return p, nil
@@ -321,10 +328,6 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	} else {
 		defer os.RemoveAll(ctl)
 	}
-	if err := writeCtl(ctl, p, share, opts); err != nil {
-		return res, err
-	}
-
 	args := []string{
 		"-accel", "tcg", "-cpu", "max",
 		"-nographic", "-no-reboot",
@@ -357,6 +360,10 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 		opts.Network = fmt.Sprintf("%s/%d", nw.guest, nw.prefix)
 	}
 
+	if err := writeCtl(ctl, p, share, opts); err != nil {
+		return res, err
+	}
+
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
@@ -376,6 +383,10 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	start := time.Now()
 	runErr := cmd.Run()
 	res.Duration = time.Since(start)
+	if cmd.Process != nil {
+		// Forward commands QEMU spawned and left behind, if any.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
 	res.Console = console.String()
 	if opts.KeepCtl {
 		_ = os.WriteFile(filepath.Join(ctl, "console"), []byte(res.Console), 0o644)
@@ -437,8 +448,12 @@ func writeCtl(ctl string, p Paths, share string, opts RunOptions) error {
 	if opts.Console != nil {
 		tee = "1"
 	}
-	params := fmt.Sprintf("KDIR=%s\nSHARE=%s\nTEE=%s\nROOTCACHE=%s\n",
-		shellQuote(p.KernelDir), shellQuote(share), tee, rootCache)
+	shareCache := "none"
+	if opts.ShareCache {
+		shareCache = "loose"
+	}
+	params := fmt.Sprintf("KDIR=%s\nSHARE=%s\nTEE=%s\nROOTCACHE=%s\nSHARECACHE=%s\n",
+		shellQuote(p.KernelDir), shellQuote(share), tee, rootCache, shareCache)
 	var script strings.Builder
 	script.WriteString("# run by the guest's /init, chrooted in the host's /\n")
 	env := []string{

@@ -3,11 +3,13 @@
 #
 # 1. loads the virtio and 9p modules listed in /etc/boot-modules (insmod, in
 #    that order) and mounts the per-run control share "ctl" (read-write) on
-#    /ctl; /ctl/params (shell) sets KDIR, SHARE, TEE and ROOTCACHE;
+#    /ctl; /ctl/params (shell) sets KDIR, SHARE, TEE, ROOTCACHE and
+#    SHARECACHE;
 # 2. mounts the host root "hostroot" read-only on /host, tmpfs over
 #    /host/tmp, /host/run, /host/var/tmp and /host/dev/shm, the optional
 #    read-write share "share" on /host$SHARE, binds /proc /sys /dev (+devpts,
-#    cgroup2) and /ctl on /host/run/svcvm;
+#    cgroup2) and /ctl on /host/run/svcvm; puts the extracted kernel's
+#    module tree on /lib/modules/<release> through a read-only overlay;
 # 3. loads the modules of /ctl/modules (or /etc/modules.default) with the
 #    host's modprobe -d $KDIR, and makes the kernel's own module autoloading
 #    use the same;
@@ -49,7 +51,7 @@ mount -t tmpfs -o mode=755 tmpfs /host/run || die "tmpfs /run"
 [ -d /host/var/tmp ] && mount -t tmpfs -o mode=1777 tmpfs /host/var/tmp
 if [ -n "$SHARE" ]; then
 	mkdir -p "/host$SHARE" 2>/dev/null
-	mount -t 9p -o "$opts" share "/host$SHARE" || die "cannot mount the share on $SHARE"
+	mount -t 9p -o "$opts,cache=${SHARECACHE:-none}" share "/host$SHARE" || die "cannot mount the share on $SHARE"
 fi
 mount -o bind /proc /host/proc
 mount -o bind /sys /host/sys
@@ -60,6 +62,15 @@ mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
 mkdir -p /host/run/svcvm /host/run/lock
 mount -o bind /ctl /host/run/svcvm
+
+# /lib/modules/$(uname -r) for programs that run a plain modprobe or read
+# modules.builtin (the host has no such tree): a read-only overlay of the
+# extracted kernel's lib/ (just modules/) on the host's lib directory.
+kver=$(uname -r)
+lib=/host/lib
+[ -L "$lib" ] && lib=/host/$(readlink "$lib" | sed 's,^/*,,')
+mount -t overlay -o "ro,lowerdir=/host$KDIR/lib:$lib" overlay "$lib" ||
+	echo "svcvm: warning: no /lib/modules/$kver in the guest (plain modprobe will fail)" | tee -a /ctl/setup.log >/dev/console
 up mounted
 
 hostname svcvm

@@ -10,8 +10,10 @@
 #   iptables ipset ipvsadm conntrack socat iproute2);
 # - downloads the kernel package linux-image-amd64 depends on (apt-get
 #   download), extracts it to .cache/vm/kernel (dpkg-deb -x) and runs depmod;
-# - builds .cache/vm/initramfs.cpio: busybox-static, the virtio and 9p modules
-#   and hack/vm/init.sh as /init.
+# - builds .cache/vm/initramfs.cpio: busybox-static, the virtio, 9p and
+#   overlay modules and hack/vm/init.sh as /init;
+# - extracts the uncompressed kernel (.cache/vm/vmlinux) that QEMU boots
+#   through its PVH entry, faster than the self-decompressing bzImage.
 #
 # The cache lives in $SVCPROXY_VM_CACHE, default <repo>/.cache/vm (git-ignored).
 # Use it through the Go package svcproxy.dev/svcproxy/e2e/vm or hack/vm/run.sh.
@@ -89,9 +91,9 @@ kdir=$cache/kernel
 # package falls back to the bzImage when vmlinux is absent.
 vmlinuz=$kdir/boot/vmlinuz-$kver
 if ! grep -q '^CONFIG_PVH=y' "$kdir/boot/config-$kver"; then
-	rm -f "$cache/vmlinux"
-elif [[ ! -s $cache/vmlinux || $cache/vmlinux -ot $vmlinuz ]]; then
-	rm -f "$cache/vmlinux" "$cache/vmlinux.new"
+	rm -f "$cache/vmlinux" "$cache/vmlinux.version"
+elif [[ $force == 1 || ! -s $cache/vmlinux || ! -f $cache/vmlinux.version || $(<"$cache/vmlinux.version") != "$kver" ]]; then
+	rm -f "$cache/vmlinux" "$cache/vmlinux.new" "$cache/vmlinux.version"
 	for magic in $'\xfd7zXZ':xz $'\x28\xb5\x2f\xfd':zstd $'\x1f\x8b\x08':gzip; do
 		pat=${magic%:*} tool=${magic##*:}
 		command -v "$tool" >/dev/null || continue
@@ -105,6 +107,7 @@ elif [[ ! -s $cache/vmlinux || $cache/vmlinux -ot $vmlinuz ]]; then
 	done
 	rm -f "$cache/vmlinux.new"
 	if [[ -s $cache/vmlinux ]]; then
+		echo "$kver" >"$cache/vmlinux.version"
 		log "uncompressed kernel $cache/vmlinux (PVH boot)"
 	else
 		log "warning: could not extract a PVH vmlinux from $vmlinuz; the guest boots the bzImage (slower)"
@@ -140,7 +143,7 @@ cp "$here/modules.txt" "$stage/etc/modules.default"
 # The boot modules and their dependencies, in load order. Modules built into
 # the kernel print "builtin" and need nothing.
 : >"$stage/etc/boot-modules"
-modprobe -d "$kdir" -S "$kver" --show-depends -a virtio_pci 9pnet_virtio 9p | while read -r kind path _; do
+modprobe -d "$kdir" -S "$kver" --show-depends -a virtio_pci 9pnet_virtio 9p overlay | while read -r kind path _; do
 	[[ $kind == insmod ]] || continue
 	name=$(basename "$path")
 	name=${name%.xz}

@@ -302,7 +302,11 @@ func (d *DiffReport) WriteText(w io.Writer) error {
 			p.f("%s: no difference", head)
 			continue
 		}
-		p.f("%s: %d services differ%s%s", head, n, cond(f.Base != nil, "; fixed chains differ"), cond(f.Orphans != nil, "; orphan chains"))
+		verb := " differ"
+		if n == 1 {
+			verb = " differs"
+		}
+		p.f("%s: %s%s%s%s", head, plural(n, "service"), verb, cond(f.Base != nil, "; fixed chains differ"), cond(f.Orphans != nil, "; orphan chains"))
 		if f.Base != nil {
 			p.payload("# fixed chains, canaries and jumps", *f.Base)
 		}

@@ -3,6 +3,7 @@ package explain
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,12 +187,24 @@ func TestNormalizeRealIptables(t *testing.T) {
 				t.Fatal(err)
 			}
 			ns := newNetns(t)
-			ns.restore(false, payload)
-			if n := compareKernels(t, fakeState(t, payload), ns.save(false)); n == 0 {
+			v6 := ipv6Payload(payload)
+			ns.restore(v6, payload)
+			if n := compareKernels(t, fakeState(t, payload), ns.save(v6)); n == 0 {
 				t.Error("no rules compared")
 			}
 		})
 	}
+}
+
+// ipv6Payload reports whether a golden payload is for the IPv6 family (it
+// names IPv6 addresses).
+func ipv6Payload(payload []byte) bool {
+	for _, f := range strings.Fields(string(payload)) {
+		if p, err := netip.ParsePrefix(f); err == nil && p.Addr().Is6() {
+			return true
+		}
+	}
+	return false
 }
 
 // TestNormalizeRealIp6tables does the same for an IPv6 plan with the

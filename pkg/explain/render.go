@@ -17,9 +17,10 @@ func (r *Report) WriteJSON(w io.Writer) error {
 // WriteText prints the report for a person, layer by layer, verdict first.
 func (r *Report) WriteText(w io.Writer) error {
 	p := &printer{w: w}
-	p.f("verdict: %s", r.Verdict)
 	if r.Layer != "" {
-		p.f("  (layer: %s)", r.Layer)
+		p.f("verdict: %s  [layer: %s]", r.Verdict, r.Layer)
+	} else {
+		p.f("verdict: %s", r.Verdict)
 	}
 	p.node(r)
 	for _, n := range r.Notes {
@@ -218,7 +219,7 @@ func (p *printer) port(port PortInfo) {
 		case len(k.Differences) == 0:
 			p.f("    kernel (iptables-%s): matches the plan", k.Backend)
 		default:
-			p.f("    kernel (iptables-%s): %d differences from the plan:", k.Backend, len(k.Differences))
+			p.f("    kernel (iptables-%s): %s from the plan:", k.Backend, plural(len(k.Differences), "difference"))
 			for _, d := range k.Differences {
 				p.f("      %s", d)
 			}
@@ -241,7 +242,7 @@ func traffic(t TrafficInfo) string {
 	case "DROP":
 		return s + ": DROP (no endpoint for this policy)"
 	}
-	s += fmt.Sprintf(" -> %s, %d endpoints: %s", t.Chain, len(t.Endpoints), list(t.Endpoints))
+	s += fmt.Sprintf(" -> %s, %s: %s", t.Chain, plural(len(t.Endpoints), "endpoint"), list(t.Endpoints))
 	if t.TerminatingFallback {
 		s += " (serving-and-terminating fallback: none is ready)"
 	}
@@ -276,4 +277,11 @@ func (p *printer) outcomes(os []Outcome) {
 			p.f("      %s", step)
 		}
 	}
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -76,7 +76,9 @@ func TestVerdicts(t *testing.T) {
 			edit:  func(t *testing.T, f *iptables.Fake) { f.Flush(iptables.TableNAT, chainOf(t, web, "KUBE-SVC-")) },
 			layer: LayerKernel, want: "kernel rules missing for port 80"},
 		{name: "kernel chain deleted", svc: web, slices: []*discovery.EndpointSlice{webSlice},
-			edit:  func(t *testing.T, f *iptables.Fake) { f.DeleteChainForTest(iptables.TableNAT, chainOf(t, web, "KUBE-SVC-")) },
+			edit: func(t *testing.T, f *iptables.Fake) {
+				f.DeleteChainForTest(iptables.TableNAT, chainOf(t, web, "KUBE-SVC-"))
+			},
 			layer: LayerKernel, want: "kernel rules missing for port 80"},
 		{name: "kernel rule changed", svc: web, slices: []*discovery.EndpointSlice{webSlice},
 			edit: func(t *testing.T, f *iptables.Fake) {

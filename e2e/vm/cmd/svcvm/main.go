@@ -37,6 +37,8 @@ func main() {
 	var fw forwards
 	var env multi
 	verbose := flag.Bool("v", false, "stream the guest console to stderr")
+	modules := flag.String("modules", "default", `modules to load up front: "default" (hack/vm/modules.txt), "none", or a comma-separated list`)
+	cache := flag.Bool("share-cache", false, "mount -share with 9p's page cache (faster exec from it)")
 	flag.StringVar(&opts.ShareDir, "share", "", "host directory the guest mounts read-write at the same path")
 	flag.StringVar(&opts.Dir, "C", "", "working directory in the guest (default /)")
 	flag.IntVar(&opts.Memory, "m", 0, "guest memory in MiB (default 4096)")
@@ -49,6 +51,14 @@ func main() {
 	opts.Command = flag.Args()
 	opts.Forwards = fw
 	opts.Env = env
+	opts.ShareCache = *cache
+	switch *modules {
+	case "default":
+	case "none":
+		opts.Modules = []string{}
+	default:
+		opts.Modules = strings.Split(*modules, ",")
+	}
 	if len(opts.Command) == 0 {
 		fmt.Fprintln(os.Stderr, "usage: svcvm [flags] -- COMMAND [ARG...]")
 		os.Exit(2)
