@@ -54,6 +54,10 @@ type Options struct {
 	// KubeconfigPath) is in group system:masters and keeps full access
 	// either way.
 	Authorization string
+	// AllowPrivileged runs --allow-privileged=true, as kubeadm clusters do,
+	// so workloads with privileged containers (kube-proxy's DaemonSet,
+	// svcproxy's) are accepted. Default false, the API server's default.
+	AllowPrivileged bool
 	// Log receives the processes' output; default: files in the temp dir.
 	Log func(format string, args ...any)
 }
@@ -278,6 +282,7 @@ func (c *ControlPlane) startAPIServer(opts Options, authz string) error {
 		"--service-account-key-file="+filepath.Join(c.Dir, "sa.pub"),
 		"--service-account-signing-key-file="+filepath.Join(c.Dir, "sa.key"),
 		"--authorization-mode="+authz,
+		fmt.Sprintf("--allow-privileged=%t", opts.AllowPrivileged),
 		"--token-auth-file="+filepath.Join(c.Dir, "tokens.csv"),
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",

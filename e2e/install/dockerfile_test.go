@@ -237,11 +237,15 @@ func checkSourcesCopied(t *testing.T, build Stage) {
 			t.Errorf("builder does not copy %s", need)
 		}
 	}
-	cmd := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "./cmd/proxy")
+	cmd := exec.Command("go", "list", "-buildvcs=false", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "./cmd/proxy")
 	cmd.Dir = repoRoot(t)
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("go list: %v", err)
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("go list -deps ./cmd/proxy: %v\n%s", err, stderr)
 	}
 	const module = "svcproxy.dev/svcproxy/"
 	for _, pkg := range strings.Fields(string(out)) {

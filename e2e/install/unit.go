@@ -20,7 +20,7 @@ func ParseUnit(text string) (Unit, error) {
 		line := strings.TrimSpace(lines[i])
 		for strings.HasSuffix(line, "\\") && i+1 < len(lines) {
 			i++
-			line = strings.TrimSuffix(line, "\\") + " " + strings.TrimSpace(lines[i])
+			line = strings.TrimSpace(strings.TrimSuffix(line, "\\")) + " " + strings.TrimSpace(lines[i])
 		}
 		switch {
 		case line == "" || line[0] == '#' || line[0] == ';':

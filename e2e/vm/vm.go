@@ -93,6 +93,9 @@ type RunOptions struct {
 	// but does not see host files changing during the run (ShareDir is
 	// never cached).
 	RootCacheNone bool
+	// KernelArgs are added to the guest kernel's command line (after
+	// "console=ttyS0 quiet panic=-1").
+	KernelArgs []string
 	// KeepCtl keeps the per-run control directory (params, cmd.sh, output,
 	// console log) and names it in Result.CtlDir.
 	KeepCtl bool
@@ -333,7 +336,7 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 		"-nographic", "-no-reboot",
 		"-m", strconv.Itoa(opts.Memory), "-smp", strconv.Itoa(opts.CPUs),
 		"-kernel", p.Kernel, "-initrd", p.Initramfs,
-		"-append", "console=ttyS0 quiet panic=-1",
+		"-append", strings.Join(append([]string{"console=ttyS0", "quiet", "panic=-1"}, opts.KernelArgs...), " "),
 		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
 		"-virtfs", "local,path=" + qemuEscape(ctl) + ",mount_tag=ctl,security_model=none,multidevs=remap",
 	}

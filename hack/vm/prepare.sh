@@ -16,7 +16,8 @@
 #   through its PVH entry, faster than the self-decompressing bzImage.
 #
 # The cache lives in $SVCPROXY_VM_CACHE, default <repo>/.cache/vm (git-ignored).
-# Use it through the Go package svcproxy.dev/svcproxy/e2e/vm or hack/vm/run.sh.
+# Use it through the Go package svcproxy.dev/svcproxy/e2e/vm, or by hand with
+# go run ./e2e/vm/cmd/svcvm -- COMMAND (see e2e/vm/README.md).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

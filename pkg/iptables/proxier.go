@@ -24,13 +24,26 @@ type Proxier struct {
 	opts       PlanOptions
 	kernel     Interface
 	batchLines int
+	planner    Planner
 
 	applied *Ruleset // last ruleset written successfully; nil forces a full sync
 }
 
 // NewProxier returns a Proxier for one family.
 func NewProxier(kernel Interface, opts PlanOptions) *Proxier {
-	return &Proxier{opts: opts, kernel: kernel, batchLines: DefaultBatchLines}
+	return &Proxier{opts: opts, kernel: kernel, batchLines: DefaultBatchLines, planner: PlanFrom}
+}
+
+// Planner computes a Ruleset from a snapshot, reusing prev where the
+// snapshot says nothing changed. PlanFrom is iptables mode's; IPVS mode
+// plans its helper rules with its own and writes them through the same
+// Proxier, so both modes share the delta and drift machinery.
+type Planner func(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset
+
+// WithPlanner makes the Proxier plan with planner instead of PlanFrom.
+func (p *Proxier) WithPlanner(planner Planner) *Proxier {
+	p.planner = planner
+	return p
 }
 
 // SyncResult describes one successful sync.
@@ -44,7 +57,7 @@ type SyncResult struct {
 // Sync makes the kernel match snap. On failure the previous rules stay in
 // place (restore is atomic per payload) and the next Sync is a full one.
 func (p *Proxier) Sync(snap *watch.Snapshot) (SyncResult, error) {
-	rs := PlanFrom(p.applied, snap, p.opts)
+	rs := p.planner(p.applied, snap, p.opts)
 	if p.applied == nil || snap.NodeChanged || !maps.EqualFunc(p.applied.Base, rs.Base, slices.Equal) {
 		return p.full(rs)
 	}
@@ -75,8 +88,29 @@ func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
 	if err := p.ensureJumps(rs); err != nil {
 		return res, err
 	}
+	if err := p.removeStaleBase(rs, existing); err != nil {
+		return res, err
+	}
 	p.applied = rs
 	return res, nil
+}
+
+// removeStaleBase deletes fixed chains of ours that the ruleset no longer
+// has (the other mode's, or a feature turned off), with the jumps into them.
+func (p *Proxier) removeStaleBase(rs *Ruleset, existing map[ChainKey]bool) error {
+	stale := map[string][]string{}
+	for k := range existing {
+		if _, ok := rs.Base[k]; !ok && isBaseChain(k.Name) {
+			stale[k.Table] = append(stale[k.Table], k.Name)
+		}
+	}
+	var errs []error
+	for table, names := range stale {
+		if err := RemoveChains(p.kernel, table, names); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (p *Proxier) delta(rs *Ruleset, snap *watch.Snapshot) (SyncResult, error) {
@@ -134,14 +168,17 @@ func (p *Proxier) ourChains() (map[ChainKey]bool, error) {
 	return out, nil
 }
 
-func isBaseChain(name string) bool {
-	switch name {
-	case ChainServices, ChainExternalServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq,
-		ChainForward, ChainProxyFirewall, ChainFirewall:
-		return true
-	}
-	return false
+// baseChainNames are the fixed chains either mode (ours or kube-proxy's)
+// creates; a full sync removes the ones its ruleset does not use.
+var baseChainNames = map[string]bool{
+	ChainServices: true, ChainExternalServices: true, ChainNodePorts: true, ChainPostrouting: true,
+	ChainMarkMasq: true, ChainForward: true, ChainProxyFirewall: true, ChainFirewall: true,
+	// IPVS mode
+	"KUBE-NODE-PORT": true, "KUBE-LOAD-BALANCER": true, "KUBE-LOOP-BACK": true, "KUBE-IPVS-FILTER": true,
+	"KUBE-IPVS-OUT-FILTER": true, "KUBE-SOURCE-RANGES-FIREWALL": true,
 }
+
+func isBaseChain(name string) bool { return baseChainNames[name] }
 
 // Drift is a difference between the applied ruleset and the kernel.
 type Drift struct {

@@ -38,6 +38,7 @@ func main() {
 	var env multi
 	verbose := flag.Bool("v", false, "stream the guest console to stderr")
 	modules := flag.String("modules", "default", `modules to load up front: "default" (hack/vm/modules.txt), "none", or a comma-separated list`)
+	kargs := flag.String("append", "", "extra kernel command line arguments (space-separated)")
 	cache := flag.Bool("share-cache", false, "mount -share with 9p's page cache (faster exec from it)")
 	flag.StringVar(&opts.ShareDir, "share", "", "host directory the guest mounts read-write at the same path")
 	flag.StringVar(&opts.Dir, "C", "", "working directory in the guest (default /)")
@@ -52,6 +53,7 @@ func main() {
 	opts.Forwards = fw
 	opts.Env = env
 	opts.ShareCache = *cache
+	opts.KernelArgs = strings.Fields(*kargs)
 	switch *modules {
 	case "default":
 	case "none":
