@@ -14,7 +14,7 @@ STATICCHECK_VERSION := v0.8.2
 
 export SVCPROXY_BIN_DIR := $(TOOLS_BIN)
 
-.PHONY: all build deps tools test unit e2e acceptance demo bench lint clean
+.PHONY: all build deps tools vm test unit e2e acceptance demo bench lint clean
 
 all: build
 
@@ -26,6 +26,11 @@ deps:
 tools:
 	@e2e/build-tools.sh
 
+# A Debian kernel with IPVS, booted under QEMU for the IPVS tests (the host
+# kernel has no IPVS); cached in .cache/vm.
+vm:
+	@hack/vm/prepare.sh
+
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/proxy ./cmd/proxy
 	$(GO) build -o $(BIN)/acceptance ./e2e/cmd/acceptance
@@ -33,7 +38,7 @@ build:
 
 # Unit tests, then the e2e tests (real kube-apiserver, real kernel rules in
 # network namespaces), then the acceptance examples with real packets.
-test: deps tools build lint unit acceptance
+test: deps tools vm build lint unit acceptance
 
 unit:
 	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 ./...
