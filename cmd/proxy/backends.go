@@ -30,7 +30,7 @@ func newBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.B
 	}
 	var out []proxy.Backend
 	for _, f := range fams {
-		if iptablesLocalhost(f.opts) {
+		if iptables.LocalhostNodePorts(f.opts) {
 			enableRouteLocalnet()
 		}
 		out = append(out, &iptablesBackend{family: f.family, kernel: f.kernel, proxier: iptables.NewProxier(f.kernel, f.opts)})

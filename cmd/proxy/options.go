@@ -85,18 +85,3 @@ func localDetector(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node, fam v1.I
 	}
 	return nil
 }
-
-func iptablesLocalhost(opts iptables.PlanOptions) bool {
-	if opts.Family != v1.IPv4Protocol || !opts.LocalhostNodePorts {
-		return false
-	}
-	if opts.NodePortAddresses == nil {
-		return true
-	}
-	for _, a := range opts.NodePortAddresses {
-		if a.IsLoopback() {
-			return true
-		}
-	}
-	return false
-}

@@ -586,7 +586,7 @@ func (b *builder) port(name types.NamespacedName, sp v1.ServicePort, snapPorts [
 	perFamily := map[v1.IPFamily]Selected{}
 	for _, f := range fams {
 		ip, _ := port.ClusterIP(f.Family)
-		famEps := familyEndpoints(eps, f.Family)
+		famEps := watch.FamilyEndpoints(eps, f.Family)
 		s := Select(port, famEps, b.in.Snapshot.Node)
 		perFamily[f.Family] = s
 		fp := FamilyPort{Family: string(f.Family), ClusterIP: ip.String(), Planned: []ChainRules{}}
@@ -703,16 +703,6 @@ func (b *builder) portFamilies(port *watch.ServicePort) []Family {
 	for _, f := range b.in.Families {
 		if _, ok := port.ClusterIP(f.Family); ok {
 			out = append(out, f)
-		}
-	}
-	return out
-}
-
-func familyEndpoints(eps []*watch.Endpoint, fam v1.IPFamily) []*watch.Endpoint {
-	var out []*watch.Endpoint
-	for _, ep := range eps {
-		if watch.FamilyOf(ep.Addr) == fam {
-			out = append(out, ep)
 		}
 	}
 	return out

@@ -24,7 +24,7 @@ func baseChains(opts PlanOptions) map[ChainKey][]string {
 		{TableFilter, ChainProxyFirewall}:    {},
 		{TableFilter, ChainForward}:          forward(mark, opts),
 	}
-	if localhostNodePorts(opts) {
+	if LocalhostNodePorts(opts) {
 		base[ChainKey{TableFilter, ChainFirewall}] = []string{
 			comment("block incoming localnet connections") + " -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
 		}
@@ -32,9 +32,10 @@ func baseChains(opts PlanOptions) map[ChainKey][]string {
 	return base
 }
 
-// localhostNodePorts reports whether NodePorts answer on 127.0.0.1: IPv4
+// LocalhostNodePorts reports whether NodePorts answer on 127.0.0.1: IPv4
 // only, and only when every address (or a loopback one) carries NodePorts.
-func localhostNodePorts(opts PlanOptions) bool {
+// The daemon sets route_localnet exactly when this holds.
+func LocalhostNodePorts(opts PlanOptions) bool {
 	if opts.Family != v1.IPv4Protocol || !opts.LocalhostNodePorts {
 		return false
 	}
@@ -65,7 +66,7 @@ func nodePortDispatch(opts PlanOptions) []string {
 	}
 	var rules []string
 	for _, a := range opts.NodePortAddresses {
-		if a.IsLoopback() && !localhostNodePorts(opts) {
+		if a.IsLoopback() && !LocalhostNodePorts(opts) {
 			continue
 		}
 		rules = append(rules, note+" -d "+netip.PrefixFrom(a, a.BitLen()).String()+" -j "+ChainNodePorts)
@@ -113,7 +114,7 @@ func jumps(opts PlanOptions) []Jump {
 		j(TableFilter, "OUTPUT", "kubernetes load balancer firewall", ChainProxyFirewall, newConn...),
 		j(TableFilter, "OUTPUT", "kubernetes service portals", ChainServices, newConn...),
 	}
-	if localhostNodePorts(opts) {
+	if LocalhostNodePorts(opts) {
 		out = append(out, j(TableFilter, "INPUT", "kubernetes firewall for dropping marked packets", ChainFirewall))
 	}
 	return out

@@ -87,19 +87,9 @@ func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 			sr = &ServiceRules{Chains: map[ChainKey][]string{}, Entries: map[ChainKey][]string{}}
 			rs.Services[key] = sr
 		}
-		planPort(sr, snap.Services[name], familyEndpoints(snap.Endpoints[name], opts.Family), snap.Node, opts)
+		planPort(sr, snap.Services[name], watch.FamilyEndpoints(snap.Endpoints[name], opts.Family), snap.Node, opts)
 	}
 	return rs
-}
-
-func familyEndpoints(eps []*watch.Endpoint, family v1.IPFamily) []*watch.Endpoint {
-	var out []*watch.Endpoint
-	for _, ep := range eps {
-		if watch.FamilyOf(ep.Addr) == family {
-			out = append(out, ep)
-		}
-	}
-	return out
 }
 
 // portPlan holds the decisions for one Service port, following the order

@@ -191,6 +191,18 @@ func cmpString(a, b string) int {
 	return 0
 }
 
+// FamilyEndpoints returns the endpoints of one IP family: each family is
+// programmed on its own (iptables vs ip6tables, one IPVS table per family).
+func FamilyEndpoints(eps []*Endpoint, family v1.IPFamily) []*Endpoint {
+	var out []*Endpoint
+	for _, ep := range eps {
+		if FamilyOf(ep.Addr) == family {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
 // FamilyOf returns the IP family of addr.
 func FamilyOf(addr netip.Addr) v1.IPFamily {
 	if addr.Is4() || addr.Is4In6() {
