@@ -4,7 +4,7 @@
 # one is missing, so a prepared machine skips apt entirely.
 set -euo pipefail
 need=()
-for pair in iptables:iptables ipset:ipset ipvsadm:ipvsadm conntrack:conntrack socat:socat ip:iproute2 modprobe:kmod; do
+for pair in iptables:iptables ipset:ipset ipvsadm:ipvsadm conntrack:conntrack socat:socat ip:iproute2 modprobe:kmod systemd-analyze:systemd; do
   cmd="${pair%%:*}" pkg="${pair##*:}"
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

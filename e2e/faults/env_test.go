@@ -684,6 +684,9 @@ func (b *bed) mustMetrics() map[string]float64 {
 	return m
 }
 
+// v4 selects the IPv4 family's series (the proxy also runs an IPv6 loop).
+const v4 = `ip_family="IPv4"`
+
 const (
 	mFullCount      = "kubeproxy_sync_full_proxy_rules_duration_seconds_count"
 	mPartialCount   = "kubeproxy_sync_partial_proxy_rules_duration_seconds_count"

@@ -125,8 +125,8 @@ func TestProxyKilledAndRestarted(t *testing.T) {
 		t.Errorf("rules went missing during the restart: KUBE-SERVICES %d/%d, %s %d/%d", minServices, nServices, svcChain, minSvc, nSvc)
 	}
 	m := b.mustMetrics()
-	if full := metric(m, mFullCount); full != 1 {
-		t.Errorf("restarted proxy made %v full syncs, want exactly 1 (start-up)", full)
+	if full := metric(m, mFullCount, v4); full != 1 {
+		t.Errorf("restarted proxy made %v full IPv4 syncs, want exactly 1 (start-up)", full)
 	}
 	countersAfter := b.counters(svcChain)
 	t.Logf("%s packet counters before the kill %v, after the restart %v (the start-up sync rewrites chains in place, so counters restart)", svcChain, countersBefore, countersAfter)

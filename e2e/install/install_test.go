@@ -44,7 +44,9 @@ const (
 )
 
 // skipUnlessE2E skips unless the test can run a real control plane and the
-// proxy: root, etcd and kube-apiserver in the tools dir, a proxy binary.
+// proxy: root, etcd and kube-apiserver in the tools dir, a proxy binary
+// ($SVCPROXY_PROXY or bin/proxy). It returns the path of a copy of that
+// binary.
 func skipUnlessE2E(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -56,14 +58,20 @@ func skipUnlessE2E(t *testing.T) string {
 			t.Skipf("binary %s missing in %s: run e2e/build-tools.sh", b, bin)
 		}
 	}
-	proxy := proxyBinary(t)
-	if _, err := os.Stat(proxy); err != nil {
-		t.Skipf("no proxy binary (%v): run make build", err)
-	}
 	for _, tool := range []string{"ip", "iptables-nft-save"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s not installed: run hack/install-deps.sh", tool)
 		}
+	}
+	b, err := os.ReadFile(proxyBinary(t))
+	if err != nil {
+		t.Skipf("no proxy binary (%v): run make build", err)
+	}
+	// A private copy, so a rebuild of bin/proxy while the test runs
+	// cannot swap the binary between the proxy run and its --cleanup.
+	proxy := filepath.Join(t.TempDir(), "proxy")
+	if err := os.WriteFile(proxy, b, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	return proxy
 }

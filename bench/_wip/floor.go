@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"svcproxy.dev/svcproxy/e2e/nsutil"
+)
+
+// floorBatchLines is the batch size of the batched floor load, the same as
+// svcproxy's full-sync batch (pkg/iptables.DefaultBatchLines).
+const floorBatchLines = 20000
+
+// Floor is what a bare iptables-nft-restore needs to load the proxy's final
+// ruleset into an empty namespace.
+type Floor struct {
+	Lines, Bytes int
+	OnePayloadS  float64 // one payload, plain restore (tables flushed: they are empty)
+	BatchedS     float64 // chain declarations, then rule batches with --noflush
+	Batches      int
+	Err          string `json:",omitempty"`
+}
+
+// Best is the faster of the two loads.
+func (f *Floor) Best() float64 {
+	switch {
+	case f.OnePayloadS > 0 && f.BatchedS > 0:
+		return min(f.OnePayloadS, f.BatchedS)
+	case f.OnePayloadS > 0:
+		return f.OnePayloadS
+	}
+	return f.BatchedS
+}
+
+// dumpRules runs iptables-nft-save in the namespace.
+func dumpRules(netns string) ([]byte, error) {
+	out, err := nsutil.Exec(netns, "iptables-nft-save").Output()
+	if err != nil {
+		return nil, fmt.Errorf("iptables-nft-save in %s: %w", netns, err)
+	}
+	return out, nil
+}
+
+// measureFloor loads dump into fresh empty namespaces, once as one payload
+// and once in batches, and times both.
+func measureFloor(dump []byte) Floor {
+	f := Floor{Bytes: len(dump), Lines: bytes.Count(dump, []byte("\n"))}
+	one, err := timedRestore([][]byte{dump}, false)
+	if err != nil {
+		f.Err = err.Error()
+		return f
+	}
+	f.OnePayloadS = one.Seconds()
+	batches := splitBatches(dump, floorBatchLines)
+	f.Batches = len(batches)
+	b, err := timedRestore(batches, true)
+	if err != nil {
+		f.Err = err.Error()
+		return f
+	}
+	f.BatchedS = b.Seconds()
+	return f
+}
+
+// timedRestore creates an empty namespace, feeds it the payloads one after
+// the other and returns the total restore time.
+func timedRestore(payloads [][]byte, noflush bool) (time.Duration, error) {
+	ns := nsutil.Name("floor")
+	if err := nsutil.Add(ns); err != nil {
+		return 0, err
+	}
+	defer func() { _ = nsutil.Delete(ns) }()
+	var total time.Duration
+	for i, p := range payloads {
+		args := []string{}
+		if noflush {
+			args = append(args, "--noflush")
+		}
+		cmd := nsutil.Exec(ns, "iptables-nft-restore", args...)
+		cmd.Stdin = bytes.NewReader(p)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		start := time.Now()
+		err := cmd.Run()
+		total += time.Since(start)
+		if err != nil {
+			return total, fmt.Errorf("iptables-nft-restore payload %d/%d: %v: %s", i+1, len(payloads), err, strings.TrimSpace(stderr.String()))
+		}
+	}
+	return total, nil
+}
+
+// splitBatches turns an iptables-save dump into --noflush payloads: the
+// first declares every chain of every table, the others append the rules
+// in order, at most batchLines rules each. Jumps only need their target
+// chain to exist, so every batch is valid on its own.
+func splitBatches(dump []byte, batchLines int) [][]byte {
+	type table struct {
+		name  string
+		decl  []string
+		rules []string
+	}
+	var tables []*table
+	var cur *table
+	for _, line := range strings.Split(string(dump), "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			cur = &table{name: line[1:]}
+			tables = append(tables, cur)
+		case cur == nil || line == "" || strings.HasPrefix(line, "#") || line == "COMMIT":
+		case strings.HasPrefix(line, ":"):
+			cur.decl = append(cur.decl, line)
+		default:
+			cur.rules = append(cur.rules, line)
+		}
+	}
+	var out [][]byte
+	var first bytes.Buffer
+	for _, t := range tables {
+		first.WriteString("*" + t.name + "\n")
+		for _, d := range t.decl {
+			first.WriteString(d + "\n")
+		}
+		first.WriteString("COMMIT\n")
+	}
+	out = append(out, first.Bytes())
+	for _, t := range tables {
+		for i := 0; i < len(t.rules); i += batchLines {
+			var b bytes.Buffer
+			b.WriteString("*" + t.name + "\n")
+			for _, r := range t.rules[i:min(i+batchLines, len(t.rules))] {
+				b.WriteString(r + "\n")
+			}
+			b.WriteString("COMMIT\n")
+			out = append(out, b.Bytes())
+		}
+	}
+	return out
+}
+
+// writeDump keeps a rule dump in the log directory for inspection.
+func writeDump(path string, dump []byte) {
+	_ = os.WriteFile(path, dump, 0o644)
+}
+
+var _ = exec.Command

@@ -1,0 +1,271 @@
+// Command bench runs svcproxy and the reference kube-proxy side by side on
+// this machine, against the same real kube-apiserver, with the same
+// KubeProxyConfiguration (iptables mode, nf_tables backend), each in a fresh
+// node network namespace of its own, one after the other. For every
+// workload size N (N Services x 10 endpoints) it measures cold start,
+// restart with the rules in place, programming latency, endpoint churn,
+// memory and CPU, and the floor (a bare iptables-nft-restore of the same
+// ruleset), then writes a markdown table, a JSON file and a PNG plot.
+//
+// Every number in the outputs comes from the run. See bench/README.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"svcproxy.dev/svcproxy/e2e/controlplane"
+	"svcproxy.dev/svcproxy/e2e/nsutil"
+)
+
+// Proxy names as they appear in the outputs.
+const (
+	SvcProxy  = "svcproxy"
+	KubeProxy = "kube-proxy"
+)
+
+type options struct {
+	Ns             []int
+	KubeProxyMaxN  int
+	Cap            time.Duration
+	Out            string
+	Proxy          string
+	KubeProxy      string
+	Responder      string
+	BinDir         string
+	LatencySamples int
+	ChurnSeconds   int
+	ShortChurn     int
+	Writers        int
+	OneChange      string
+	Quick          bool
+	Proxies        []string
+	LogDir         string
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func parseNs(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == ',' }) {
+		n, err := strconv.Atoi(strings.ReplaceAll(f, "_", ""))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad N %q", f)
+		}
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+func main() {
+	root, err := controlplane.RepoRoot()
+	if err != nil {
+		fatal(err)
+	}
+	var o options
+	quick := envOr("BENCH_QUICK", "") != "" && envOr("BENCH_QUICK", "") != "0"
+	defN := "1000 5000 10000 20000"
+	defOut := filepath.Join(root, "bench", "results")
+	defSamples, defChurn, defShort := 50, 60, 20
+	if quick {
+		defN, defOut, defSamples, defChurn, defShort = "200", filepath.Join(root, ".cache", "bench", "quick"), 15, 10, 10
+	}
+	nStr := flag.String("n", envOr("BENCH_N", defN), "workload sizes (Services x 10 endpoints), space or comma separated; env BENCH_N")
+	flag.IntVar(&o.KubeProxyMaxN, "kube-proxy-max-n", 10000, "run kube-proxy only for N up to this")
+	capStr := flag.String("cap", envOr("BENCH_CAP", "300s"), "time cap per phase (cold start, restart, latency series); env BENCH_CAP")
+	flag.StringVar(&o.Out, "out", envOr("BENCH_OUT", defOut), "output directory for bench.md, bench.json, bench.png; env BENCH_OUT")
+	flag.StringVar(&o.Proxy, "proxy", filepath.Join(root, "bin", "proxy"), "svcproxy binary")
+	flag.StringVar(&o.KubeProxy, "kube-proxy", filepath.Join(controlplane.DefaultBinDir(), "kube-proxy"), "reference kube-proxy binary")
+	flag.StringVar(&o.Responder, "responder", filepath.Join(root, "bin", "responder"), "responder binary (e2e/cmd/responder)")
+	flag.StringVar(&o.BinDir, "bin-dir", controlplane.DefaultBinDir(), "directory with etcd and kube-apiserver")
+	flag.IntVar(&o.LatencySamples, "latency-samples", defSamples, "programming latency samples per proxy, N and minSyncPeriod")
+	flag.IntVar(&o.ChurnSeconds, "churn-seconds", defChurn, "endpoint churn duration (one change per second)")
+	flag.IntVar(&o.ShortChurn, "short-churn-seconds", defShort, "churn duration where a kube-proxy sync takes longer than 1 s")
+	flag.IntVar(&o.Writers, "writers", 16, "parallel API writers when creating the workload")
+	flag.StringVar(&o.OneChange, "one-change", "", "output of `go test -bench OneEndpointChange ./pkg/iptables/` to include in the report")
+	proxies := flag.String("proxies", envOr("BENCH_PROXIES", SvcProxy+","+KubeProxy), "proxies to run, comma separated; env BENCH_PROXIES")
+	flag.StringVar(&o.LogDir, "log-dir", filepath.Join(root, ".cache", "bench", "logs"), "proxy logs and rule dumps")
+	flag.Parse()
+	o.Quick = quick
+	if o.Ns, err = parseNs(*nStr); err != nil || len(o.Ns) == 0 {
+		fatal(fmt.Errorf("-n %q: %v", *nStr, err))
+	}
+	if o.Cap, err = time.ParseDuration(*capStr); err != nil {
+		fatal(fmt.Errorf("-cap: %w", err))
+	}
+	for _, p := range strings.Split(*proxies, ",") {
+		p = strings.TrimSpace(p)
+		if p != SvcProxy && p != KubeProxy {
+			fatal(fmt.Errorf("-proxies: unknown proxy %q", p))
+		}
+		o.Proxies = append(o.Proxies, p)
+	}
+	if os.Geteuid() != 0 {
+		fatal(fmt.Errorf("bench needs root (network namespaces, iptables)"))
+	}
+	for _, b := range []string{o.Proxy, o.KubeProxy, o.Responder} {
+		if _, err := os.Stat(b); err != nil {
+			fatal(fmt.Errorf("%v (run `make tools build`)", err))
+		}
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	if err := run(ctx, o); err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s bench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// Report is everything the run measured; bench.json holds it as is.
+type Report struct {
+	Started, Finished time.Time
+	Quick             bool
+	Machine           Machine
+	Settings          Settings
+	MinSync           MinSyncCheck
+	Runs              []*Run
+	OneChange         string `json:",omitempty"`
+}
+
+// Settings are the knobs of this run, for the report.
+type Settings struct {
+	Ns             []int
+	KubeProxyMaxN  int
+	CapSeconds     float64
+	LatencySamples int
+	ChurnSeconds   int
+	ShortChurn     int
+	ServiceCIDR    string
+	ClusterCIDR    string
+	ProbeInterval  string
+	AttemptTimeout string
+	SyncPeriod     string
+}
+
+func run(ctx context.Context, o options) error {
+	for _, err := range nsutil.RemoveStale() {
+		logf("stale cleanup: %v", err)
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.LogDir, 0o755); err != nil {
+		return err
+	}
+	rep := &Report{
+		Started: time.Now(),
+		Quick:   o.Quick,
+		Settings: Settings{
+			Ns: o.Ns, KubeProxyMaxN: o.KubeProxyMaxN, CapSeconds: o.Cap.Seconds(),
+			LatencySamples: o.LatencySamples, ChurnSeconds: o.ChurnSeconds, ShortChurn: o.ShortChurn,
+			ServiceCIDR: serviceCIDR, ClusterCIDR: clusterCIDR,
+			ProbeInterval: probeInterval.String(), AttemptTimeout: attemptTimeout.String(), SyncPeriod: "30s",
+		},
+	}
+	rep.Machine = machineInfo(o)
+	if o.OneChange != "" {
+		if b, err := os.ReadFile(o.OneChange); err == nil {
+			rep.OneChange = string(b)
+		} else {
+			logf("one-change results: %v", err)
+		}
+	}
+	logf("starting control plane (service CIDR %s)", serviceCIDR)
+	cp, err := controlplane.Start(ctx, controlplane.Options{BinDir: o.BinDir, ServiceCIDRs: []string{serviceCIDR}})
+	if err != nil {
+		return fmt.Errorf("control plane: %w", err)
+	}
+	defer func() {
+		if err := cp.Stop(); err != nil {
+			logf("control plane stop: %v", err)
+		}
+	}()
+	cl, err := newCluster(ctx, cp, o.Writers)
+	if err != nil {
+		return err
+	}
+	b := &bench{o: o, cp: cp, cl: cl, rep: rep}
+	rep.MinSync, err = b.checkMinSync(ctx)
+	if err != nil {
+		return fmt.Errorf("minSyncPeriod check: %w", err)
+	}
+	logf("minSyncPeriod 0s: %s", rep.MinSync.Summary)
+	for _, n := range o.Ns {
+		if ctx.Err() != nil {
+			break
+		}
+		start := time.Now()
+		if err := cl.ensureWorkload(ctx, n); err != nil {
+			return fmt.Errorf("workload N=%d: %w", n, err)
+		}
+		logf("N=%d: workload in place (%s)", n, time.Since(start).Round(time.Millisecond))
+		// kube-proxy first, so the churn length for svcproxy follows
+		// kube-proxy's measured sync time at the same N.
+		for _, p := range []string{KubeProxy, SvcProxy} {
+			if !slices.Contains(o.Proxies, p) || (p == KubeProxy && n > o.KubeProxyMaxN) {
+				continue
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			r := b.runProxy(ctx, p, n)
+			rep.Runs = append(rep.Runs, r)
+			if err := b.save(); err != nil {
+				logf("save: %v", err)
+			}
+		}
+	}
+	rep.Finished = time.Now()
+	rep.Machine.LoadEnd = loadAvg()
+	if err := b.save(); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.Out, "bench.md"), []byte(renderMarkdown(rep)), 0o644); err != nil {
+		return err
+	}
+	if err := writePlot(rep, filepath.Join(o.Out, "bench.png")); err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	logf("wrote %s", filepath.Join(o.Out, "bench.md"))
+	return ctx.Err()
+}
+
+type bench struct {
+	o   options
+	cp  *controlplane.ControlPlane
+	cl  *cluster
+	rep *Report
+}
+
+// save writes bench.json (after every proxy run, so a crash keeps data).
+func (b *bench) save() error {
+	data, err := json.MarshalIndent(b.rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(b.o.Out, "bench.json"), data, 0o644)
+}

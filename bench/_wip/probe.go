@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"time"
+
+	"svcproxy.dev/svcproxy/e2e/acceptance"
+)
+
+const (
+	// probeInterval is how often a new connection attempt starts.
+	probeInterval = 50 * time.Millisecond
+	// attemptTimeout bounds one attempt; a SYN the node does not DNAT yet
+	// is blackholed by the router, so a failed attempt usually ends here.
+	// Attempts overlap, so a long timeout costs no resolution.
+	attemptTimeout = time.Second
+	maxInFlight    = 40
+)
+
+// attempt is one connection attempt of a probe series.
+type attempt struct {
+	Start, End time.Time
+	OK         bool
+}
+
+// probeLog is the attempts of one series, in completion order.
+type probeLog []attempt
+
+// firstOK is the completion time of the earliest successful attempt.
+func (l probeLog) firstOK() (time.Time, bool) {
+	var first time.Time
+	for _, a := range l {
+		if a.OK && (first.IsZero() || a.End.Before(first)) {
+			first = a.End
+		}
+	}
+	return first, !first.IsZero()
+}
+
+// failedStartedBefore counts failed attempts that started before t.
+func (l probeLog) failedStartedBefore(t time.Time) int {
+	n := 0
+	for _, a := range l {
+		if !a.OK && a.Start.Before(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// probe starts a TCP connection attempt from the client pod to dst every
+// probeInterval (attempts overlap, each with attemptTimeout) until ctx ends
+// or done reports true; done is asked after every attempt and every tick,
+// with the log so far. probe returns once every started attempt finished.
+func probe(ctx context.Context, c acceptance.Client, dst netip.AddrPort, done func(probeLog) bool) probeLog {
+	var (
+		mu  sync.Mutex
+		log probeLog
+		wg  sync.WaitGroup
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	check := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if done(log) {
+			cancel()
+		}
+	}
+	sem := make(chan struct{}, maxInFlight)
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return log
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			start := time.Now()
+			a := c.Attempt("TCP", dst, attemptTimeout)
+			mu.Lock()
+			log = append(log, attempt{Start: start, End: time.Now(), OK: a.Class == acceptance.ClassBackend})
+			mu.Unlock()
+			check()
+		}()
+		select {
+		case <-t.C:
+			check()
+		case <-ctx.Done():
+			wg.Wait()
+			return log
+		}
+	}
+}
+
+// untilOK ends a series at the first success.
+func untilOK(l probeLog) bool {
+	_, ok := l.firstOK()
+	return ok
+}
