@@ -248,6 +248,8 @@ func TestExplainLayers(t *testing.T) {
 		}
 		text, _ := e.run("explain", "--config", e.config, ips["ok"]+":80/tcp", "--from", podIP)
 		t.Logf("proxy explain %s:80/tcp --from %s:\n%s", ips["ok"], podIP, text)
+		broken, _ := e.run("explain", "--config", e.config, "svc", ns+"/etplocal")
+		t.Logf("proxy explain svc %s/etplocal:\n%s", ns, broken)
 		for _, want := range []string{"DNAT 10.1.0.1:8080", "DNAT 10.2.0.1:8080", "probability 0.5000"} {
 			if !strings.Contains(text, want) {
 				t.Errorf("text output lacks %q:\n%s", want, text)
