@@ -44,6 +44,9 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) 
 	if err != nil {
 		return err
 	}
+	if err := conntrack.Apply(conntrack.Sysctl{Root: "/proc/sys"}, conntrack.SettingsFrom(cfg.Conntrack), conntrack.InHostNetns()); err != nil {
+		klog.ErrorS(err, "Applying conntrack settings; going on with the kernel's")
+	}
 	hs := health.NewProxyHealthServer(health.ProxyHealthServerOptions{Addr: cfg.HealthzBindAddress, HealthTimeout: 2 * syncPeriod})
 	svcHealth := health.NewServiceHealthServer(health.ServiceHealthServerOptions{NodeIPs: healthCheckIPs(cfg, node), ProxyHealth: hs})
 	go runServer("healthz", func() error { return hs.Run(ctx) })

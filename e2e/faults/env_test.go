@@ -468,11 +468,12 @@ func (b *bed) waitBackend(c acceptance.Client, dst string, want netip.Addr, time
 	deadline := time.Now().Add(timeout)
 	var last acceptance.Attempt
 	for time.Now().Before(deadline) {
-		last = attempt(c, dst, time.Second)
+		at := time.Now()
+		last = attempt(c, dst, 300*time.Millisecond)
 		if last.Class == acceptance.ClassBackend && last.Backend.Addr() == want {
-			return time.Now()
+			return at
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	b.t.Fatalf("%s -> %s never reached %s within %s (last: %s %s)", c.Bind, dst, want, timeout, last.Label(), last.Detail)
 	return time.Time{}
