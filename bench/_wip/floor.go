@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -146,5 +145,3 @@ func splitBatches(dump []byte, batchLines int) [][]byte {
 func writeDump(path string, dump []byte) {
 	_ = os.WriteFile(path, dump, 0o644)
 }
-
-var _ = exec.Command

@@ -13,8 +13,11 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	"k8s.io/kube-proxy/config/v1alpha1"
 
@@ -53,6 +56,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) 
 	go runServer("metrics", func() error { return metrics.Serve(ctx, cfg.MetricsBindAddress) })
 
 	tracker := watch.NewTracker(nodeName)
+	tracker.SetReporter(eventReporter(ctx, client, nodeName))
 	cleaner := &conntrack.Cleaner{Local: localAddrs}
 	var leftovers sync.Once
 	daemon := proxy.New(proxy.Options{
@@ -221,4 +225,15 @@ func healthCheckIPs(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []net.I
 		}
 	}
 	return out
+}
+
+// eventReporter turns skipped invalid input into Warning Events on the
+// Service, so `kubectl describe service` shows why it is not proxied.
+func eventReporter(ctx context.Context, client kubernetes.Interface, nodeName string) watch.Reporter {
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	recorder := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "svcproxy", Host: nodeName})
+	return func(svc *v1.Service, reason, message string) {
+		recorder.Event(svc, v1.EventTypeWarning, reason, message)
+	}
 }

@@ -17,6 +17,7 @@ import (
 // costs one comparison and may turn out to be no change at all.
 type Tracker struct {
 	nodeName string
+	reporter Reporter
 	// start is when the Tracker was made: trigger times before it belong to
 	// changes made before this process watched (kube-proxy's trackerStartTime).
 	start time.Time
@@ -52,6 +53,19 @@ func NewTracker(nodeName string) *Tracker {
 		endpoints:   map[types.NamespacedName]map[ServicePortName][]*Endpoint{},
 		nodeInfo:    NodeInfo{Name: nodeName},
 		first:       true,
+	}
+}
+
+// Reporter is told about invalid input the Tracker skips, so an operator
+// sees it as an Event on the Service and not only in this node's log.
+type Reporter func(svc *v1.Service, reason, message string)
+
+// SetReporter installs r; call it before the informers start.
+func (t *Tracker) SetReporter(r Reporter) { t.reporter = r }
+
+func (t *Tracker) report(svc *v1.Service, reason, message string) {
+	if t.reporter != nil && svc != nil {
+		t.reporter(svc, reason, message)
 	}
 }
 
@@ -200,6 +214,7 @@ func (t *Tracker) refreshService(name types.NamespacedName) bool {
 		eps, warnings = sliceEndpoints(name, t.slices[name], t.nodeName)
 		for _, w := range warnings {
 			klog.InfoS("Skipping invalid part of EndpointSlice", "service", name, "problem", w)
+			t.report(t.services[name], "InvalidEndpoints", "Skipped by the service proxy: "+w)
 		}
 	}
 	changed := !reflect.DeepEqual(ports, t.ports[name]) || !reflect.DeepEqual(eps, t.endpoints[name])
@@ -223,10 +238,12 @@ func (t *Tracker) convertService(name types.NamespacedName) (ports map[ServicePo
 	ports, warnings, err := servicePorts(svc)
 	if err != nil {
 		klog.ErrorS(err, "Skipping invalid Service; its last good state (if any) stays programmed", "service", name)
+		t.report(svc, "InvalidService", "Skipped by the service proxy: "+err.Error())
 		return nil, false
 	}
 	for _, w := range warnings {
 		klog.InfoS("Ignoring invalid part of Service", "service", name, "problem", w)
+		t.report(svc, "InvalidServiceField", "Ignored by the service proxy: "+w)
 	}
 	return ports, true
 }

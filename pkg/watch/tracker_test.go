@@ -632,3 +632,20 @@ func TestSnapshotHelpers(t *testing.T) {
 		t.Error("ClusterIP(IPv6) found on a single-stack Service")
 	}
 }
+
+func TestTrackerReportsInvalidInput(t *testing.T) {
+	tr := NewTracker("node")
+	var reasons []string
+	tr.SetReporter(func(svc *v1.Service, reason, message string) {
+		reasons = append(reasons, svc.Name+"/"+reason+": "+message)
+	})
+	bad := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "bad"},
+		Spec: v1.ServiceSpec{ClusterIP: "172.30.0.9", Ports: []v1.ServicePort{{Name: "p", Protocol: v1.ProtocolTCP, Port: 0}}},
+	}
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "bad"}, bad)
+	tr.Snapshot()
+	if len(reasons) != 1 || !strings.Contains(reasons[0], "bad/InvalidService") || !strings.Contains(reasons[0], "spec.ports[0].port") {
+		t.Errorf("reported %q, want one InvalidService event naming spec.ports[0].port", reasons)
+	}
+}
