@@ -45,7 +45,9 @@ func SettingsFrom(c v1alpha1.KubeProxyConntrackConfiguration) Settings {
 // Sysctl reads and writes /proc/sys (a directory in tests).
 type Sysctl struct{ Root string }
 
-func (s Sysctl) path(name string) string { return filepath.Join(s.Root, strings.ReplaceAll(name, ".", "/")) }
+func (s Sysctl) path(name string) string {
+	return filepath.Join(s.Root, strings.ReplaceAll(name, ".", "/"))
+}
 
 func (s Sysctl) get(name string) (int, error) {
 	b, err := os.ReadFile(s.path(name))

@@ -641,7 +641,7 @@ func TestTrackerReportsInvalidInput(t *testing.T) {
 	})
 	bad := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "bad"},
-		Spec: v1.ServiceSpec{ClusterIP: "172.30.0.9", Ports: []v1.ServicePort{{Name: "p", Protocol: v1.ProtocolTCP, Port: 0}}},
+		Spec:       v1.ServiceSpec{ClusterIP: "172.30.0.9", Ports: []v1.ServicePort{{Name: "p", Protocol: v1.ProtocolTCP, Port: 0}}},
 	}
 	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "bad"}, bad)
 	tr.Snapshot()
