@@ -49,8 +49,22 @@ acceptance: deps tools build
 demo: deps tools build
 	$(BIN)/acceptance --mode iptables --file $(CURDIR)/e2e/demo/demo.yaml --proxy $(BIN)/proxy --verbose
 
+# svcproxy vs the reference kube-proxy, side by side on this machine (see
+# bench/README.md): writes bench/results/bench.md, bench.json, bench.png.
+# BENCH_N="1000 5000" picks the sizes; BENCH_QUICK=1 is a N=200 development
+# run into .cache/bench/quick (without the go test microbenchmark).
 bench: deps tools build
-	$(GO) test -run '^$$' -bench OneEndpointChange -benchtime 20x ./pkg/iptables/ | tee $(CACHE)/bench-one-change.txt
+	@set -e; \
+	if [ -n "$(BENCH_QUICK)" ] && [ "$(BENCH_QUICK)" != 0 ]; then out=$(CACHE)/bench/quick; else out=$(CURDIR)/bench/results; fi; \
+	mkdir -p $$out; \
+	$(GO) build -o $(BIN)/bench ./bench; \
+	onechange=; \
+	if [ -z "$(BENCH_QUICK)" ] || [ "$(BENCH_QUICK)" = 0 ]; then \
+	  echo "go test -bench OneEndpointChange ./pkg/iptables/ > $$out/one-change.txt"; \
+	  $(GO) test -run '^$$' -bench OneEndpointChange -benchtime 20x ./pkg/iptables/ > $$out/one-change.txt 2>&1 || { cat $$out/one-change.txt; exit 1; }; \
+	  cat $$out/one-change.txt; onechange=$$out/one-change.txt; \
+	fi; \
+	BENCH_N='$(BENCH_N)' BENCH_QUICK='$(BENCH_QUICK)' $(BIN)/bench -out $$out -proxy $(BIN)/proxy -responder $(BIN)/responder -kube-proxy $(TOOLS_BIN)/kube-proxy $${onechange:+-one-change $$onechange}
 
 lint:
 	@test -z "$$(gofmt -l cmd pkg e2e)" || (gofmt -l cmd pkg e2e; echo "gofmt: files above need formatting"; exit 1)

@@ -19,8 +19,11 @@ import (
 
 // newBackends returns one backend per IP family the node can program.
 func newBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Backend, error) {
+	if cfg.Mode == config.ModeIPVS {
+		return newIPVSBackends(cfg, node)
+	}
 	if cfg.Mode != config.ModeIPTables {
-		return nil, fmt.Errorf("mode %q is not implemented yet; use %q", cfg.Mode, config.ModeIPTables)
+		return nil, fmt.Errorf("mode %q is not implemented; use %q or %q", cfg.Mode, config.ModeIPTables, config.ModeIPVS)
 	}
 	ipBackend := iptables.DetectBackend()
 	klog.InfoS("Using iptables backend", "backend", ipBackend)
@@ -86,6 +89,11 @@ func (b *iptablesBackend) Verify() (string, string, error) {
 func removeOtherModeLeftovers(backends []proxy.Backend) {
 	var kernels []iptables.Interface
 	for _, b := range backends {
+		if _, ok := b.(*ipvsBackend); ok {
+			// IPVS mode: iptables mode's chains went with the first full
+			// sync of the shared iptables.Proxier.
+			return
+		}
 		if ib, ok := b.(*iptablesBackend); ok {
 			kernels = append(kernels, ib.kernel)
 		}

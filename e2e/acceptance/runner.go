@@ -34,6 +34,13 @@ type Options struct {
 	SyncTimeout time.Duration
 	// AttemptTimeout bounds one connection attempt (default 2 s).
 	AttemptTimeout time.Duration
+	// Kubeconfig, when set, names a running API server to use instead of
+	// starting a control plane: the runner inside the IPVS guest reaches
+	// the host's API server through the VM's forward (see vm.go). The
+	// proxy reaches it through a relay in the node namespace.
+	Kubeconfig string
+	// ServiceCIDRs are the external API server's service CIDRs.
+	ServiceCIDRs []string
 }
 
 // Result is the verdict on one flow.
@@ -69,6 +76,7 @@ type Runner struct {
 	dir      string
 	cp       *controlplane.ControlPlane
 	api      *API
+	relays   map[string]*apiRelay
 	summary  Summary
 	mu       sync.Mutex
 	closed   bool
@@ -102,7 +110,7 @@ func NewRunner(opts Options) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Runner{opts: opts, dir: dir}
+	r := &Runner{opts: opts, dir: dir, relays: map[string]*apiRelay{}}
 	if r.opts.ResponderBin == "" {
 		if r.opts.ResponderBin, err = buildResponder(dir); err != nil {
 			r.Close()
@@ -141,6 +149,10 @@ func (r *Runner) Close() error {
 	var errs []error
 	if r.cp != nil {
 		errs = append(errs, r.cp.Stop())
+	}
+	for ns, rl := range r.relays {
+		rl.Close()
+		delete(r.relays, ns)
 	}
 	if os.Getenv("SVCPROXY_KEEP_TMP") == "" {
 		errs = append(errs, os.RemoveAll(r.dir))
@@ -219,6 +231,16 @@ func (r *Runner) controlPlane(ctx context.Context) (*API, error) {
 	if r.api != nil {
 		return r.api, nil
 	}
+	if r.opts.Kubeconfig != "" {
+		client, err := clientFromKubeconfig(r.opts.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		if r.api, err = NewAPI(client, r.opts.ServiceCIDRs); err != nil {
+			return nil, err
+		}
+		return r.api, nil
+	}
 	r.logf("starting control plane")
 	cp, err := controlplane.Start(ctx, controlplane.Options{BinDir: r.opts.BinDir})
 	if err != nil {
@@ -238,4 +260,42 @@ func (r *Runner) controlPlane(ctx context.Context) (*API, error) {
 	}
 	r.api = api
 	return api, nil
+}
+
+// linkNetns lets processes in ns reach the API server: a veth to the
+// control plane's namespace, or with an external API server (in the IPVS
+// guest) a relay listening at the API address inside ns.
+func (r *Runner) linkNetns(ns string) error {
+	if r.opts.Kubeconfig == "" {
+		return r.cp.LinkNetns(ns)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.relays[ns] != nil {
+		return nil
+	}
+	rl, err := startRelay(ns, r.opts.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	r.relays[ns] = rl
+	return nil
+}
+
+// unlinkNetns stops ns's relay, if any (the veth goes with the namespace).
+func (r *Runner) unlinkNetns(ns string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rl := r.relays[ns]; rl != nil {
+		rl.Close()
+		delete(r.relays, ns)
+	}
+}
+
+// kubeconfigPath is the kubeconfig the proxy uses.
+func (r *Runner) kubeconfigPath() string {
+	if r.opts.Kubeconfig != "" {
+		return r.opts.Kubeconfig
+	}
+	return r.cp.KubeconfigPath
 }

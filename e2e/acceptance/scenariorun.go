@@ -307,11 +307,10 @@ func (sr *scenarioRun) openSentinels() {
 }
 
 func (sr *scenarioRun) startProxy() error {
-	cp := sr.r.cp
-	if err := cp.LinkNetns(sr.topo.Node); err != nil {
+	if err := sr.r.linkNetns(sr.topo.Node); err != nil {
 		return err
 	}
-	cfg, err := ProxyConfig(sr.s, sr.r.opts.Mode, cp.KubeconfigPath)
+	cfg, err := ProxyConfig(sr.s, sr.r.opts.Mode, sr.r.kubeconfigPath())
 	if err != nil {
 		return err
 	}
@@ -382,6 +381,7 @@ func (sr *scenarioRun) teardown() {
 		sr.proxy.Stop(5 * time.Second)
 	}
 	if sr.topo != nil {
+		sr.r.unlinkNetns(sr.topo.Node)
 		sr.topo.Close()
 	}
 	if sr.api != nil {

@@ -1,6 +1,9 @@
-// Package ipvs is svcproxy's IPVS backend. So far it holds the clean-up of
-// IPVS-mode state (ours or kube-proxy's), which iptables mode runs at
-// start-up so that a node switching modes keeps nothing of the old one.
+// Package ipvs is svcproxy's IPVS backend: a pure planner (Snapshot ->
+// virtual servers, kube-ipvs0 addresses, ipset members, and the helper
+// iptables rules written through pkg/iptables), an applier that turns the
+// difference into the fewest netlink calls and drains removed real servers
+// gracefully, thin kernel interfaces with validating fakes, and the
+// clean-up of IPVS-mode state that iptables mode runs at start-up.
 package ipvs
 
 import (
@@ -20,15 +23,9 @@ import (
 // DummyInterface holds every service IP in IPVS mode.
 const DummyInterface = "kube-ipvs0"
 
-// ipsetNames are the ipsets kube-proxy's IPVS mode creates (and ours will).
-var ipsetNames = []string{
-	"KUBE-CLUSTER-IP", "KUBE-LOOP-BACK", "KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL",
-	"KUBE-LOAD-BALANCER", "KUBE-LOAD-BALANCER-FW", "KUBE-LOAD-BALANCER-LOCAL",
-	"KUBE-LOAD-BALANCER-SOURCE-IP", "KUBE-LOAD-BALANCER-SOURCE-CIDR",
-	"KUBE-NODE-PORT-TCP", "KUBE-NODE-PORT-UDP", "KUBE-NODE-PORT-SCTP-HASH",
-	"KUBE-NODE-PORT-LOCAL-TCP", "KUBE-NODE-PORT-LOCAL-UDP", "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
-	"KUBE-HEALTH-CHECK-NODE-PORT", "KUBE-IPVS-IPS", "KUBE-6-IPVS-IPS",
-}
+// ipsetNames are the ipsets kube-proxy's IPVS mode creates (and ours
+// does), in both families.
+var ipsetNames = allSetNames()
 
 // iptablesChains are the chains only IPVS mode uses; the ones both modes
 // share are rewritten by the iptables backend itself.

@@ -17,7 +17,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
+	"time"
 
 	"svcproxy.dev/svcproxy/e2e/acceptance"
 	"svcproxy.dev/svcproxy/e2e/controlplane"
@@ -33,6 +35,12 @@ func run() int {
 	runRE := flag.String("run", "", "only scenarios or scenario/flow names matching this regexp")
 	proxy := flag.String("proxy", "", `proxy binary (default <repo>/bin/proxy; "reference" = .cache/bin/kube-proxy)`)
 	verbose := flag.Bool("verbose", false, "print setup details and the proxy logs of failed scenarios")
+	// Internal: the side of an ipvs run inside the VM guest (see
+	// acceptance.RunInVM), against the host's API server.
+	inVM := flag.Bool("in-vm", false, "internal: run the scenarios here against --kubeconfig (the guest side of --mode ipvs)")
+	kubeconfig := flag.String("kubeconfig", "", "internal (--in-vm): kubeconfig of the running API server")
+	cidrs := flag.String("service-cidrs", "", "internal (--in-vm): the API server's service CIDRs, comma-separated")
+	responder := flag.String("responder", "", "prebuilt responder binary (default: built from e2e/cmd/responder)")
 	flag.Parse()
 	if *file == "" {
 		fmt.Fprintln(os.Stderr, "acceptance: --file is required")
@@ -57,6 +65,17 @@ func run() int {
 	if opts.Proxy, err = proxyPath(*proxy); err != nil {
 		fmt.Fprintln(os.Stderr, "acceptance:", err)
 		return 2
+	}
+	opts.ResponderBin = *responder
+	if *inVM {
+		opts.Kubeconfig = *kubeconfig
+		opts.ServiceCIDRs = strings.Split(*cidrs, ",")
+		opts.Out = acceptance.MarkedWriter{W: os.Stdout}
+		// Emulation is slow: give the proxy and each attempt more time.
+		opts.SyncTimeout, opts.AttemptTimeout = 3*time.Minute, 3*time.Second
+	} else if *mode == "ipvs" && os.Getenv("SVCPROXY_VM_GUEST") == "" {
+		// The host kernel has no IPVS: run the scenarios in a VM guest.
+		return runInVM(opts)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -115,4 +134,29 @@ func proxyPath(p string) (string, error) {
 		return "", fmt.Errorf("proxy binary: %w", err)
 	}
 	return abs, nil
+}
+
+// runInVM runs the file in an IPVS-capable guest (acceptance.RunInVM).
+func runInVM(opts acceptance.Options) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		<-sig
+		fmt.Fprintln(os.Stderr, "acceptance: interrupted, stopping the guest")
+		cancel()
+	}()
+	sum, err := acceptance.RunInVM(ctx, acceptance.VMOptions{Options: opts})
+	if sum != nil {
+		fmt.Println(sum.Line())
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "acceptance:", err)
+		return 1
+	}
+	if sum.Failed > 0 {
+		return 1
+	}
+	return 0
 }

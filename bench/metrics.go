@@ -27,6 +27,7 @@ const (
 	mFullDuration  = "kubeproxy_sync_full_proxy_rules_duration_seconds"
 	mPartDuration  = "kubeproxy_sync_partial_proxy_rules_duration_seconds"
 	mRestoreBytes  = "kubeproxy_sync_proxy_rules_restore_bytes"
+	mConntrack     = "kubeproxy_conntrack_reconciler_sync_duration_seconds"
 	mRulesTotal    = "kubeproxy_sync_proxy_rules_iptables_total"
 	mRulesLast     = "kubeproxy_sync_proxy_rules_iptables_last"
 	mEPPending     = "kubeproxy_sync_proxy_rules_endpoint_changes_pending"

@@ -100,7 +100,7 @@ func ms(v float64) string {
 	return fmt.Sprintf("%.0f ms", v)
 }
 
-func mb(kb float64) string   { return fmt.Sprintf("%.0f MB", kb/1024) }
+func mb(kb float64) string   { return fmt.Sprintf("%.0f MiB", kb/1024) }
 func count(v float64) string { return fmt.Sprintf("%.0f", v) }
 func bytesStr(v float64) string {
 	switch {
@@ -179,7 +179,7 @@ func (rep *Report) rows() []row {
 		{"Cold start: first full sync ends", secs, func(r *Run) value { return phaseSync(&r.Cold, cap) }, false},
 		{"Cold start: CPU until then, proxy process", secs, func(r *Run) value { return num(r.Cold.CPUS) }, false},
 		{"Cold start: CPU until then, children (iptables-restore)", secs, func(r *Run) value { return num(r.Cold.ChildCPUS) }, false},
-		{"Restart, rules in place: serving", secs, func(r *Run) value { return phaseServing(r.Restart, cap) }, false},
+		{"Restart, rules in place: serving", secs, func(r *Run) value { return phaseServing(r.Restart, cap) }, true},
 		{"Restart: first full sync ends", secs, func(r *Run) value { return phaseSync(r.Restart, cap) }, false},
 		{"Restart: failed probes before that sync ended", count, func(r *Run) value {
 			if r.Restart == nil {
@@ -190,6 +190,24 @@ func (rep *Report) rows() []row {
 		{"Latency p50, minSyncPeriod " + fast, ms, func(r *Run) value { return latP(r.LatFast, 50) }, false},
 		{"Latency p90, minSyncPeriod " + fast, ms, func(r *Run) value { return latP(r.LatFast, 90) }, false},
 		{"Latency p99, minSyncPeriod " + fast, ms, func(r *Run) value { return latP(r.LatFast, 99) }, false},
+		{"Latency: API writes alone (Service + EndpointSlice), p50, minSyncPeriod " + fast, ms, func(r *Run) value {
+			if r.LatFast == nil || len(r.LatFast.WriteMs) == 0 {
+				return none("skipped")
+			}
+			return num(percentile(r.LatFast.WriteMs, 50))
+		}, true},
+		{"Latency series: mean sync duration (sync_proxy_rules_duration)", ms, func(r *Run) value {
+			if r.LatFast == nil || r.LatFast.Syncs == 0 {
+				return none("n/a")
+			}
+			return num(r.LatFast.MeanSyncS * 1000)
+		}, false},
+		{"Latency series: mean conntrack reconcile round, run after each sync", ms, func(r *Run) value {
+			if r.LatFast == nil || r.LatFast.MeanConntrackS < 0 {
+				return none("n/a")
+			}
+			return num(r.LatFast.MeanConntrackS * 1000)
+		}, false},
 		{"Latency p50, minSyncPeriod 1s", ms, func(r *Run) value { return latP(r.LatSlow, 50) }, false},
 		{"Latency p90, minSyncPeriod 1s", ms, func(r *Run) value { return latP(r.LatSlow, 90) }, false},
 		{"Latency p99, minSyncPeriod 1s", ms, func(r *Run) value { return latP(r.LatSlow, 99) }, false},
@@ -208,12 +226,21 @@ func (rep *Report) rows() []row {
 			}
 			return num(r.Churn.BytesPerChange)
 		}, false},
-		{"Churn: nat rules written by the last sync", count, func(r *Run) value {
+		{"Churn: nat rules written by the last sync (iptables_last{table=nat})", count, func(r *Run) value {
 			if r.Churn == nil {
 				return none("skipped")
 			}
-			return numOr(r.Churn.NatRulesLast, true)
+			if r.Churn.NatRulesLast < 0 {
+				return none("n/a (not exported)")
+			}
+			return num(r.Churn.NatRulesLast)
 		}, false},
+		{"nat rules the proxy owns (iptables_total{table=nat})", count, func(r *Run) value {
+			if r.Churn == nil {
+				return none("skipped")
+			}
+			return numOr(r.Churn.NatRulesTotal, true)
+		}, true},
 		{"Churn: changes / syncs / seconds", count, func(r *Run) value {
 			if r.Churn == nil {
 				return none("skipped")
@@ -294,6 +321,7 @@ func renderMarkdown(rep *Report) string {
 	w("- Churn: one endpoint of a workload Service replaced per second for %d s (%d s where a kube-proxy sync takes longer than 1 s); per change = delta of the histogram sum / delta of its count over the phase (`..._sync_partial_proxy_rules_duration_seconds`, else `..._sync_proxy_rules_duration_seconds`; svcproxy's `kubeproxy_sync_proxy_rules_restore_bytes`).\n", s.ChurnSeconds, s.ShortChurn)
 	w("- Restart: SIGTERM, then the same binary again in the same namespace with its rules left in place (config with minSyncPeriod 1s, for the 1s latency series that follows).\n")
 	w("- Floor: the proxy's final ruleset (`iptables-nft-save` in its namespace after the cold-start sync) loaded by a bare `iptables-nft-restore` into a fresh empty namespace, once as one payload and once as chain declarations followed by `--noflush` batches of %d rules; the proxy is stopped meanwhile.\n", floorBatchLines)
+	w("- kube-proxy's ruleset has one rule with `-m nfacct --nfacct-name ct_state_invalid_dropped_pkts`; the accounting object exists only in kube-proxy's namespace, so the floor loads that rule without the match.\n")
 	w("- Memory from /proc/PID/status (VmHWM peak, VmRSS steady after churn), CPU from /proc/PID/stat (utime+stime; cutime+cstime for waited-for children such as iptables-restore).\n")
 	w("- The ratio column is kube-proxy's figure divided by svcproxy's: above 1 means svcproxy is faster/smaller.\n\n")
 

@@ -10,13 +10,26 @@ import (
 )
 
 const (
-	// probeInterval is how often a new connection attempt starts.
+	// probeInterval is how often a new connection attempt starts while a
+	// proxy starts up (cold start, restart).
 	probeInterval = 50 * time.Millisecond
 	// attemptTimeout bounds one attempt; a SYN the node does not DNAT yet
 	// is blackholed by the router, so a failed attempt usually ends here.
 	// Attempts overlap, so a long timeout costs no resolution.
 	attemptTimeout = time.Second
-	maxInFlight    = 40
+	// The latency series probes faster, for a resolution well below the
+	// 100 ms it is judged against.
+	latencyInterval = 10 * time.Millisecond
+	latencyTimeout  = 300 * time.Millisecond
+	maxInFlight     = 50
+)
+
+// cadence is how a probe series paces its attempts.
+type cadence struct{ interval, timeout time.Duration }
+
+var (
+	startupCadence = cadence{probeInterval, attemptTimeout}
+	latencyCadence = cadence{latencyInterval, latencyTimeout}
 )
 
 // attempt is one connection attempt of a probe series.
@@ -51,10 +64,10 @@ func (l probeLog) failedStartedBefore(t time.Time) int {
 }
 
 // probe starts a TCP connection attempt from the client pod to dst every
-// probeInterval (attempts overlap, each with attemptTimeout) until ctx ends
+// cd.interval (attempts overlap, each with cd.timeout) until ctx ends
 // or done reports true; done is asked after every attempt and every tick,
 // with the log so far. probe returns once every started attempt finished.
-func probe(ctx context.Context, c acceptance.Client, dst netip.AddrPort, done func(probeLog) bool) probeLog {
+func probe(ctx context.Context, c acceptance.Client, dst netip.AddrPort, cd cadence, done func(probeLog) bool) probeLog {
 	var (
 		mu  sync.Mutex
 		log probeLog
@@ -70,7 +83,7 @@ func probe(ctx context.Context, c acceptance.Client, dst netip.AddrPort, done fu
 		}
 	}
 	sem := make(chan struct{}, maxInFlight)
-	t := time.NewTicker(probeInterval)
+	t := time.NewTicker(cd.interval)
 	defer t.Stop()
 	for {
 		select {
@@ -84,7 +97,7 @@ func probe(ctx context.Context, c acceptance.Client, dst netip.AddrPort, done fu
 			defer wg.Done()
 			defer func() { <-sem }()
 			start := time.Now()
-			a := c.Attempt("TCP", dst, attemptTimeout)
+			a := c.Attempt("TCP", dst, cd.timeout)
 			mu.Lock()
 			log = append(log, attempt{Start: start, End: time.Now(), OK: a.Class == acceptance.ClassBackend})
 			mu.Unlock()

@@ -40,8 +40,12 @@ type Latency struct {
 	Failed        int       // samples that never connected within their timeout
 	Capped        bool      // the series hit the phase cap
 	P50, P90, P99 float64
-	MeanSyncS     float64 // mean sync duration during the series (sync_proxy_rules_duration)
+	WriteMs       []float64 // ms, API write of the Service -> the EndpointSlice write returned
+	MeanSyncS     float64   // mean sync duration during the series (sync_proxy_rules_duration)
 	Syncs         float64
+	// MeanConntrackS is the mean conntrack reconcile round during the
+	// series (conntrack_reconciler_sync_duration), -1 if not exported.
+	MeanConntrackS float64
 }
 
 // Churn is the endpoint churn phase: one endpoint replaced per second.
@@ -288,7 +292,7 @@ func (b *bench) startPhase(ctx context.Context, proxy string, e *env, cfg, logPa
 	synced := make(chan struct{})
 	probeDone := make(chan probeLog, 1)
 	go func() {
-		probeDone <- probe(pctx, e.client, dst, func(l probeLog) bool {
+		probeDone <- probe(pctx, e.client, dst, startupCadence, func(l probeLog) bool {
 			if !untilOK(l) {
 				return false
 			}
@@ -359,7 +363,7 @@ poll:
 // measures each from its API write to the first TCP connection through
 // its ClusterIP; then it deletes them again and waits for the proxy.
 func (b *bench) latency(ctx context.Context, r *Run, e *env, proc *nsutil.Proc, tag, minSync string) (*Latency, error) {
-	L := &Latency{MinSync: minSync}
+	L := &Latency{MinSync: minSync, MeanConntrackS: -1}
 	m0, _ := scrape(ctx, e.topo.Node)
 	deadline := time.Now().Add(b.o.Cap)
 	var names []string
@@ -397,8 +401,9 @@ func (b *bench) latency(ctx context.Context, r *Run, e *env, proc *nsutil.Proc, 
 		if err != nil {
 			return L, err
 		}
+		L.WriteMs = append(L.WriteMs, float64(time.Since(t0).Microseconds())/1000)
 		sctx, cancel := context.WithTimeout(ctx, min(left, 60*time.Second))
-		log := probe(sctx, e.client, netip.AddrPortFrom(ip, servicePort), untilOK)
+		log := probe(sctx, e.client, netip.AddrPortFrom(ip, servicePort), latencyCadence, untilOK)
 		cancel()
 		first, ok := log.firstOK()
 		if !ok {
@@ -406,7 +411,10 @@ func (b *bench) latency(ctx context.Context, r *Run, e *env, proc *nsutil.Proc, 
 			continue
 		}
 		L.Samples = append(L.Samples, float64(first.Sub(t0).Microseconds())/1000)
-		time.Sleep(100 * time.Millisecond)
+		// Writes arrive at spread-out times after the previous sync, so
+		// with minSyncPeriod 1s the series samples every phase of the
+		// runner's wait, the same for both proxies.
+		time.Sleep(samplePause(i))
 	}
 	if m1, err := scrape(ctx, e.topo.Node); err == nil && m0 != nil {
 		s0, c0, _ := m0.hist(mSyncDuration)
@@ -415,10 +423,20 @@ func (b *bench) latency(ctx context.Context, r *Run, e *env, proc *nsutil.Proc, 
 			L.MeanSyncS = (s1 - s0) / (c1 - c0)
 			L.Syncs = c1 - c0
 		}
+		s0, c0, _ = m0.hist(mConntrack)
+		if s1, c1, ok := m1.hist(mConntrack); ok && c1 > c0 {
+			L.MeanConntrackS = (s1 - s0) / (c1 - c0)
+		}
 	}
 	L.P50, L.P90, L.P99 = percentile(L.Samples, 50), percentile(L.Samples, 90), percentile(L.Samples, 99)
-	logf("  latency minSyncPeriod %s: p50 %.0f ms, p90 %.0f ms, p99 %.0f ms (%d samples, %d failed; mean sync %.3fs)", minSync, L.P50, L.P90, L.P99, len(L.Samples), L.Failed, L.MeanSyncS)
+	logf("  latency minSyncPeriod %s: p50 %.0f ms, p90 %.0f ms, p99 %.0f ms (%d samples, %d failed; API writes p50 %.0f ms; %.0f syncs, mean %.3fs; mean conntrack round %.3fs)", minSync, L.P50, L.P90, L.P99, len(L.Samples), L.Failed, percentile(L.WriteMs, 50), L.Syncs, L.MeanSyncS, L.MeanConntrackS)
 	return L, nil
+}
+
+// samplePause is the pause after sample i: 100 ms to 1.08 s, spread
+// evenly and the same for every run.
+func samplePause(i int) time.Duration {
+	return 100*time.Millisecond + time.Duration((i*37)%50)*20*time.Millisecond
 }
 
 func short(proxy string) string {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strings"
 )
 
@@ -62,7 +63,7 @@ func machineInfo(o options) Machine {
 	}
 	m.KubeProxy = "unknown"
 	if bi, err := buildinfo.ReadFile(o.KubeProxy); err == nil {
-		for _, d := range bi.Deps {
+		for _, d := range append([]*debug.Module{&bi.Main}, bi.Deps...) {
 			if d.Path == "k8s.io/kubernetes" {
 				m.KubeProxy = "kube-proxy " + d.Version + " (k8s.io/kubernetes, built by e2e/build-tools.sh, " + bi.GoVersion + ")"
 			}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+	"k8s.io/kube-proxy/config/v1alpha1"
+
+	"svcproxy.dev/svcproxy/pkg/iptables"
+	"svcproxy.dev/svcproxy/pkg/ipvs"
+	"svcproxy.dev/svcproxy/pkg/proxy"
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// reapInterval is how often draining IPVS real servers are checked between
+// syncs.
+const reapInterval = 2 * time.Second
+
+// newIPVSBackends returns one IPVS backend per IP family. Both share the
+// kernel interfaces (one serialised netlink handle, kube-ipvs0, the ipset
+// table); each writes its helper iptables rules through its own family's
+// iptables.Proxier.
+func newIPVSBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Backend, error) {
+	ipBackend := iptables.DetectBackend()
+	klog.InfoS("Using iptables backend for the IPVS helper rules", "backend", ipBackend)
+	fams, err := iptablesFamilies(cfg, node, ipBackend)
+	if err != nil {
+		return nil, err
+	}
+	kernel := ipvs.NewKernel()
+	var exclude []netip.Prefix
+	for _, c := range cfg.IPVS.ExcludeCIDRs {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(c)); err == nil {
+			exclude = append(exclude, p.Masked())
+		}
+	}
+	var out []proxy.Backend
+	for _, f := range fams {
+		opts := ipvs.Options{
+			Family:            f.family,
+			Scheduler:         cfg.IPVS.Scheduler,
+			NodePortAddresses: f.opts.NodePortAddresses,
+			NodeIP:            f.opts.NodeIP,
+			ExcludeCIDRs:      exclude,
+			StrictARP:         cfg.IPVS.StrictARP,
+			TCPTimeout:        cfg.IPVS.TCPTimeout.Duration,
+			TCPFinTimeout:     cfg.IPVS.TCPFinTimeout.Duration,
+			UDPTimeout:        cfg.IPVS.UDPTimeout.Duration,
+		}
+		// IPVS mode serves no NodePort on loopback addresses.
+		iptOpts := f.opts
+		iptOpts.LocalhostNodePorts = false
+		p := ipvs.NewProxier(kernel, f.kernel, iptOpts, opts)
+		go reapLoop(p)
+		out = append(out, &ipvsBackend{family: f.family, proxier: p})
+	}
+	return out, nil
+}
+
+// reapLoop deletes drained real servers every few seconds, between syncs.
+func reapLoop(p *ipvs.Proxier) {
+	for range time.Tick(reapInterval) {
+		if err := p.Reap(); err != nil {
+			klog.ErrorS(err, "Deleting drained IPVS real servers", "family", p.Family())
+		}
+	}
+}
+
+// ipvsBackend adapts an ipvs.Proxier to proxy.Backend.
+type ipvsBackend struct {
+	family  v1.IPFamily
+	proxier *ipvs.Proxier
+}
+
+func (b *ipvsBackend) Family() v1.IPFamily { return b.family }
+func (b *ipvsBackend) ForceFull()          { b.proxier.ForceFull() }
+
+func (b *ipvsBackend) Sync(snap *watch.Snapshot) (proxy.Result, error) {
+	res, err := b.proxier.Sync(snap)
+	if err != nil {
+		fam := string(b.family)
+		var partial *iptables.PartialError
+		var restore *iptables.RestoreError
+		switch {
+		case errors.As(err, &partial):
+			metricsPartialFailure(fam)
+		case errors.As(err, &restore):
+			metricsRestoreFailure(fam)
+		}
+		return proxy.Result{}, err
+	}
+	return proxy.Result{Full: res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Rules.RuleCount()}, nil
+}
+
+func (b *ipvsBackend) Verify() (string, string, error) {
+	d, err := b.proxier.Verify()
+	if err != nil || d == nil {
+		return "", "", err
+	}
+	return d.Reason, d.Detail, nil
+}

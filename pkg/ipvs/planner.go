@@ -1,0 +1,294 @@
+package ipvs
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+
+	v1 "k8s.io/api/core/v1"
+
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// DefaultScheduler is the IPVS scheduler when the config names none.
+const DefaultScheduler = "rr"
+
+// PlanOptions is the node configuration an IPVS plan depends on.
+type PlanOptions struct {
+	Family    v1.IPFamily
+	Scheduler string
+	// NodeIPs are the addresses NodePort virtual servers listen on: the
+	// node's addresses of this family allowed by nodePortAddresses, never
+	// a loopback address (IPVS mode serves no NodePort on 127.0.0.1).
+	NodeIPs []netip.Addr
+	// HostAddrs are the addresses on the node's interfaces other than
+	// kube-ipvs0. An external IP among them is not added to kube-ipvs0.
+	HostAddrs []netip.Addr
+	// NodeIP is the node's primary IP of this family: a load balancer
+	// source range that contains it also admits the LB IP as a source.
+	NodeIP netip.Addr
+}
+
+func (o PlanOptions) equal(p PlanOptions) bool {
+	return o.Family == p.Family && o.Scheduler == p.Scheduler && o.NodeIP == p.NodeIP &&
+		slices.Equal(o.NodeIPs, p.NodeIPs) && slices.Equal(o.HostAddrs, p.HostAddrs)
+}
+
+// Plan computes the IPVS state for one family. It is a pure function of the
+// snapshot and the options.
+func Plan(snap *watch.Snapshot, opts PlanOptions) *State { return PlanFrom(nil, snap, opts) }
+
+// PlanFrom is Plan for a snapshot that follows the one prev was planned
+// from: Services the snapshot does not mark as changed keep their state from
+// prev. With a nil prev, a node change or different options it plans
+// everything.
+func PlanFrom(prev *State, snap *watch.Snapshot, opts PlanOptions) *State {
+	if opts.Scheduler == "" {
+		opts.Scheduler = DefaultScheduler
+	}
+	st := &State{Family: opts.Family, Services: map[string]*ServiceState{}, opts: opts}
+	reuse := prev != nil && !snap.NodeChanged && prev.opts.equal(opts)
+	hostAddrs := map[netip.Addr]bool{}
+	for _, a := range opts.HostAddrs {
+		hostAddrs[a] = true
+	}
+	byService := map[string][]watch.ServicePortName{}
+	for name, port := range snap.Services {
+		if _, ok := port.ClusterIP(opts.Family); !ok {
+			continue
+		}
+		key := name.NamespacedName.String()
+		if reuse && !snap.Changed[name.NamespacedName] {
+			if ss, ok := prev.Services[key]; ok {
+				st.Services[key] = ss
+				continue
+			}
+		}
+		byService[key] = append(byService[key], name)
+	}
+	for key, names := range byService {
+		slices.SortFunc(names, watch.CompareNames)
+		b := newStateBuilder()
+		for _, name := range names {
+			planPort(b, snap.Services[name], familyEndpoints(snap.Endpoints[name], opts.Family), snap.Node, opts, hostAddrs)
+		}
+		st.Services[key] = b.build()
+	}
+	return st
+}
+
+func familyEndpoints(eps []*watch.Endpoint, family v1.IPFamily) []*watch.Endpoint {
+	var out []*watch.Endpoint
+	for _, ep := range eps {
+		if watch.FamilyOf(ep.Addr) == family {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// decision holds the choices for one Service port. They follow pkg/iptables'
+// planner exactly (same watch.Select, same Cluster/Local split, same
+// REJECT/DROP rules), so that IPVS mode gives every packet the fate it has
+// in iptables mode.
+type decision struct {
+	sel watch.Selection
+	// internal are the real servers of the ClusterIP, external those of
+	// external IPs, LB IPs and NodePorts.
+	internal, external []*watch.Endpoint
+	hasEndpoints       bool
+	// internalFilter and externalFilter are "REJECT", "DROP" or "".
+	internalFilter, externalFilter string
+	// usesCluster: cluster-wide endpoints exist for short-circuited pod and
+	// host traffic to external addresses under eTP Local.
+	usesCluster bool
+	// usesExt: external addresses are served; useFW: with source ranges.
+	usesExt, useFW bool
+}
+
+func decide(port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo) decision {
+	d := decision{sel: watch.Select(port, eps, node)}
+	d.internal = d.sel.Cluster
+	if port.InternalPolicyLocal {
+		d.internal = d.sel.Local
+	}
+	d.external = d.sel.Cluster
+	if port.ExternalPolicyLocal {
+		d.external = d.sel.Local
+	}
+	d.hasEndpoints = d.sel.HasAny
+	switch {
+	case !d.hasEndpoints:
+		d.internalFilter, d.externalFilter = "REJECT", "REJECT"
+		d.internal, d.external = nil, nil
+	default:
+		if len(d.internal) == 0 {
+			d.internalFilter = "DROP"
+		}
+		if len(d.external) == 0 {
+			d.externalFilter = "DROP"
+		}
+	}
+	d.usesCluster = len(d.sel.Cluster) > 0 && port.UsesClusterEndpoints()
+	d.usesExt = d.hasEndpoints && port.ExternallyAccessible()
+	d.useFW = d.hasEndpoints && len(port.LoadBalancerSourceRanges) > 0
+	if !d.usesExt {
+		d.external = nil
+	}
+	return d
+}
+
+// stateBuilder accumulates one Service's state over its ports.
+type stateBuilder struct {
+	vs    map[VSKey]*VirtualServer
+	addrs map[netip.Addr]bool
+	sets  map[string]map[string]bool
+}
+
+func newStateBuilder() *stateBuilder {
+	return &stateBuilder{vs: map[VSKey]*VirtualServer{}, addrs: map[netip.Addr]bool{}, sets: map[string]map[string]bool{}}
+}
+
+func (b *stateBuilder) entry(set, e string) {
+	if b.sets[set] == nil {
+		b.sets[set] = map[string]bool{}
+	}
+	b.sets[set][e] = true
+}
+
+// virtualServer adds a virtual server; the first port claiming a key keeps
+// it (two ports of one Service cannot share a key in a valid Service, but an
+// external IP may repeat a LoadBalancer IP).
+func (b *stateBuilder) virtualServer(k VSKey, sched string, timeout uint32, eps []*watch.Endpoint) {
+	if len(eps) == 0 || b.vs[k] != nil {
+		return
+	}
+	v := &VirtualServer{Key: k, Scheduler: sched, Timeout: timeout, RealServers: map[netip.AddrPort]int{}}
+	for _, ep := range eps {
+		v.RealServers[netip.AddrPortFrom(ep.Addr, uint16(ep.Port))] = 1
+	}
+	b.vs[k] = v
+}
+
+func (b *stateBuilder) build() *ServiceState {
+	ss := &ServiceState{Sets: map[string][]string{}}
+	ss.VirtualServers = slices.SortedFunc(maps.Values(b.vs), func(x, y *VirtualServer) int { return compareKeys(x.Key, y.Key) })
+	ss.Addresses = slices.SortedFunc(maps.Keys(b.addrs), netip.Addr.Compare)
+	for name, entries := range b.sets {
+		ss.Sets[name] = slices.Sorted(maps.Keys(entries))
+	}
+	return ss
+}
+
+func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts PlanOptions, hostAddrs map[netip.Addr]bool) {
+	fam := opts.Family
+	set := func(base string) string { return SetName(base, fam) }
+	d := decide(port, eps, node)
+	clusterIP, _ := port.ClusterIP(fam)
+	proto := port.Protocol
+	vport := uint16(port.Port)
+	timeout := uint32(max(port.SessionAffinityTimeout, 0))
+
+	onDummy := func(ip netip.Addr) {
+		b.addrs[ip] = true
+		b.entry(set(SetIPVSIPs), ip.String())
+	}
+
+	// ClusterIP.
+	onDummy(clusterIP)
+	b.entry(set(SetClusterIP), ipPortEntry(clusterIP, proto, port.Port))
+	b.virtualServer(VSKey{proto, clusterIP, vport}, opts.Scheduler, timeout, d.internal)
+
+	// External IPs: on kube-ipvs0 unless the node already has them.
+	extSet := set(SetExternalIP)
+	if port.ExternalPolicyLocal {
+		extSet = set(SetExternalIPLocal)
+	}
+	for _, ip := range port.ExternalIPs {
+		if watch.FamilyOf(ip) != fam {
+			continue
+		}
+		if !hostAddrs[ip] {
+			onDummy(ip)
+		}
+		b.entry(extSet, ipPortEntry(ip, proto, port.Port))
+		b.virtualServer(VSKey{proto, ip, vport}, opts.Scheduler, timeout, d.external)
+	}
+
+	// LoadBalancer IPs (VIP mode only; the watch leaves out ipMode Proxy).
+	for _, ip := range port.LoadBalancerIPs {
+		if watch.FamilyOf(ip) != fam {
+			continue
+		}
+		if !hostAddrs[ip] {
+			onDummy(ip)
+		}
+		e := ipPortEntry(ip, proto, port.Port)
+		b.entry(set(SetLoadBalancer), e)
+		if port.ExternalPolicyLocal {
+			b.entry(set(SetLoadBalancerLocal), e)
+		}
+		if d.useFW {
+			b.entry(set(SetLoadBalancerFW), e)
+			allowNode := false
+			for _, cidr := range port.LoadBalancerSourceRanges {
+				if cidr.Addr().Is4() != (fam == v1.IPv4Protocol) {
+					continue
+				}
+				b.entry(set(SetLBSourceCIDR), ipPortNetEntry(ip, proto, port.Port, cidr))
+				if opts.NodeIP.IsValid() && cidr.Contains(opts.NodeIP) {
+					allowNode = true
+				}
+			}
+			if allowNode {
+				b.entry(set(SetLBSourceIP), ipPortIPEntry(ip, proto, port.Port, ip))
+			}
+		}
+		b.virtualServer(VSKey{proto, ip, vport}, opts.Scheduler, timeout, d.external)
+	}
+
+	// NodePorts on every allowed node IP.
+	if np := port.NodePort; np != 0 {
+		nodePortSets(b, port, fam, opts.NodeIPs)
+		for _, ip := range opts.NodeIPs {
+			b.virtualServer(VSKey{proto, ip, uint16(np)}, opts.Scheduler, timeout, d.external)
+		}
+	}
+	if hc := port.HealthCheckNodePort; hc != 0 {
+		b.entry(set(SetHealthCheckNodePort), portEntry(hc))
+	}
+
+	// Hairpin: a local endpoint reaching itself through the Service is
+	// masqueraded in KUBE-POSTROUTING.
+	seen := map[*watch.Endpoint]bool{}
+	for _, ep := range slices.Concat(d.internal, d.external) {
+		if ep.IsLocal && !seen[ep] {
+			seen[ep] = true
+			b.entry(set(SetLoopBack), ipPortIPEntry(ep.Addr, proto, ep.Port, ep.Addr))
+		}
+	}
+}
+
+func nodePortSets(b *stateBuilder, port *watch.ServicePort, fam v1.IPFamily, nodeIPs []netip.Addr) {
+	set := func(base string) string { return SetName(base, fam) }
+	local := port.ExternalPolicyLocal
+	switch port.Protocol {
+	case v1.ProtocolTCP, v1.ProtocolUDP:
+		all, loc := set(SetNodePortTCP), set(SetNodePortLocalTCP)
+		if port.Protocol == v1.ProtocolUDP {
+			all, loc = set(SetNodePortUDP), set(SetNodePortLocalUDP)
+		}
+		b.entry(all, portEntry(port.NodePort))
+		if local {
+			b.entry(loc, portEntry(port.NodePort))
+		}
+	case v1.ProtocolSCTP:
+		for _, ip := range nodeIPs {
+			e := ipPortEntry(ip, port.Protocol, port.NodePort)
+			b.entry(set(SetNodePortSCTP), e)
+			if local {
+				b.entry(set(SetNodePortLocalSCTP), e)
+			}
+		}
+	}
+}

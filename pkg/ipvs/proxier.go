@@ -1,0 +1,241 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"svcproxy.dev/svcproxy/pkg/iptables"
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// Options configures a Proxier for one IP family.
+type Options struct {
+	Family    v1.IPFamily
+	Scheduler string
+	// NodePortAddresses limits NodePorts to these node addresses; nil means
+	// every node address. Loopback addresses never get NodePorts in IPVS
+	// mode.
+	NodePortAddresses []netip.Addr
+	// NodeIP is the node's primary IP of this family.
+	NodeIP       netip.Addr
+	ExcludeCIDRs []netip.Prefix
+	StrictARP    bool
+	// TCPTimeout, TCPFinTimeout and UDPTimeout are IPVS's connection
+	// timeouts (ipvsadm --set); zero keeps the kernel's.
+	TCPTimeout, TCPFinTimeout, UDPTimeout time.Duration
+	GracePeriod                           time.Duration
+	Now                                   func() time.Time
+}
+
+// Proxier keeps one IP family of the kernel in IPVS mode: the virtual
+// servers, kube-ipvs0's addresses and the ipsets through an Applier, and the
+// helper iptables rules through the shared iptables.Proxier planned with
+// PlanRules. Methods are safe for concurrent use (Reap runs on a timer).
+type Proxier struct {
+	mu      sync.Mutex
+	opts    Options
+	k       Kernel
+	applier *Applier
+	rules   *iptables.Proxier
+	prev    *State
+	setup   bool
+}
+
+// NewProxier returns a Proxier whose first Sync is a full one. ipt is the
+// family's iptables kernel interface and iptOpts the options the helper
+// rules are planned with (masquerade bit, local detector, ...).
+func NewProxier(k Kernel, ipt iptables.Interface, iptOpts iptables.PlanOptions, opts Options) *Proxier {
+	if opts.Scheduler == "" {
+		opts.Scheduler = DefaultScheduler
+	}
+	iptOpts.Family = opts.Family
+	return &Proxier{
+		opts:    opts,
+		k:       k,
+		applier: NewApplier(k, ApplierOptions{Family: opts.Family, ExcludeCIDRs: opts.ExcludeCIDRs, GracePeriod: opts.GracePeriod, Now: opts.Now}),
+		rules:   iptables.NewProxier(ipt, iptOpts).WithPlanner(PlanRules),
+	}
+}
+
+// Result describes one successful sync.
+type Result struct {
+	Full         bool
+	PayloadBytes int
+	Rules        *iptables.Ruleset
+	State        *State
+}
+
+// sysctls IPVS mode needs, per network namespace (kube-proxy's).
+var sysctls = [][2]string{
+	{"net/ipv4/vs/conntrack", "1"},
+	{"net/ipv4/vs/expire_nodest_conn", "1"},
+	{"net/ipv4/vs/expire_quiescent_template", "1"},
+	{"net/ipv4/ip_forward", "1"},
+}
+
+var strictARPSysctls = [][2]string{
+	{"net/ipv4/conf/all/arp_ignore", "1"},
+	{"net/ipv4/conf/all/arp_announce", "2"},
+}
+
+// ensureSetup writes the sysctls and IPVS timeouts once. Every one of them
+// belongs to the proxy's network namespace; nothing host-global is written.
+func (p *Proxier) ensureSetup() error {
+	if p.setup {
+		return nil
+	}
+	list := sysctls
+	if p.opts.StrictARP {
+		list = append(slices.Clone(list), strictARPSysctls...)
+	}
+	var errs []error
+	for _, kv := range list {
+		if cur, err := p.k.Sysctl.Get(kv[0]); err == nil && cur == kv[1] {
+			continue
+		}
+		if err := p.k.Sysctl.Set(kv[0], kv[1]); err != nil {
+			errs = append(errs, fmt.Errorf("sysctl %s=%s: %w", kv[0], kv[1], err))
+		} else {
+			klog.InfoS("Set sysctl", "name", kv[0], "value", kv[1])
+		}
+	}
+	o := p.opts
+	if o.TCPTimeout > 0 || o.TCPFinTimeout > 0 || o.UDPTimeout > 0 {
+		if err := p.k.IPVS.SetTimeouts(o.TCPTimeout, o.TCPFinTimeout, o.UDPTimeout); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	p.setup = true
+	return nil
+}
+
+// planOptions reads the node's addresses (one netlink dump) and derives the
+// NodePort addresses from them.
+func (p *Proxier) planOptions() (PlanOptions, error) {
+	host, err := p.k.Link.HostAddrs(p.opts.Family)
+	if err != nil {
+		return PlanOptions{}, err
+	}
+	slices.SortFunc(host, netip.Addr.Compare)
+	host = slices.Compact(host)
+	return PlanOptions{
+		Family:    p.opts.Family,
+		Scheduler: p.opts.Scheduler,
+		NodeIPs:   NodePortIPs(host, p.opts.NodePortAddresses),
+		HostAddrs: host,
+		NodeIP:    p.opts.NodeIP,
+	}, nil
+}
+
+// NodePortIPs returns the addresses NodePort virtual servers listen on:
+// every node address (or those nodePortAddresses names) except loopback
+// and IPv6 link-local ones.
+func NodePortIPs(host []netip.Addr, allowed []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range host {
+		if a.IsLoopback() || (a.Is6() && a.IsLinkLocalUnicast()) || a.IsUnspecified() {
+			continue
+		}
+		if allowed != nil && !slices.Contains(allowed, a) {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// Sync makes the kernel match snap. A failure leaves what was written in
+// place and makes the next Sync a full one.
+func (p *Proxier) Sync(snap *watch.Snapshot) (Result, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.ensureSetup(); err != nil {
+		klog.ErrorS(err, "IPVS mode set-up incomplete; retrying at the next sync")
+	}
+	opts, err := p.planOptions()
+	if err != nil {
+		return Result{}, err
+	}
+	var base *State
+	full := p.applier.NeedsFull() || p.prev == nil || snap.NodeChanged || !p.prev.opts.equal(opts)
+	if !full {
+		base = p.prev
+	}
+	state := PlanFrom(base, snap, opts)
+	var changed []string
+	if full {
+		p.applier.ForceFull()
+	} else {
+		for name := range snap.Changed {
+			changed = append(changed, name.String())
+		}
+		slices.Sort(changed)
+	}
+	if err := p.applier.Apply(state, changed); err != nil {
+		p.prev = nil
+		return Result{}, err
+	}
+	p.prev = state
+	// The ipsets exist now; the helper rules may refer to them.
+	if full {
+		p.rules.ForceFull()
+	}
+	res, err := p.rules.Sync(snap)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := p.applier.Reap(); err != nil {
+		klog.ErrorS(err, "Deleting drained IPVS real servers")
+	}
+	return Result{Full: full || res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Ruleset, State: state}, nil
+}
+
+// Reap deletes drained real servers; the proxy calls it every few seconds
+// between syncs.
+func (p *Proxier) Reap() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.prev == nil {
+		return nil
+	}
+	return p.applier.Reap()
+}
+
+// Verify looks for drift in the IPVS table, kube-ipvs0, the ipsets and
+// the helper rules.
+func (p *Proxier) Verify() (*Drift, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d, err := p.applier.Verify(); err != nil || d != nil {
+		return d, err
+	}
+	d, err := p.rules.Verify()
+	if err != nil || d == nil {
+		return nil, err
+	}
+	return &Drift{Reason: "iptables-" + d.Reason, Detail: d.Detail}, nil
+}
+
+// ForceFull makes the next Sync rewrite everything.
+func (p *Proxier) ForceFull() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.applier.ForceFull()
+	p.rules.ForceFull()
+}
+
+// Family returns the proxier's IP family.
+func (p *Proxier) Family() v1.IPFamily { return p.opts.Family }
+
+// Applier returns the applier (for tests).
+func (p *Proxier) Applier() *Applier { return p.applier }
