@@ -66,7 +66,9 @@ func TestBadInput(t *testing.T) {
 		if _, err := b.cp.EtcdPut(b.ctx, "/registry/services/specs/"+b.ns+"/"+name, svc); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = b.cp.Client.CoreV1().Services(b.ns).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = b.cp.Client.CoreV1().Services(b.ns).Delete(context.Background(), name, metav1.DeleteOptions{})
+		})
 	}
 	svcPort := func(name string, p int32) corev1.ServicePort {
 		return corev1.ServicePort{Name: name, Protocol: corev1.ProtocolTCP, Port: p, TargetPort: intstr.FromInt32(max(p, 1))}

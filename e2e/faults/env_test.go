@@ -79,9 +79,9 @@ func requireRoot(t *testing.T) {
 			t.Skipf("binary %s missing in %s: run e2e/build-tools.sh (or set SVCPROXY_BIN_DIR)", b, controlplane.DefaultBinDir())
 		}
 	}
-	for _, b := range []string{"iptables-nft", "iptables-nft-save", "iptables-nft-restore", "iptables-legacy", "iptables-legacy-restore", "flock", "ss"} {
+	for _, b := range []string{"iptables-nft", "iptables-nft-save", "iptables-nft-restore", "iptables-legacy", "iptables-legacy-restore", "flock", "ss", "conntrack"} {
 		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s not installed (apt-get install iptables util-linux iproute2)", b)
+			t.Skipf("%s not installed (apt-get install iptables util-linux iproute2 conntrack)", b)
 		}
 	}
 	proxyBinary(t)
@@ -594,7 +594,9 @@ func (b *bed) svcChain(clusterIP string, port int) string {
 	return ""
 }
 
-func countRules(s string) int { return strings.Count(s, "\n-A ") + boolInt(strings.HasPrefix(s, "-A ")) }
+func countRules(s string) int {
+	return strings.Count(s, "\n-A ") + boolInt(strings.HasPrefix(s, "-A "))
+}
 
 func boolInt(b bool) int {
 	if b {
@@ -623,7 +625,7 @@ func (b *bed) nodeHTTP(timeout time.Duration) *http.Client {
 
 // metrics scrapes the proxy's /metrics: series ("name{labels}") -> value.
 func (b *bed) metrics() (map[string]float64, error) {
-	resp, err := b.nodeHTTP(3*time.Second).Get("http://127.0.0.1:10249/metrics")
+	resp, err := b.nodeHTTP(3 * time.Second).Get("http://127.0.0.1:10249/metrics")
 	if err != nil {
 		return nil, err
 	}

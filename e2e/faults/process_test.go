@@ -40,7 +40,6 @@ func TestProxyKilledAndRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	nServices, nSvc := countRules(baseServices), countRules(baseSvc)
-	countersBefore := b.counters(svcChain)
 
 	// A connection held open across the kill and the restart.
 	held, err := dialFrom(c, vip+":9000")
@@ -76,10 +75,17 @@ func TestProxyKilledAndRestarted(t *testing.T) {
 	lp := startLoop(c, vip+":80", 20*time.Millisecond)
 	time.Sleep(2 * time.Second)
 
+	countersBefore := b.counters(svcChain)
 	killed := time.Now()
 	b.proc.Kill()
 	t.Logf("proxy killed with SIGKILL")
-	time.Sleep(2 * time.Second) // the node runs on without a proxy
+	// While no proxy runs, the kernel already holds exactly what a new
+	// one will plan: `proxy diff` finds nothing to change.
+	diffOut, diffErr := b.run(b.proxyBin, "diff", "--config", b.cfgPath)
+	if diffErr != nil {
+		t.Errorf("proxy diff while the proxy is dead: %v\n%s", diffErr, diffOut)
+	}
+	time.Sleep(time.Until(killed.Add(2 * time.Second))) // the node runs on without a proxy
 	mid, err := exchange(held, "while-dead")
 	if err != nil {
 		t.Errorf("held connection while the proxy is dead: %v", err)
@@ -87,6 +93,7 @@ func TestProxyKilledAndRestarted(t *testing.T) {
 	restarted := time.Now()
 	b.startProxy()
 	synced := time.Now()
+	countersAfter := b.counters(svcChain)
 	time.Sleep(3 * time.Second)
 	results := lp.Stop()
 	states := poll.Stop()
@@ -128,10 +135,9 @@ func TestProxyKilledAndRestarted(t *testing.T) {
 	if full := metric(m, mFullCount, v4); full != 1 {
 		t.Errorf("restarted proxy made %v full IPv4 syncs, want exactly 1 (start-up)", full)
 	}
-	countersAfter := b.counters(svcChain)
-	t.Logf("%s packet counters before the kill %v, after the restart %v (the start-up sync rewrites chains in place, so counters restart)", svcChain, countersBefore, countersAfter)
-	record(t, "SIGKILL + restart: %d/%d new connections failed; held TCP connection survived=%v; KUBE-SERVICES present in %d/%d polls, never fewer rules; restart to synced %s",
-		failed, total, err == nil, len(states)-errs, len(states), synced.Sub(restarted).Round(time.Millisecond))
+	t.Logf("%s rule packet counters just before the kill %v, just after the restarted proxy's first sync %v (that sync rewrites the chains in place, atomically, so the counters start again)", svcChain, countersBefore, countersAfter)
+	record(t, "SIGKILL + restart: %d/%d new connections failed; held TCP connection survived=%v; proxy diff clean while dead=%v; KUBE-SERVICES present in %d/%d polls, never fewer rules; restart to synced %s",
+		failed, total, err == nil, diffErr == nil, len(states)-errs, len(states), synced.Sub(restarted).Round(time.Millisecond))
 }
 
 var counterRE = regexp.MustCompile(`^\[(\d+):(\d+)\] -A (\S+)`)

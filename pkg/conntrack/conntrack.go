@@ -22,6 +22,7 @@ import (
 
 // Protocol numbers.
 const (
+	protoTCP  = 6
 	protoUDP  = 17
 	protoSCTP = 132
 )
@@ -36,7 +37,7 @@ type Targets struct {
 	local     map[netip.Addr]bool
 }
 
-// BuildTargets lists the UDP and SCTP destinations of snap for one family.
+// BuildTargets lists the Service destinations of snap for one family.
 func BuildTargets(snap *watch.Snapshot, family v1.IPFamily, local []netip.Addr) *Targets {
 	t := &Targets{vips: map[string]map[string]bool{}, nodePorts: map[string]map[string]bool{}, local: map[netip.Addr]bool{}}
 	for _, a := range local {
@@ -73,6 +74,8 @@ func serviceIPs(p *watch.ServicePort) []netip.Addr {
 
 func protoNumber(p v1.Protocol) uint8 {
 	switch p {
+	case v1.ProtocolTCP:
+		return protoTCP
 	case v1.ProtocolUDP:
 		return protoUDP
 	case v1.ProtocolSCTP:
@@ -89,12 +92,23 @@ func portKey(port uint16, proto uint8) string { return fmt.Sprintf("%d|%d", port
 
 // Stale reports whether a flow (original destination, reply source) goes to
 // a Service destination but not to one of its endpoints in use.
+//
+// UDP and SCTP have no connection teardown, so any such entry would pin
+// traffic to a dead or wrong endpoint. For TCP only entries that were never
+// DNATed are stale: attempts made while the Service had no rules (no
+// endpoints yet, or rules flushed by someone else) that would otherwise keep
+// a reused source port black-holed for the SYN timeout. Established TCP
+// connections to a removed endpoint are left to finish or fail on their own.
 func (t *Targets) Stale(proto uint8, origDst netip.Addr, origPort uint16, replySrc netip.Addr, replyPort uint16) bool {
+	origDst, replySrc = origDst.Unmap(), replySrc.Unmap()
+	allowed, ok := t.vips[vipKey(origDst, origPort, proto)]
+	if proto == protoTCP {
+		notDNATed := replySrc == origDst && replyPort == origPort
+		return ok && notDNATed && len(allowed) > 0
+	}
 	if proto != protoUDP && proto != protoSCTP {
 		return false
 	}
-	origDst, replySrc = origDst.Unmap(), replySrc.Unmap()
-	allowed, ok := t.vips[vipKey(origDst, origPort, proto)]
 	if !ok && t.local[origDst] {
 		allowed, ok = t.nodePorts[portKey(origPort, proto)]
 	}

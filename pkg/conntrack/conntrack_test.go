@@ -50,7 +50,7 @@ func TestStale(t *testing.T) {
 		{"black-holed flow (not DNATed)", protoUDP, a("172.30.0.10"), 53, a("172.30.0.10"), 53, true},
 		{"NodePort flow to a removed endpoint", protoUDP, node, 3053, a("10.0.0.9"), 5353, true},
 		{"NodePort number on a foreign address", protoUDP, a("8.8.8.8"), 3053, a("8.8.8.8"), 3053, false},
-		{"TCP flows are never touched", 6, a("172.30.0.10"), 53, a("10.0.0.9"), 5353, false},
+		{"TCP flows to a Service without TCP ports are never touched", 6, a("172.30.0.10"), 53, a("172.30.0.10"), 53, false},
 		{"other destinations are never touched", protoUDP, a("172.30.0.11"), 53, a("10.0.0.9"), 5353, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -58,5 +58,28 @@ func TestStale(t *testing.T) {
 				t.Errorf("Stale = %v, want %v", got, tc.stale)
 			}
 		})
+	}
+}
+
+func TestStaleTCP(t *testing.T) {
+	a := netip.MustParseAddr
+	tr := watch.NewTracker("node")
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "web"}, &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: v1.ServiceSpec{ClusterIP: "172.30.0.20", ClusterIPs: []string{"172.30.0.20"},
+			Ports: []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80}}},
+	})
+	tr.OnEndpointSlice(&discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "web-1", Labels: map[string]string{discovery.LabelServiceName: "web"}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To(int32(8080))}},
+		Endpoints:   []discovery.Endpoint{{Addresses: []string{"10.0.0.1"}}},
+	}, false)
+	targets := BuildTargets(tr.Snapshot(), v1.IPv4Protocol, nil)
+	if !targets.Stale(protoTCP, a("172.30.0.20"), 80, a("172.30.0.20"), 80) {
+		t.Error("a TCP attempt that was never DNATed must be cleared once the Service has endpoints")
+	}
+	if targets.Stale(protoTCP, a("172.30.0.20"), 80, a("10.0.0.9"), 8080) {
+		t.Error("an established TCP connection to a removed endpoint must be left alone")
 	}
 }

@@ -163,7 +163,9 @@ func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) error {
 // kernel still holds what it wrote; drift is logged once and repaired by the
 // full sync that follows.
 func (d *Daemon) checkDrift() {
-	if d.opts.SyncPeriod <= 0 || time.Since(d.lastVerify) < d.opts.SyncPeriod {
+	// A periodic sync can start a little before a full SyncPeriod has
+	// passed; without the slack its check would slip to the next period.
+	if d.opts.SyncPeriod <= 0 || time.Since(d.lastVerify) < d.opts.SyncPeriod*9/10 {
 		return
 	}
 	d.lastVerify = time.Now()
