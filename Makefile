@@ -41,7 +41,7 @@ build:
 test: deps tools vm build lint unit acceptance
 
 unit:
-	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 ./...
+	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 -timeout 30m ./...
 
 acceptance: deps tools build
 	$(BIN)/acceptance --mode $(MODE) --file $(FILE) $(if $(RUN),--run '$(RUN)') --proxy $(or $(PROXY),$(BIN)/proxy)
