@@ -19,6 +19,7 @@ const floorBatchLines = 20000
 // ruleset into an empty namespace.
 type Floor struct {
 	Lines, Bytes int
+	SaveS        float64 // iptables-nft-save of the proxy's namespace (what a periodic drift check reads)
 	OnePayloadS  float64 // one payload, plain restore (tables flushed: they are empty)
 	BatchedS     float64 // chain declarations, then rule batches with --noflush
 	Batches      int

@@ -161,6 +161,7 @@ type Settings struct {
 	ShortChurn     int
 	ServiceCIDR    string
 	ClusterCIDR    string
+	Writers        int
 	ProbeInterval  string
 	AttemptTimeout string
 	SyncPeriod     string
@@ -182,7 +183,7 @@ func run(ctx context.Context, o options) error {
 		Settings: Settings{
 			Ns: o.Ns, KubeProxyMaxN: o.KubeProxyMaxN, CapSeconds: o.Cap.Seconds(),
 			LatencySamples: o.LatencySamples, ChurnSeconds: o.ChurnSeconds, ShortChurn: o.ShortChurn,
-			ServiceCIDR: serviceCIDR, ClusterCIDR: clusterCIDR,
+			ServiceCIDR: serviceCIDR, ClusterCIDR: clusterCIDR, Writers: o.Writers,
 			ProbeInterval: probeInterval.String(), AttemptTimeout: attemptTimeout.String(), SyncPeriod: "30s",
 		},
 	}

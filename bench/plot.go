@@ -122,6 +122,8 @@ func newPlot(title, ylabel string, ss []*series) (*plot.Plot, error) {
 	p.Add(plotter.NewGrid())
 	p.Legend.Top = true
 	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(8)
+	p.Legend.YOffs = -vg.Points(8)
 	ymin, ymax := 0.0, 0.0
 	for _, s := range ss {
 		for _, pt := range s.pts {

@@ -272,6 +272,12 @@ func (rep *Report) rows() []row {
 			}
 			return num(float64(r.Floor.Bytes))
 		}, true},
+		{"iptables-nft-save of that ruleset (svcproxy's periodic drift check reads nat and filter)", secs, func(r *Run) value {
+			if r.Floor == nil || r.Floor.SaveS <= 0 {
+				return none("n/a")
+			}
+			return num(r.Floor.SaveS)
+		}, true},
 		{"Floor: iptables-nft-restore, one payload", secs, func(r *Run) value {
 			if r.Floor == nil || r.Floor.OnePayloadS <= 0 {
 				return none("n/a")
@@ -291,6 +297,7 @@ func (rep *Report) rows() []row {
 			return num(r.Cold.ServingS / r.Floor.Best())
 		}, true},
 		{"Wall time of this proxy's run", secs, func(r *Run) value { return num(r.WallS) }, true},
+		{"Load average (1/5/15 min) as this run started", secs, func(r *Run) value { return value{v: 0, text: r.Load} }, true},
 	}
 }
 
@@ -313,7 +320,7 @@ func renderMarkdown(rep *Report) string {
 
 	s := rep.Settings
 	w("## Setup\n\n")
-	w("- One real etcd + kube-apiserver (e2e/controlplane) in its own network namespace, `--service-cluster-ip-range=%s`. Workload: N Services (ClusterIP, one TCP port) x %d endpoints, written through the API by %d parallel writers; endpoints are fake addresses in %s except for the probe Services.\n", s.ServiceCIDR, endpointsN, 16, s.ClusterCIDR)
+	w("- One real etcd + kube-apiserver (e2e/controlplane) in its own network namespace, `--service-cluster-ip-range=%s`. Workload: N Services (ClusterIP, one TCP port) x %d endpoints, written through the API by %d parallel writers; endpoints are fake addresses in %s except for the probe Services.\n", s.ServiceCIDR, endpointsN, s.Writers, s.ClusterCIDR)
 	w("- Each proxy runs alone (one after the other, kube-proxy first at each N), in a fresh node namespace with empty tables (e2e/acceptance Topology: node, router, %d responder pods behind the router as the real backends, a client pod on the node). Same KubeProxyConfiguration for both (acceptance.ProxyConfig): `mode: iptables` on the nf_tables backend (%s), `conntrack.maxPerCore: 0` (no global conntrack sysctl is written), `syncPeriod: %s`.\n", endpointsN, m.IPTables, s.SyncPeriod)
 	w("- minSyncPeriod: %s.\n", rep.MinSync.Summary)
 	w("- Probing: a new TCP connection from the client pod every %s (attempts overlap, %s timeout each); a connection counts when a real responder answers. Times are from the proxy's process start (cold start, restart) or from the API write of the Service (latency: Service, then its EndpointSlice, then probe until it connects; %d Services one after the other, deleted afterwards).\n", s.ProbeInterval, s.AttemptTimeout, s.LatencySamples)

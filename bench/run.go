@@ -78,6 +78,7 @@ type Run struct {
 	Notes       []string `json:",omitempty"`
 	Err         string   `json:",omitempty"`
 	WallS       float64
+	Load        string // /proc/loadavg (1, 5, 15 min) as the run started
 }
 
 func (r *Run) note(format string, args ...any) {
@@ -159,10 +160,10 @@ func (b *bench) binary(proxy string) string {
 // runProxy runs every phase for one proxy at one N. Failures end the run
 // early and are recorded, never fatal for the whole bench.
 func (b *bench) runProxy(ctx context.Context, proxy string, n int) *Run {
-	r := &Run{Proxy: proxy, N: n}
+	r := &Run{Proxy: proxy, N: n, Load: loadAvg()}
 	start := time.Now()
 	defer func() { r.WallS = time.Since(start).Seconds() }()
-	logf("=== %s N=%d", proxy, n)
+	logf("=== %s N=%d (load %s)", proxy, n, r.Load)
 	if err := b.runPhases(ctx, r); err != nil {
 		r.Err = err.Error()
 		logf("  %s N=%d: error: %v", proxy, n, err)
@@ -207,10 +208,12 @@ func (b *bench) runPhases(ctx context.Context, r *Run) error {
 		proc.Stop(10 * time.Second)
 		return nil
 	}
+	saveStart := time.Now()
 	dump, err := dumpRules(e.topo.Node)
 	if err != nil {
 		return err
 	}
+	saveS := time.Since(saveStart).Seconds()
 	writeDump(filepath.Join(dir, "rules.save"), dump)
 
 	// 2. Programming latency with the fast minSyncPeriod.
@@ -233,8 +236,9 @@ func (b *bench) runPhases(ctx context.Context, r *Run) error {
 
 	// 5. The floor: the same ruleset into an empty namespace, proxy stopped.
 	f := measureFloor(dump)
+	f.SaveS = saveS
 	r.Floor = &f
-	logf("  floor: %d lines, %d bytes: one payload %.2fs, %d batches %.2fs %s", f.Lines, f.Bytes, f.OnePayloadS, f.Batches, f.BatchedS, f.Err)
+	logf("  floor: save %.2fs; %d lines, %d bytes: one payload %.2fs, %d batches %.2fs %s", f.SaveS, f.Lines, f.Bytes, f.OnePayloadS, f.Batches, f.BatchedS, f.Err)
 
 	// 6. Restart with the rules in place (config with minSyncPeriod 1s).
 	proc2, ph2, err := b.startPhase(ctx, r.Proxy, e, slow, filepath.Join(dir, "proxy-restart.log"), probeDst, true)

@@ -121,3 +121,18 @@ func (rl *apiRelay) Close() {
 	}
 	rl.conns = nil
 }
+
+// StartRelay lets processes in namespace ns reach the API server of
+// kubeconfig at its own address, through this process (see apiRelay). The
+// caller closes it.
+func StartRelay(ns, kubeconfig string) (io.Closer, error) {
+	rl, err := startRelay(ns, kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return closer{rl.Close}, nil
+}
+
+type closer struct{ f func() }
+
+func (c closer) Close() error { c.f(); return nil }

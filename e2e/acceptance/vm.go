@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -58,7 +59,13 @@ func GuestArgs(o Options, file, kubeconfig, responder string, cidrs []string) []
 // guest's results.
 func RunInVM(ctx context.Context, o VMOptions) (*Summary, error) {
 	if err := vm.Available(); err != nil {
-		return nil, err
+		// prepare.sh is idempotent and fills the cache on a fresh machine.
+		if perr := prepareVM(o.Log); perr != nil {
+			return nil, fmt.Errorf("%w (hack/vm/prepare.sh: %v)", err, perr)
+		}
+		if err := vm.Available(); err != nil {
+			return nil, err
+		}
 	}
 	if o.Out == nil {
 		o.Out = os.Stdout
@@ -134,8 +141,13 @@ func RunInVM(ctx context.Context, o VMOptions) (*Summary, error) {
 	if o.Verbose {
 		console = io.MultiWriter(col, &prefixWriter{w: o.Log, prefix: "guest| "})
 	}
+	mods, err := guestModules()
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	res, runErr := vm.Run(ctx, vm.RunOptions{
+		Modules:  mods,
 		Command:  append([]string{exe}, args...),
 		Dir:      share,
 		ShareDir: share,
@@ -162,6 +174,32 @@ func RunInVM(ctx context.Context, o VMOptions) (*Summary, error) {
 		return sum, fmt.Errorf("guest exited %d without a failed flow; its output ends:\n%s\nsetup log: %s", res.ExitCode, tail, res.SetupLog)
 	}
 	return sum, nil
+}
+
+// guestModules is the VM's default module list without the kernel's SCTP
+// stack. The host kernel has none, and the scenarios' SCTP responders
+// answer INITs from raw sockets; with the stack loaded, each endpoint's
+// kernel would race them with an ABORT (no SCTP socket listens there).
+// Netfilter and IPVS handle SCTP without it.
+func guestModules() ([]string, error) {
+	p, err := vm.Locate()
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(p.Repo, "hack", "vm", "modules.txt"))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		for _, m := range strings.Fields(line) {
+			if m != "sctp" {
+				out = append(out, m)
+			}
+		}
+	}
+	return out, nil
 }
 
 // visible returns a path the guest can read: path itself, or a copy in the
@@ -301,4 +339,20 @@ func (m MarkedWriter) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// prepareVM runs hack/vm/prepare.sh (root; installs QEMU and fills
+// .cache/vm when missing).
+func prepareVM(log io.Writer) error {
+	root, err := controlplane.RepoRoot()
+	if err != nil {
+		return err
+	}
+	if log == nil {
+		log = io.Discard
+	}
+	cmd := exec.Command(filepath.Join(root, "hack", "vm", "prepare.sh"))
+	cmd.Dir = root
+	cmd.Stdout, cmd.Stderr = log, log
+	return cmd.Run()
 }

@@ -158,10 +158,10 @@ func (a *Applier) applyFull(desired *State) error {
 	for _, addr := range onDummy {
 		a.addrs[addr] = true
 	}
-	if err := a.adopt(); err != nil {
+	if err := a.readSets(); err != nil {
 		return err
 	}
-	if err := a.readSets(); err != nil {
+	if err := a.adopt(desired.opts.NodeIPs); err != nil {
 		return err
 	}
 
@@ -188,10 +188,12 @@ func (a *Applier) applyFull(desired *State) error {
 }
 
 // adopt rebuilds the record of our virtual servers from one dump: those on
-// kube-ipvs0 addresses, those we created on node IPs, and those a Service
-// wants (we will own them from now on). Drain deadlines already running
-// are kept.
-func (a *Applier) adopt() error {
+// kube-ipvs0 addresses, those we created on node IPs, NodePorts an earlier
+// run left on node IPs (NodePort addresses whose port is in our
+// KUBE-NODE-PORT-* ipsets), and
+// those a Service wants (we own them from now on). Drain deadlines already
+// running are kept. It runs after readSets.
+func (a *Applier) adopt(nodeIPs []netip.Addr) error {
 	services, err := a.k.IPVS.Services()
 	if err != nil {
 		return err
@@ -204,7 +206,7 @@ func (a *Applier) adopt() error {
 			continue
 		}
 		_, wanted := a.refs.vs[k]
-		if !a.addrs[k.Addr] && !a.nodeVS[k] && !wanted {
+		if !a.addrs[k.Addr] && !a.nodeVS[k] && !wanted && !(slices.Contains(nodeIPs, k.Addr) && a.leftNodePort(k)) {
 			continue // someone else's
 		}
 		dests, err := a.k.IPVS.Destinations(k)
@@ -228,6 +230,21 @@ func (a *Applier) adopt() error {
 		}
 	}
 	return nil
+}
+
+// leftNodePort reports whether k is a NodePort virtual server of ours by
+// the NodePort ipsets as the kernel holds them.
+func (a *Applier) leftNodePort(k VSKey) bool {
+	set := func(base string) map[string]bool { return a.sets[SetName(base, a.family)] }
+	switch k.Protocol {
+	case v1.ProtocolTCP:
+		return set(SetNodePortTCP)[portEntry(int32(k.Port))]
+	case v1.ProtocolUDP:
+		return set(SetNodePortUDP)[portEntry(int32(k.Port))]
+	case v1.ProtocolSCTP:
+		return set(SetNodePortSCTP)[ipPortEntry(k.Addr, k.Protocol, int32(k.Port))]
+	}
+	return false
 }
 
 func (a *Applier) readSets() error {

@@ -107,10 +107,6 @@ func newTracker(svcs []svcSpec, slices ...*discovery.EndpointSlice) tracker {
 	return tracker{tr}
 }
 
-func (t tracker) service(s svcSpec) {
-	t.OnService(types.NamespacedName{Namespace: s.ns, Name: s.name}, s.object())
-}
-
 func (t tracker) deleteService(ns, name string) {
 	t.OnService(types.NamespacedName{Namespace: ns, Name: name}, nil)
 }

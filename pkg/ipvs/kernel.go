@@ -102,9 +102,9 @@ type bounded struct {
 
 var errTimeout = errors.New("no answer from the kernel")
 
-// do runs fn under the lock with the deadline. abandon is called (still
-// under the lock) when fn does not return in time.
-func (b *bounded) do(op string, fn func() error, abandon func()) error {
+// do runs fn under the lock with the deadline; a call that does not return
+// in time is abandoned (each rtnetlink call has its own socket).
+func (b *bounded) do(op string, fn func() error) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	done := make(chan error, 1)
@@ -115,9 +115,6 @@ func (b *bounded) do(op string, fn func() error, abandon func()) error {
 	case err := <-done:
 		return err
 	case <-t.C:
-		if abandon != nil {
-			abandon()
-		}
 		return fmt.Errorf("%s: %w within %s", op, errTimeout, b.timeout)
 	}
 }
@@ -349,7 +346,7 @@ func (l *netlinkLink) EnsureDummy() error {
 		}
 		klog.InfoS("Created the IPVS dummy interface", "interface", DummyInterface)
 		return nil
-	}, nil)
+	})
 }
 
 func (l *netlinkLink) Addrs(f v1.IPFamily) ([]netip.Addr, error) {
@@ -364,12 +361,14 @@ func (l *netlinkLink) Addrs(f v1.IPFamily) ([]netip.Addr, error) {
 			return err
 		}
 		for _, a := range list {
-			if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			// An up kube-ipvs0 gets an IPv6 link-local address of its
+			// own: not a service IP, not ours to manage.
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && !(ip.Is6() && ip.IsLinkLocalUnicast()) {
 				out = append(out, ip.Unmap())
 			}
 		}
 		return nil
-	}, nil)
+	})
 	return out, err
 }
 
@@ -390,7 +389,7 @@ func (l *netlinkLink) AddAddr(a netip.Addr) error {
 			return err
 		}
 		return netlink.AddrAdd(link, l.addr(a))
-	}, nil)
+	})
 }
 
 func (l *netlinkLink) DelAddr(a netip.Addr) error {
@@ -400,7 +399,7 @@ func (l *netlinkLink) DelAddr(a netip.Addr) error {
 			return err
 		}
 		return netlink.AddrDel(link, l.addr(a))
-	}, nil)
+	})
 }
 
 func (l *netlinkLink) HostAddrs(f v1.IPFamily) ([]netip.Addr, error) {
@@ -423,7 +422,7 @@ func (l *netlinkLink) HostAddrs(f v1.IPFamily) ([]netip.Addr, error) {
 			}
 		}
 		return nil
-	}, nil)
+	})
 	return out, err
 }
 

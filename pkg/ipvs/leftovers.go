@@ -10,14 +10,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os/exec"
 	"strings"
 
 	"github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
 	"svcproxy.dev/svcproxy/pkg/iptables"
+	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
 // DummyInterface holds every service IP in IPVS mode.
@@ -35,13 +38,17 @@ var iptablesChains = map[string][]string{
 }
 
 // RemoveLeftovers removes IPVS-mode state: the virtual servers whose
-// address sits on kube-ipvs0 (never anyone else's), the interface itself,
+// address sits on kube-ipvs0 and the NodePort ones on node IPs (never
+// anyone else's), the interface itself,
 // the IPVS-only iptables chains and the ipsets. kernels lists the iptables
 // interfaces to clean (one per family). Missing pieces are not errors.
 func RemoveLeftovers(kernels []iptables.Interface) error {
 	var errs []error
 	addrs := dummyAddrs()
-	if err := removeVirtualServers(addrs); err != nil {
+	// Read before the ipsets go: they name the NodePort virtual servers
+	// on node IPs.
+	nodePorts := nodePortVirtualServers()
+	if err := removeVirtualServers(addrs, nodePorts); err != nil {
 		errs = append(errs, err)
 	}
 	if err := removeDummy(); err != nil {
@@ -78,8 +85,59 @@ func dummyAddrs() map[string]bool {
 	return out
 }
 
-func removeVirtualServers(owned map[string]bool) error {
-	if len(owned) == 0 {
+// nodePortVirtualServers returns a test for the NodePort virtual servers
+// IPVS mode (ours or kube-proxy's) made on node IPs: a virtual server on a
+// local address whose protocol and port are in a KUBE-NODE-PORT-* ipset.
+// It returns nil when there is no such ipset.
+func nodePortVirtualServers() func(s *ipvs.Service) bool {
+	save, err := exec.Command("ipset", "save").Output()
+	if err != nil {
+		return nil
+	}
+	want := map[string]bool{}
+	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		for _, n := range []string{SetNodePortTCP, SetNodePortUDP, SetNodePortSCTP} {
+			want[SetName(n, fam)] = true
+		}
+	}
+	sets, err := parseSave(save, want)
+	if err != nil || len(sets) == 0 {
+		return nil
+	}
+	local := map[netip.Addr]bool{}
+	if list, err := netlink.AddrList(nil, netlink.FAMILY_ALL); err == nil {
+		for _, a := range list {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok {
+				local[ip.Unmap()] = true
+			}
+		}
+	}
+	member := func(base string, fam v1.IPFamily, m string) bool {
+		ks := sets[SetName(base, fam)]
+		return ks != nil && ks.Members[m]
+	}
+	return func(s *ipvs.Service) bool {
+		addr, ok := netip.AddrFromSlice(s.Address)
+		if !ok || !local[addr.Unmap()] {
+			return false
+		}
+		addr = addr.Unmap()
+		fam := watch.FamilyOf(addr)
+		proto, ok := protoFromNumber(s.Protocol)
+		switch {
+		case !ok:
+			return false
+		case proto == v1.ProtocolTCP:
+			return member(SetNodePortTCP, fam, portEntry(int32(s.Port)))
+		case proto == v1.ProtocolUDP:
+			return member(SetNodePortUDP, fam, portEntry(int32(s.Port)))
+		}
+		return member(SetNodePortSCTP, fam, ipPortEntry(addr, proto, int32(s.Port)))
+	}
+}
+
+func removeVirtualServers(owned map[string]bool, nodePort func(*ipvs.Service) bool) error {
+	if len(owned) == 0 && nodePort == nil {
 		return nil
 	}
 	h, err := ipvs.New("")
@@ -94,7 +152,7 @@ func removeVirtualServers(owned map[string]bool) error {
 	}
 	var errs []error
 	for _, s := range services {
-		if s.Address == nil || !owned[s.Address.String()] {
+		if s.Address == nil || s.FWMark != 0 || !(owned[s.Address.String()] || (nodePort != nil && nodePort(s))) {
 			continue
 		}
 		if err := h.DelService(s); err != nil {

@@ -91,6 +91,9 @@ func (p *Proxier) ensureSetup() error {
 	if p.setup {
 		return nil
 	}
+	// The first IPVS call loads ip_vs (moby/ipvs runs modprobe), which
+	// brings net/ipv4/vs/* into existence.
+	_, _ = p.k.IPVS.Services()
 	list := sysctls
 	if p.opts.StrictARP {
 		list = append(slices.Clone(list), strictARPSysctls...)
@@ -103,7 +106,7 @@ func (p *Proxier) ensureSetup() error {
 		if err := p.k.Sysctl.Set(kv[0], kv[1]); err != nil {
 			errs = append(errs, fmt.Errorf("sysctl %s=%s: %w", kv[0], kv[1], err))
 		} else {
-			klog.InfoS("Set sysctl", "name", kv[0], "value", kv[1])
+			klog.V(2).InfoS("Set sysctl", "name", kv[0], "value", kv[1])
 		}
 	}
 	o := p.opts
@@ -122,9 +125,18 @@ func (p *Proxier) ensureSetup() error {
 // planOptions reads the node's addresses (one netlink dump) and derives the
 // NodePort addresses from them.
 func (p *Proxier) planOptions() (PlanOptions, error) {
-	host, err := p.k.Link.HostAddrs(p.opts.Family)
+	all, err := p.k.Link.HostAddrs(p.opts.Family)
 	if err != nil {
 		return PlanOptions{}, err
+	}
+	// IPv6 link-local addresses come and go with every pod's veth; they
+	// are never service or NodePort addresses, and leaving them out keeps
+	// pod churn from changing the plan's options (a full sync).
+	var host []netip.Addr
+	for _, a := range all {
+		if !(a.Is6() && (a.IsLinkLocalUnicast() || a.IsMulticast())) {
+			host = append(host, a)
+		}
 	}
 	slices.SortFunc(host, netip.Addr.Compare)
 	host = slices.Compact(host)

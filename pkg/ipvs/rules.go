@@ -33,7 +33,6 @@ const (
 	commentClusterIPMasq    = "Kubernetes service cluster ip + port for masquerade purpose"
 	commentExternalIPMasq   = "Kubernetes service external ip + port for masquerade purpose"
 	commentLoadBalancer     = "Kubernetes service lb portal"
-	commentIPVSFilter       = "kubernetes ipvs access filter"
 	commentSourceRangesFW   = "Kubernetes service load balancer ip + port with source range"
 	commentNotService       = "reject new connections to service IPs on ports that are no Service"
 	commentServiceNoMasq    = "already handled service IP"
@@ -152,6 +151,16 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 		if d.externalFilter != "" {
 			b.entry(tableFilter, chainExternalServices, comment(name+" has no local endpoints"), match(ip, port.Port), "-j", d.externalFilter)
 		}
+		if d.useFW {
+			// The node's own connections meet IPVS (LOCAL_OUT) before
+			// filter OUTPUT; they are checked after IPVS has picked a
+			// real server, by the virtual server they went through.
+			b.entry(tableFilter, chainProxyFirewall, comment(name+" source ranges for node-originated traffic"),
+				"-m ipvs --vaddr", hostPrefix(ip), "--vport", strconv.Itoa(int(port.Port)), "--vproto", proto, "-j", fwChain)
+		}
+	}
+	if d.useFW {
+		nodeSourceRanges(b, port, fwChain, opts)
 	}
 	if np := port.NodePort; np != 0 {
 		portMatch := fmt.Sprintf("-m %s -p %s --dport %d", proto, proto, np)
@@ -203,6 +212,34 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 			}
 		}
 	}
+}
+
+// nodeSourceRanges writes filter KUBE-FW-*, which drops node-originated
+// connections to a LoadBalancer IP from outside its source ranges after
+// IPVS forwarded them (filter OUTPUT sees them again then). Traffic from
+// elsewhere is checked before IPVS by the ipset rules of
+// KUBE-SOURCE-RANGES-FIREWALL.
+func nodeSourceRanges(b *ruleBuilder, port *watch.ServicePort, fwChain string, opts iptables.PlanOptions) {
+	fam := opts.Family
+	b.declare(tableFilter, fwChain)
+	allowNode := false
+	for _, cidr := range port.LoadBalancerSourceRanges {
+		if cidr.Addr().Is4() != (fam == v1.IPv4Protocol) {
+			continue
+		}
+		b.rule(tableFilter, fwChain, "-s", cidr.Masked().String(), "-j", "RETURN")
+		if opts.NodeIP.IsValid() && cidr.Contains(opts.NodeIP) {
+			allowNode = true
+		}
+	}
+	if allowNode {
+		for _, ip := range port.LoadBalancerIPs {
+			if watch.FamilyOf(ip) == fam {
+				b.rule(tableFilter, fwChain, "-s", hostPrefix(ip), "-j", "RETURN")
+			}
+		}
+	}
+	b.rule(tableFilter, fwChain, comment(port.Name.String()+" traffic not accepted by "+fwChain), "-j", "DROP")
 }
 
 // shortCircuitTarget returns the rule tail that sends short-circuited

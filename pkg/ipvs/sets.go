@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -210,6 +209,3 @@ func (p *restorePayload) bytes() []byte {
 	}
 	return b.Bytes()
 }
-
-// sortedSetNames returns the keys of a set map in order.
-func sortedSetNames[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
