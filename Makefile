@@ -14,7 +14,7 @@ STATICCHECK_VERSION := v0.8.2
 
 export SVCPROXY_BIN_DIR := $(TOOLS_BIN)
 
-.PHONY: all build deps tools vm test unit e2e acceptance demo bench lint clean
+.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples demo bench lint clean
 
 all: build
 
@@ -38,13 +38,19 @@ build:
 
 # Unit tests, then the e2e tests (real kube-apiserver, real kernel rules in
 # network namespaces), then the acceptance examples with real packets.
-test: deps tools vm build lint unit acceptance
+test: deps tools vm build lint unit acceptance-examples
 
 unit:
 	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 -timeout 30m ./...
 
 acceptance: deps tools build
 	$(BIN)/acceptance --mode $(MODE) --file $(FILE) $(if $(RUN),--run '$(RUN)') --proxy $(or $(PROXY),$(BIN)/proxy)
+
+# The acceptance examples in both modes: iptables on the host kernel, ipvs
+# in the VM (the host kernel has no IPVS).
+acceptance-examples: deps tools vm build
+	$(BIN)/acceptance --mode iptables --file $(FILE) --proxy $(BIN)/proxy
+	$(BIN)/acceptance --mode ipvs --file $(FILE) --proxy $(BIN)/proxy
 
 demo: deps tools build
 	$(BIN)/acceptance --mode iptables --file $(CURDIR)/e2e/demo/demo.yaml --proxy $(BIN)/proxy --verbose
