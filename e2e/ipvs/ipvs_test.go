@@ -53,6 +53,16 @@ func proxyBin(t *testing.T) string {
 // TestIPVSDriftAndGraceful boots one guest that runs TestGuestIPVS with
 // the host's API server forwarded in.
 func TestIPVSDriftAndGraceful(t *testing.T) {
+	runGuest(t, "TestGuestIPVS")
+}
+
+// runGuest starts the control plane on the host, boots a guest with its
+// API server forwarded in, and runs the guest test named guestTest there
+// (the test binary is copied into the share, which is the guest's working
+// directory). env is added to the guest's environment; the share is
+// returned so the caller can read what the guest left in it.
+func runGuest(t *testing.T, guestTest string, env ...string) (share string) {
+	t.Helper()
 	if inGuest() {
 		t.Skip("inside the guest")
 	}
@@ -84,7 +94,7 @@ func TestIPVSDriftAndGraceful(t *testing.T) {
 	}
 	defer cp.Stop()
 
-	share := t.TempDir()
+	share = t.TempDir()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -96,8 +106,8 @@ func TestIPVSDriftAndGraceful(t *testing.T) {
 		proxy = filepath.Join(share, "proxy")
 	}
 	res, err := vm.Run(ctx, vm.RunOptions{
-		Command:    []string{"./ipvs.test", "-test.run", "^TestGuestIPVS$", "-test.v", "-test.count=1"},
-		Env:        []string{"KUBECONFIG=" + filepath.Join(share, "kubeconfig"), "SVCPROXY_PROXY=" + proxy, "SERVICE_CIDRS=" + strings.Join(cp.ServiceCIDRs, ",")},
+		Command:    []string{"./ipvs.test", "-test.run", "^" + guestTest + "$", "-test.v", "-test.count=1"},
+		Env:        append([]string{"KUBECONFIG=" + filepath.Join(share, "kubeconfig"), "SVCPROXY_PROXY=" + proxy, "SERVICE_CIDRS=" + strings.Join(cp.ServiceCIDRs, ",")}, env...),
 		Dir:        share,
 		ShareDir:   share,
 		ShareCache: true,
@@ -116,6 +126,7 @@ func TestIPVSDriftAndGraceful(t *testing.T) {
 	if res.ExitCode != 0 {
 		t.Fatalf("guest test failed (exit %d); setup log:\n%s", res.ExitCode, res.SetupLog)
 	}
+	return share
 }
 
 func copyFile(t *testing.T, from, to string, mode os.FileMode) {
@@ -139,15 +150,14 @@ type guest struct {
 	dir        string
 	kubeconfig string
 	proc       *nsutil.Proc
+	log        string // the running proxy's output
 	runs       int
 }
 
 const foreignVS = "10.9.9.9:80"
 
-// startProxy runs the proxy in mode and waits for its first sync.
-func (g *guest) startProxy(mode string) {
-	t := g.t
-	g.runs++
+// proxyConfig is the KubeProxyConfiguration the guest's proxy runs with.
+func (g *guest) proxyConfig(mode string) []byte {
 	cfg, err := yaml.Marshal(map[string]any{
 		"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
 		"mode": mode, "hostnameOverride": nodeName, "clusterCIDR": "10.0.0.0/8",
@@ -158,23 +168,48 @@ func (g *guest) startProxy(mode string) {
 		"conntrack":          map[string]any{"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
 	})
 	if err != nil {
-		t.Fatal(err)
+		g.t.Fatal(err)
 	}
-	cfgPath := filepath.Join(g.dir, fmt.Sprintf("proxy-%d.yaml", g.runs))
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
-		t.Fatal(err)
+	return cfg
+}
+
+// startProxy runs the proxy in mode (from a new config file) and waits
+// for its first sync.
+func (g *guest) startProxy(mode string) {
+	cfgPath := filepath.Join(g.dir, fmt.Sprintf("proxy-%d.yaml", g.runs+1))
+	if err := os.WriteFile(cfgPath, g.proxyConfig(mode), 0o600); err != nil {
+		g.t.Fatal(err)
 	}
+	g.launch(cfgPath, mode)
+}
+
+// launch starts the proxy with the config file cfgPath (always the same
+// command line for the same file) and waits for its first sync. It returns
+// when the process was started and when its first sync completed (from
+// the proxy's own sync timestamp metric). mode only names the log file.
+func (g *guest) launch(cfgPath, mode string) (started, synced time.Time) {
+	t := g.t
+	g.runs++
 	log := filepath.Join(g.dir, fmt.Sprintf("proxy-%d-%s.log", g.runs, mode))
+	var err error
+	started = time.Now()
 	g.proc, err = acceptance.StartProxy(proxyBin(t), g.node, cfgPath, nodeName, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	if err := acceptance.WaitSynced(g.ctx, g.node, g.proc, start, 3*time.Minute); err != nil {
+	g.log = log
+	if err := acceptance.WaitSynced(g.ctx, g.node, g.proc, started, 3*time.Minute); err != nil {
 		b, _ := os.ReadFile(log)
 		t.Fatalf("%s proxy: %v\n%s", mode, err, b)
 	}
-	t.Logf("%s proxy synced in %v", mode, time.Since(start).Round(100*time.Millisecond))
+	synced = time.Now()
+	if st, err := acceptance.ReadSyncState(g.ctx, g.node); err == nil && st.Last > 0 {
+		if at := time.Unix(0, int64(st.Last*1e9)); at.After(started) && at.Before(synced) {
+			synced = at
+		}
+	}
+	t.Logf("%s proxy synced in %v", mode, synced.Sub(started).Round(100*time.Millisecond))
+	return started, synced
 }
 
 func (g *guest) stopProxy() {
@@ -231,7 +266,22 @@ func (g *guest) modeSwitch(t *testing.T) {
 	}
 }
 
+// setup prepares the node (setupNode) and starts the proxy in IPVS mode.
 func (g *guest) setup() {
+	g.setupNode()
+	g.startProxy("ipvs")
+	g.waitFor("the virtual server with both real servers", 30*time.Second, func() bool {
+		out := g.ipvsadm()
+		return strings.Contains(out, "10.180.0.1:80") && strings.Contains(out, "10.180.2.1:80")
+	})
+}
+
+// setupNode creates the API objects (the NodePort Service ns1/web on
+// clusterIP and NodePort 30080, endpoints 10.180.0.1 on this node and
+// 10.180.2.1 on another), the topology (node IP 192.168.0.2, the endpoint
+// pods with echo servers, client pod 10.0.0.2), the API relay and a
+// foreign virtual server. No proxy runs yet.
+func (g *guest) setupNode() {
 	t := g.t
 	kc := os.Getenv("KUBECONFIG")
 	rc, err := clientcmd.BuildConfigFromFlags("", kc)
@@ -288,11 +338,6 @@ func (g *guest) setup() {
 	g.run("ipvsadm", "-A", "-t", foreignVS, "-s", "rr")
 	g.dir, g.kubeconfig = dir, kc
 	t.Cleanup(func() { g.stopProxy() })
-	g.startProxy("ipvs")
-	g.waitFor("the virtual server with both real servers", 30*time.Second, func() bool {
-		out := g.ipvsadm()
-		return strings.Contains(out, "10.180.0.1:80") && strings.Contains(out, "10.180.2.1:80")
-	})
 }
 
 func (g *guest) applySlice(addrs ...string) {
@@ -503,20 +548,30 @@ func readLine(c net.Conn) (string, error) {
 	}
 }
 
-// dial makes one short connection and returns the backend that answered
-// ("" for none).
-func dial(t *testing.T, ns string) string {
+// dial makes one short connection to the ClusterIP and returns the
+// backend that answered ("" for none).
+func dial(_ *testing.T, ns string) string {
+	backend, _ := dialTo(ns, clusterIP+":80", 3*time.Second)
+	return backend
+}
+
+// dialTo opens a new TCP connection from ns to dst, reads the backend's
+// greeting and returns the backend's address.
+func dialTo(ns, dst string, timeout time.Duration) (string, error) {
 	var c net.Conn
 	if err := nsutil.Do(ns, func() error {
 		var err error
-		c, err = net.DialTimeout("tcp", clusterIP+":80", 3*time.Second)
+		c, err = net.DialTimeout("tcp", dst, timeout)
 		return err
 	}); err != nil {
-		return ""
+		return "", err
 	}
 	defer c.Close()
-	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	line, _ := readLine(c)
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	line, err := readLine(c)
+	if err != nil {
+		return "", fmt.Errorf("read greeting: %w", err)
+	}
 	backend, _, _ := strings.Cut(line, " ")
-	return backend
+	return backend, nil
 }

@@ -455,8 +455,8 @@ func writeCtl(ctl string, p Paths, share string, opts RunOptions) error {
 	if opts.ShareCache {
 		shareCache = "loose"
 	}
-	params := fmt.Sprintf("KDIR=%s\nSHARE=%s\nTEE=%s\nROOTCACHE=%s\nSHARECACHE=%s\n",
-		shellQuote(p.KernelDir), shellQuote(share), tee, rootCache, shareCache)
+	params := fmt.Sprintf("KDIR=%s\nSHARE=%s\nTEE=%s\nROOTCACHE=%s\nSHARECACHE=%s\nKEEP=%s\n",
+		shellQuote(p.KernelDir), shellQuote(share), tee, rootCache, shareCache, shellQuote(strings.Join(keepVisible(p), " ")))
 	var script strings.Builder
 	script.WriteString("# run by the guest's /init, chrooted in the host's /\n")
 	env := []string{
@@ -590,4 +590,23 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+// keepVisible lists the host directories the guest must still see although
+// they sit under a directory it covers with a tmpfs (/tmp, /run, /var/tmp):
+// a checkout (and so the kernel cache and the binaries) under /tmp, as a CI
+// clone may be.
+func keepVisible(p Paths) []string {
+	var out []string
+	for _, dir := range []string{p.Repo, p.Cache} {
+		if dir == "" || strings.ContainsAny(dir, " \t\n'\"") {
+			continue
+		}
+		for _, covered := range []string{"/tmp/", "/run/", "/var/tmp/"} {
+			if strings.HasPrefix(dir+"/", covered) {
+				out = append(out, dir)
+			}
+		}
+	}
+	return out
 }

@@ -46,9 +46,17 @@ up init
 [ -n "$KDIR" ] || die "KDIR not set in /ctl/params"
 
 mount -t 9p -o "$opts,ro,cache=${ROOTCACHE:-none}" hostroot /host || die "cannot mount hostroot"
+# A second view of the host root, so directories under the tmpfs-covered
+# /tmp, /run and /var/tmp that the guest needs (KEEP: a checkout under /tmp)
+# can be bound back.
+mkdir -p /hostroot
+mount -t 9p -o "$opts,ro,cache=${ROOTCACHE:-none}" hostroot /hostroot || die "cannot mount hostroot twice"
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || die "tmpfs /tmp"
 mount -t tmpfs -o mode=755 tmpfs /host/run || die "tmpfs /run"
 [ -d /host/var/tmp ] && mount -t tmpfs -o mode=1777 tmpfs /host/var/tmp
+for keep in $KEEP; do
+	mkdir -p "/host$keep" && mount -o bind "/hostroot$keep" "/host$keep" || die "cannot keep $keep visible"
+done
 if [ -n "$SHARE" ]; then
 	mkdir -p "/host$SHARE" 2>/dev/null
 	mount -t 9p -o "$opts,cache=${SHARECACHE:-none}" share "/host$SHARE" || die "cannot mount the share on $SHARE"
