@@ -50,7 +50,7 @@ mount -t 9p -o "$opts,ro,cache=${ROOTCACHE:-none}" hostroot /host || die "cannot
 # /tmp, /run and /var/tmp that the guest needs (KEEP: a checkout under /tmp)
 # can be bound back.
 mkdir -p /hostroot
-mount -t 9p -o "$opts,ro,cache=${ROOTCACHE:-none}" hostroot /hostroot || die "cannot mount hostroot twice"
+mount -o bind /host /hostroot || die "cannot bind the host root"
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || die "tmpfs /tmp"
 mount -t tmpfs -o mode=755 tmpfs /host/run || die "tmpfs /run"
 [ -d /host/var/tmp ] && mount -t tmpfs -o mode=1777 tmpfs /host/var/tmp
