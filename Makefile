@@ -14,7 +14,7 @@ STATICCHECK_VERSION := v0.8.2
 
 export SVCPROXY_BIN_DIR := $(TOOLS_BIN)
 
-.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples demo bench lint clean
+.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo bench lint clean
 
 all: build
 
@@ -38,7 +38,7 @@ build:
 
 # Unit tests, then the e2e tests (real kube-apiserver, real kernel rules in
 # network namespaces), then the acceptance examples with real packets.
-test: deps tools vm build lint unit acceptance-examples
+test: deps tools vm build lint unit acceptance-examples e2e-ipvs
 
 unit:
 	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 -timeout 30m ./...
@@ -46,10 +46,13 @@ unit:
 acceptance: deps tools build
 	$(BIN)/acceptance --mode $(MODE) --file $(FILE) $(if $(RUN),--run '$(RUN)') --proxy $(or $(PROXY),$(BIN)/proxy)
 
-# The acceptance examples in both modes: iptables on the host kernel, ipvs
-# in the VM (the host kernel has no IPVS).
-acceptance-examples: deps tools vm build
+# The acceptance examples in iptables mode on the host kernel.
+acceptance-examples: deps tools build
 	$(BIN)/acceptance --mode iptables --file $(FILE) --proxy $(BIN)/proxy
+
+# The acceptance examples in ipvs mode, in the VM (the host kernel has no
+# IPVS); `make acceptance MODE=ipvs FILE=...` runs any file there.
+e2e-ipvs: deps tools vm build
 	$(BIN)/acceptance --mode ipvs --file $(FILE) --proxy $(BIN)/proxy
 
 demo: deps tools build
