@@ -63,11 +63,27 @@ func Plan(snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 // changed (locality and topology of every endpoint may differ), it plans
 // everything.
 func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
-	rs := &Ruleset{Family: opts.Family, Base: baseChains(opts), Jumps: jumps(opts), Services: map[string]*ServiceRules{}}
+	rs := &Ruleset{Family: opts.Family, Base: baseChains(opts), Jumps: jumps(opts)}
+	PlanServices(rs, prev, snap, opts.Family, func(sr *ServiceRules, port *watch.ServicePort, eps []*watch.Endpoint) {
+		planPort(sr, port, eps, snap.Node, opts)
+	})
+	return rs
+}
+
+// PortPlanner adds the rules of one Service port (given its endpoints of
+// the ruleset's family) to the Service's rules.
+type PortPlanner func(sr *ServiceRules, port *watch.ServicePort, eps []*watch.Endpoint)
+
+// PlanServices fills rs.Services: Services the snapshot does not mark as
+// changed keep their rules from prev (unless prev is nil or the node
+// changed); the others are planned port by port with planPort, in a stable
+// order. Both modes' planners share it, so both plan incrementally alike.
+func PlanServices(rs *Ruleset, prev *Ruleset, snap *watch.Snapshot, family v1.IPFamily, planPort PortPlanner) {
+	rs.Services = map[string]*ServiceRules{}
 	reuse := prev != nil && !snap.NodeChanged
 	var toPlan []watch.ServicePortName
 	for name, port := range snap.Services {
-		if _, ok := port.ClusterIP(opts.Family); !ok {
+		if _, ok := port.ClusterIP(family); !ok {
 			continue
 		}
 		key := name.NamespacedName.String()
@@ -87,9 +103,8 @@ func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 			sr = &ServiceRules{Chains: map[ChainKey][]string{}, Entries: map[ChainKey][]string{}}
 			rs.Services[key] = sr
 		}
-		planPort(sr, snap.Services[name], watch.FamilyEndpoints(snap.Endpoints[name], opts.Family), snap.Node, opts)
+		planPort(sr, snap.Services[name], watch.FamilyEndpoints(snap.Endpoints[name], family))
 	}
-	return rs
 }
 
 // portPlan holds the decisions for one Service port, following the order

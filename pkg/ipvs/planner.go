@@ -70,21 +70,11 @@ func PlanFrom(prev *State, snap *watch.Snapshot, opts PlanOptions) *State {
 		slices.SortFunc(names, watch.CompareNames)
 		b := newStateBuilder()
 		for _, name := range names {
-			planPort(b, snap.Services[name], familyEndpoints(snap.Endpoints[name], opts.Family), snap.Node, opts, hostAddrs)
+			planPort(b, snap.Services[name], watch.FamilyEndpoints(snap.Endpoints[name], opts.Family), snap.Node, opts, hostAddrs)
 		}
 		st.Services[key] = b.build()
 	}
 	return st
-}
-
-func familyEndpoints(eps []*watch.Endpoint, family v1.IPFamily) []*watch.Endpoint {
-	var out []*watch.Endpoint
-	for _, ep := range eps {
-		if watch.FamilyOf(ep.Addr) == family {
-			out = append(out, ep)
-		}
-	}
-	return out
 }
 
 // decision holds the choices for one Service port. They follow pkg/iptables'

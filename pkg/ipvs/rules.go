@@ -58,32 +58,10 @@ const (
 //     virtual server holds every endpoint, while outside traffic reaches the
 //     external virtual server, which holds the local endpoints only.
 func PlanRules(prev *iptables.Ruleset, snap *watch.Snapshot, opts iptables.PlanOptions) *iptables.Ruleset {
-	rs := &iptables.Ruleset{Family: opts.Family, Base: baseChains(opts), Jumps: jumps(), Services: map[string]*iptables.ServiceRules{}}
-	reuse := prev != nil && !snap.NodeChanged
-	var toPlan []watch.ServicePortName
-	for name, port := range snap.Services {
-		if _, ok := port.ClusterIP(opts.Family); !ok {
-			continue
-		}
-		key := name.NamespacedName.String()
-		if reuse && !snap.Changed[name.NamespacedName] {
-			if sr, ok := prev.Services[key]; ok {
-				rs.Services[key] = sr
-				continue
-			}
-		}
-		toPlan = append(toPlan, name)
-	}
-	slices.SortFunc(toPlan, watch.CompareNames)
-	for _, name := range toPlan {
-		key := name.NamespacedName.String()
-		sr := rs.Services[key]
-		if sr == nil {
-			sr = &iptables.ServiceRules{Chains: map[iptables.ChainKey][]string{}, Entries: map[iptables.ChainKey][]string{}}
-			rs.Services[key] = sr
-		}
-		planPortRules(sr, snap.Services[name], familyEndpoints(snap.Endpoints[name], opts.Family), snap.Node, opts)
-	}
+	rs := &iptables.Ruleset{Family: opts.Family, Base: baseChains(opts), Jumps: jumps()}
+	iptables.PlanServices(rs, prev, snap, opts.Family, func(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*watch.Endpoint) {
+		planPortRules(sr, port, eps, snap.Node, opts)
+	})
 	return rs
 }
 
