@@ -75,6 +75,10 @@ var baseSysctls = [][2]string{
 	// REJECTed attempts in a row would otherwise partly pass as DROP.
 	{"net.ipv4.icmp_ratelimit", "0"},
 	{"net.ipv6.icmp.ratelimit", "0"},
+	// The namespace-wide ICMP budget (1000/s, burst 50) also turns rejects
+	// into silence once a scenario has sent ~50 of them in a row.
+	{"net.ipv4.icmp_msgs_per_sec", "100000"},
+	{"net.ipv4.icmp_msgs_burst", "100000"},
 }
 
 var routingSysctls = [][2]string{
