@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -192,20 +191,7 @@ func parseSample(line string) (name, labels string, value float64, ok bool) {
 
 // ReadSyncState fetches the proxy's metrics from inside the node namespace.
 func ReadSyncState(ctx context.Context, netns string) (SyncState, error) {
-	tr := &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := nsutil.Do(netns, func() error {
-				var err error
-				c, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr, Timeout: 3 * time.Second}
+	hc := nsutil.HTTPClient(netns, 3*time.Second)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/metrics", nil)
 	if err != nil {
 		return SyncState{}, err

@@ -608,19 +608,7 @@ func boolInt(b bool) int {
 // nodeHTTP returns an HTTP client whose connections open inside the node
 // namespace.
 func (b *bed) nodeHTTP(timeout time.Duration) *http.Client {
-	tr := &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := nsutil.Do(b.topo.Node, func() error {
-				var err error
-				c, err = (&net.Dialer{Timeout: timeout}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}
-	return &http.Client{Transport: tr, Timeout: timeout}
+	return nsutil.HTTPClient(b.topo.Node, timeout)
 }
 
 // metrics scrapes the proxy's /metrics: series ("name{labels}") -> value.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -585,24 +584,11 @@ func writeService(ctx context.Context, t *testing.T, admin kubernetes.Interface)
 
 // httpGetIn makes a GET from inside the namespace.
 func httpGetIn(ctx context.Context, ns, url string) (int, string, error) {
-	tr := &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := nsutil.Do(ns, func() error {
-				var err error
-				c, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}
-	defer tr.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, "", err
 	}
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+	resp, err := nsutil.HTTPClient(ns, 5*time.Second).Do(req)
 	if err != nil {
 		return 0, "", err
 	}
