@@ -64,7 +64,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	if err := serve(ctx, cfg, f); err != nil {
+	src := newConfigSource(f, fs)
+	src.setVerbosity(cfg)
+	if err := serve(ctx, cfg, f, src); err != nil {
 		klog.ErrorS(err, "Proxy stopped")
 		return 1
 	}

@@ -30,7 +30,7 @@ import (
 )
 
 // serve runs the proxy until ctx is done.
-func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) error {
+func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, src configSource) error {
 	client, err := newClient(cfg, f.master)
 	if err != nil {
 		return err
@@ -47,9 +47,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) 
 	if err != nil {
 		return err
 	}
-	if err := conntrack.Apply(conntrack.Sysctl{Root: "/proc/sys"}, conntrack.SettingsFrom(cfg.Conntrack), conntrack.InHostNetns()); err != nil {
-		klog.ErrorS(err, "Applying conntrack settings; going on with the kernel's")
-	}
+	applyConntrackSettings(cfg)
 	hs := health.NewProxyHealthServer(health.ProxyHealthServerOptions{Addr: cfg.HealthzBindAddress, HealthTimeout: 2 * syncPeriod})
 	svcHealth := health.NewServiceHealthServer(health.ServiceHealthServerOptions{NodeIPs: healthCheckIPs(cfg, node), ProxyHealth: hs})
 	go runServer("healthz", func() error { return hs.Run(ctx) })
@@ -59,8 +57,10 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) 
 	tracker.SetReporter(eventReporter(ctx, client, nodeName))
 	cleaner := &conntrack.Cleaner{Local: localAddrs}
 	var leftovers sync.Once
+	var runner *watch.Runner
 	daemon := proxy.New(proxy.Options{
 		Tracker: tracker, Backends: backends, Health: hs, SvcHealth: svcHealth, SyncPeriod: syncPeriod,
+		Repair: func() { runner.Trigger() },
 		OnSynced: func(_, snap *watch.Snapshot) {
 			// The other mode's state goes only once this mode's rules are
 			// complete, so Services keep answering through a mode switch.
@@ -70,7 +70,18 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) 
 			}
 		},
 	})
-	runner := watch.NewRunner(daemon.Sync, watch.RunnerOptions{MinInterval: minSyncPeriod, MaxInterval: syncPeriod})
+	runner = watch.NewRunner(daemon.Sync, watch.RunnerOptions{MinInterval: minSyncPeriod, MaxInterval: syncPeriod})
+	go daemon.RunDriftChecks(ctx)
+	rl := &reloader{path: src.path, load: src.load, running: cfg, poll: configPollInterval,
+		apply: func(c *v1alpha1.KubeProxyConfiguration) {
+			syncPeriod, minSyncPeriod := config.SyncPeriods(c)
+			runner.SetIntervals(minSyncPeriod, syncPeriod)
+			daemon.SetSyncPeriod(syncPeriod)
+			hs.SetHealthTimeout(2 * syncPeriod)
+			src.setVerbosity(c)
+			applyConntrackSettings(c)
+		}}
+	go rl.run(ctx, src.hup)
 	synced := watch.Watch(ctx, tracker, watch.InformerOptions{
 		Client: client, NodeName: nodeName, Resync: cfg.ConfigSyncPeriod.Duration,
 		OnChange: func() { daemon.Queued(); runner.Trigger() },
@@ -81,6 +92,12 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags) 
 	}
 	runner.Run(ctx, synced)
 	return nil
+}
+
+func applyConntrackSettings(cfg *v1alpha1.KubeProxyConfiguration) {
+	if err := conntrack.Apply(conntrack.Sysctl{Root: "/proc/sys"}, conntrack.SettingsFrom(cfg.Conntrack), conntrack.InHostNetns()); err != nil {
+		klog.ErrorS(err, "Applying conntrack settings; going on with the kernel's")
+	}
 }
 
 func runServer(name string, run func() error) {

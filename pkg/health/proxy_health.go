@@ -99,6 +99,13 @@ func NewProxyHealthServer(opts ProxyHealthServerOptions) *ProxyHealthServer {
 	}
 }
 
+// SetHealthTimeout changes the timeout (a reloaded syncPeriod).
+func (hs *ProxyHealthServer) SetHealthTimeout(d time.Duration) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.healthTimeout = d
+}
+
 // QueuedUpdate records that the sync loop of family has received a change it
 // has not applied yet. Only the first pending time is kept: the timeout runs
 // from the oldest unapplied change, so a steady stream of changes cannot keep

@@ -257,3 +257,15 @@ func getWithRetry(t *testing.T, url string) *http.Response {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A reloaded, shorter syncPeriod shortens the timeout of what is already
+// queued.
+func TestProxyHealthSetHealthTimeout(t *testing.T) {
+	hs, fc := newTestProxyHealthServer()
+	hs.Updated(v1.IPv4Protocol)
+	hs.QueuedUpdate(v1.IPv4Protocol)
+	fc.Step(4 * time.Second)
+	expectCode(t, hs, "/healthz", http.StatusOK)
+	hs.SetHealthTimeout(3 * time.Second)
+	expectCode(t, hs, "/healthz", http.StatusServiceUnavailable)
+}

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
@@ -28,6 +29,13 @@ type Proxier struct {
 	planner    Planner
 
 	applied *Ruleset // last ruleset written successfully; nil forces a full sync
+
+	// mu guards applied against Verify, which runs beside Sync, and the
+	// versions Verify is watching (see watchApplied).
+	mu       sync.Mutex
+	watching bool
+	versions []*Ruleset // every ruleset applied since Verify began
+	lost     bool       // applied went nil meanwhile: a full sync is due anyway
 }
 
 // NewProxier returns a Proxier for one family.
@@ -66,14 +74,58 @@ func (p *Proxier) Sync(snap *watch.Snapshot) (SyncResult, error) {
 }
 
 // ForceFull makes the next Sync rewrite everything.
-func (p *Proxier) ForceFull() { p.applied = nil }
+func (p *Proxier) ForceFull() { p.setApplied(nil) }
 
 // Applied returns the last ruleset written successfully (nil before the
 // first full sync).
-func (p *Proxier) Applied() *Ruleset { return p.applied }
+func (p *Proxier) Applied() *Ruleset {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applied
+}
+
+// setApplied is the only writer of applied. Sync and ForceFull must not
+// run concurrently with each other (the daemon serialises them), but
+// Verify may run beside either.
+func (p *Proxier) setApplied(rs *Ruleset) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.applied = rs
+	if !p.watching {
+		return
+	}
+	if rs == nil {
+		p.lost = true
+	} else {
+		p.versions = append(p.versions, rs)
+	}
+}
+
+// watchApplied starts recording every ruleset applied from now on, and
+// returns a function that stops recording and returns them, the one
+// applied at the start first. It returns nil when nothing is applied or
+// a full sync became due meanwhile: then there is nothing to verify.
+func (p *Proxier) watchApplied() func() []*Ruleset {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.applied == nil || p.watching {
+		return nil
+	}
+	p.watching, p.lost, p.versions = true, false, []*Ruleset{p.applied}
+	return func() []*Ruleset {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		out := p.versions
+		if p.lost {
+			out = nil
+		}
+		p.watching, p.versions = false, nil
+		return out
+	}
+}
 
 func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
-	p.applied = nil
+	p.setApplied(nil)
 	existing, err := p.ourChains()
 	if err != nil {
 		return SyncResult{}, err
@@ -92,7 +144,7 @@ func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
 	if err := p.removeStaleBase(rs, existing); err != nil {
 		return res, err
 	}
-	p.applied = rs
+	p.setApplied(rs)
 	return res, nil
 }
 
@@ -123,15 +175,15 @@ func (p *Proxier) delta(rs *Ruleset, snap *watch.Snapshot) (SyncResult, error) {
 	res := SyncResult{Ruleset: rs}
 	payload := DeltaPayload(p.applied, rs, changed)
 	if payload == nil {
-		p.applied = rs
+		p.setApplied(rs)
 		return res, nil
 	}
 	if err := p.kernel.Restore(payload); err != nil {
-		p.applied = nil
+		p.setApplied(nil)
 		return res, &PartialError{Err: err}
 	}
 	res.Payloads, res.PayloadBytes = 1, len(payload)
-	p.applied = rs
+	p.setApplied(rs)
 	return res, nil
 }
 
@@ -187,14 +239,32 @@ type Drift struct {
 	Detail string
 }
 
-// Verify compares the kernel with the last applied ruleset: the canary
-// chains, every owned chain's rule count, and the jumps from built-in
-// chains. It returns nil when nothing is off (or nothing was applied yet).
+// Verify compares the kernel with the applied ruleset: the canary chains,
+// every owned chain's rule count, and the jumps from built-in chains. It
+// returns nil when nothing is off (or nothing was applied yet).
+//
+// Verify may run while Sync writes (reading a large table takes seconds,
+// and must not hold up syncs). A table therefore counts as intact when it
+// matches any ruleset applied while it was read: each restore is atomic,
+// so the kernel always holds one of them.
 func (p *Proxier) Verify() (*Drift, error) {
-	rs := p.applied
-	if rs == nil {
+	done := p.watchApplied()
+	if done == nil {
 		return nil, nil
 	}
+	return p.readAndCompare(done)
+}
+
+func (p *Proxier) readAndCompare(done func() []*Ruleset) (*Drift, error) {
+	var versions []*Ruleset
+	finished := false
+	finish := func() []*Ruleset {
+		if !finished {
+			versions, finished = done(), true
+		}
+		return versions
+	}
+	defer finish()
 	for _, table := range []string{TableMangle, TableNAT, TableFilter} {
 		ok, err := p.kernel.ChainExists(table, ChainCanary)
 		if err != nil {
@@ -204,16 +274,36 @@ func (p *Proxier) Verify() (*Drift, error) {
 			return &Drift{Reason: "canary", Detail: table + " " + ChainCanary + " is gone"}, nil
 		}
 	}
+	saved := map[string]savedTable{}
 	for _, table := range []string{TableNAT, TableFilter} {
 		save, err := p.kernel.Save(table)
 		if err != nil {
 			return nil, err
 		}
-		if d := compareTable(rs, table, parseSave(save)); d != nil {
+		saved[table] = parseSave(save)
+	}
+	for _, table := range []string{TableNAT, TableFilter} {
+		if d := compareVersions(finish(), table, saved[table]); d != nil {
 			return d, nil
 		}
 	}
 	return nil, nil
+}
+
+// compareVersions returns the drift of table against the newest version,
+// unless some version matches what was read.
+func compareVersions(versions []*Ruleset, table string, got savedTable) *Drift {
+	var newest *Drift
+	for i := len(versions) - 1; i >= 0; i-- {
+		d := compareTable(versions[i], table, got)
+		if d == nil {
+			return nil
+		}
+		if newest == nil {
+			newest = d
+		}
+	}
+	return newest
 }
 
 func compareTable(rs *Ruleset, table string, got savedTable) *Drift {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -28,6 +29,8 @@ type Backend interface {
 	Sync(snap *watch.Snapshot) (Result, error)
 	// Verify looks for drift between the kernel and the last successful
 	// sync; a non-empty reason means the next Sync must rewrite everything.
+	// It runs beside Sync (reading a large table takes seconds), so it must
+	// not report as drift a change that a concurrent Sync made.
 	Verify() (reason, detail string, err error)
 	// ForceFull makes the next Sync a full one.
 	ForceFull()
@@ -49,6 +52,9 @@ type Options struct {
 	SvcHealth *health.ServiceHealthServer
 	// SyncPeriod is how often the kernel is checked for drift.
 	SyncPeriod time.Duration
+	// Repair asks for a sync soon (the Runner's Trigger); drift found
+	// between syncs is repaired by it.
+	Repair func()
 	// OnSynced is called after each successful sync (for conntrack cleanup).
 	OnSynced func(prev, cur *watch.Snapshot)
 }
@@ -57,16 +63,22 @@ type Options struct {
 type Daemon struct {
 	opts Options
 
-	mu         sync.Mutex
-	lastVerify time.Time
-	prev       *watch.Snapshot
+	mu   sync.Mutex // held by Sync, and by the drift check to force a full sync
+	prev *watch.Snapshot
 	// failed is set after a failed sync: that snapshot's change set is
 	// gone, so the next sync must be a full one.
 	failed bool
+
+	syncPeriod    atomic.Int64 // time.Duration; a reloaded config changes it
+	periodChanged chan struct{}
 }
 
 // New returns a Daemon.
-func New(opts Options) *Daemon { return &Daemon{opts: opts} }
+func New(opts Options) *Daemon {
+	d := &Daemon{opts: opts, periodChanged: make(chan struct{}, 1)}
+	d.syncPeriod.Store(int64(opts.SyncPeriod))
+	return d
+}
 
 // Queued is called for every watch event: it marks an update as pending for
 // the health check and the queued-timestamp metric.
@@ -103,7 +115,6 @@ func (d *Daemon) Sync(ctx context.Context) error {
 			b.ForceFull()
 		}
 	}
-	d.checkDrift()
 
 	var errs []error
 	for _, b := range d.opts.Backends {
@@ -159,16 +170,43 @@ func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) error {
 	return nil
 }
 
-// checkDrift asks each backend, at most once per SyncPeriod, whether the
-// kernel still holds what it wrote; drift is logged once and repaired by the
-// full sync that follows.
-func (d *Daemon) checkDrift() {
-	// A periodic sync can start a little before a full SyncPeriod has
-	// passed; without the slack its check would slip to the next period.
-	if d.opts.SyncPeriod <= 0 || time.Since(d.lastVerify) < d.opts.SyncPeriod*9/10 {
-		return
+// SetSyncPeriod changes how often the kernel is checked for drift (a
+// reloaded configuration).
+func (d *Daemon) SetSyncPeriod(p time.Duration) {
+	d.syncPeriod.Store(int64(p))
+	select {
+	case d.periodChanged <- struct{}{}:
+	default:
 	}
-	d.lastVerify = time.Now()
+}
+
+// RunDriftChecks asks each backend every SyncPeriod whether the kernel
+// still holds what it wrote, until ctx is done. It runs beside the sync
+// loop rather than inside it: reading back a large table takes seconds
+// (3 s at 5,000 Services), and a sync waiting for it would delay every
+// change queued meanwhile. Drift is logged once and repaired by a full
+// sync, asked for through Repair.
+func (d *Daemon) RunDriftChecks(ctx context.Context) {
+	for {
+		period := time.Duration(d.syncPeriod.Load())
+		if period <= 0 {
+			return
+		}
+		timer := time.NewTimer(period)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-d.periodChanged:
+			timer.Stop()
+			continue
+		case <-timer.C:
+		}
+		d.checkDrift()
+	}
+}
+
+func (d *Daemon) checkDrift() {
 	for _, b := range d.opts.Backends {
 		reason, detail, err := b.Verify()
 		if err != nil {
@@ -180,7 +218,12 @@ func (d *Daemon) checkDrift() {
 		}
 		klog.InfoS("Kernel rules drifted from what was written; repairing", "family", b.Family(), "reason", reason, "detail", detail)
 		metrics.SyncProxyRulesDriftRepairsTotal.WithLabelValues(reason, string(b.Family())).Inc()
+		d.mu.Lock()
 		b.ForceFull()
+		d.mu.Unlock()
+		if d.opts.Repair != nil {
+			d.opts.Repair()
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -28,9 +29,13 @@ type RunnerOptions struct {
 // exponential backoff. It never syncs before Run's ready channel closes, so a
 // backend never programs a half-filled cache.
 type Runner struct {
-	opts    RunnerOptions
 	sync    func(context.Context) error
 	trigger chan struct{}
+	// wake interrupts a sleep so that new intervals take effect at once.
+	wake chan struct{}
+
+	mu   sync.Mutex
+	opts RunnerOptions
 }
 
 // NewRunner returns a Runner that calls sync.
@@ -44,7 +49,28 @@ func NewRunner(sync func(context.Context) error, opts RunnerOptions) *Runner {
 	if opts.InitialBackoff <= 0 {
 		opts.InitialBackoff = time.Second
 	}
-	return &Runner{opts: opts, sync: sync, trigger: make(chan struct{}, 1)}
+	return &Runner{opts: opts, sync: sync, trigger: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
+}
+
+// SetIntervals changes MinInterval and MaxInterval of a running Runner (a
+// reloaded configuration); the sleep in progress is recomputed with them.
+func (r *Runner) SetIntervals(minInterval, maxInterval time.Duration) {
+	r.mu.Lock()
+	r.opts.MinInterval = minInterval
+	if maxInterval > 0 {
+		r.opts.MaxInterval = maxInterval
+	}
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Runner) options() RunnerOptions {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.opts
 }
 
 // Trigger asks for a sync soon. It never blocks; several triggers before the
@@ -99,6 +125,8 @@ func (r *Runner) sleep(ctx context.Context, st *runnerState) bool {
 		case <-ctx.Done():
 			timer.Stop()
 			return false
+		case <-r.wake:
+			timer.Stop()
 		case <-r.trigger:
 			timer.Stop()
 			st.pending = true
@@ -120,22 +148,24 @@ func (r *Runner) wait(st *runnerState) time.Duration {
 	if !st.ran {
 		return 0
 	}
+	opts := r.options()
 	var next time.Time
 	switch {
 	case st.backoff > 0:
 		// A retry is a sync like any other: never sooner than MinInterval.
-		next = st.last.Add(max(st.backoff, r.opts.MinInterval))
+		next = st.last.Add(max(st.backoff, opts.MinInterval))
 	case st.pending:
-		next = st.last.Add(r.opts.MinInterval)
+		next = st.last.Add(opts.MinInterval)
 	default:
-		next = st.last.Add(r.opts.MaxInterval)
+		next = st.last.Add(opts.MaxInterval)
 	}
 	return max(next.Sub(r.opts.Clock.Now()), 0)
 }
 
 func (r *Runner) nextBackoff(prev time.Duration) time.Duration {
+	opts := r.options()
 	if prev == 0 {
-		return min(r.opts.InitialBackoff, r.opts.MaxInterval)
+		return min(opts.InitialBackoff, opts.MaxInterval)
 	}
-	return min(2*prev, r.opts.MaxInterval)
+	return min(2*prev, opts.MaxInterval)
 }

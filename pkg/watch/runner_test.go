@@ -327,3 +327,20 @@ func TestRunnerDefaults(t *testing.T) {
 		r.Trigger()
 	}
 }
+
+// A reloaded configuration shortens syncPeriod: the sleep in progress is
+// recomputed from the last sync, not finished at the old length.
+func TestRunnerSetIntervals(t *testing.T) {
+	h := startRunner(t, RunnerOptions{MinInterval: time.Second, MaxInterval: time.Minute})
+	close(h.ready)
+	h.expectSync(0)
+	h.expectTimer(time.Minute)
+	h.step(10 * time.Second)
+	h.runner.SetIntervals(2*time.Second, 30*time.Second)
+	h.expectTimer(20 * time.Second)
+	h.step(20 * time.Second)
+	h.expectSync(30 * time.Second)
+	h.expectTimer(30 * time.Second)
+	h.runner.Trigger()
+	h.expectTimer(2 * time.Second)
+}

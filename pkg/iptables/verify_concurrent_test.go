@@ -1,0 +1,87 @@
+package iptables
+
+import "testing"
+
+// saveHook is a Fake whose Save runs a function once, before or after
+// reading: a sync landing in the middle of Verify's kernel read.
+type saveHook struct {
+	*Fake
+	before, after func()
+}
+
+func (h *saveHook) Save(table string) ([]byte, error) {
+	if h.before != nil {
+		h.before()
+		h.before = nil
+	}
+	out, err := h.Fake.Save(table)
+	if h.after != nil {
+		h.after()
+		h.after = nil
+	}
+	return out, err
+}
+
+// A sync that lands while Verify reads the kernel is not drift, whether the
+// read saw the table before or after it; a real change still is.
+func TestVerifyDuringSync(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		readAfter bool // the read sees the new version
+		breakIt   bool // someone also flushes a chain
+		want      string
+	}{
+		{name: "read sees the old version"},
+		{name: "read sees the new version", readAfter: true},
+		{name: "flushed chain during a sync", readAfter: true, breakIt: true, want: "rules"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, 3)
+			k := &saveHook{Fake: NewFake()}
+			p := NewProxier(k, defaultOpts())
+			converge(t, p, k.Fake, c.tr.Snapshot())
+			sync := func() {
+				c.setService(1, 4, 0) // 10 -> 4 endpoints: KUBE-SVC rule count changes
+				res := converge(t, p, k.Fake, c.tr.Snapshot())
+				if res.Full {
+					t.Fatal("the change should be a delta")
+				}
+				if tc.breakIt {
+					k.Fake.Flush(TableNAT, ChainServices)
+				}
+			}
+			if tc.readAfter {
+				k.before = sync
+			} else {
+				k.after = sync
+			}
+			d, err := p.Verify()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := ""
+			if d != nil {
+				got = d.Reason
+			}
+			if got != tc.want {
+				t.Fatalf("Verify = %+v; want reason %q", d, tc.want)
+			}
+		})
+	}
+}
+
+// A full sync due meanwhile (ForceFull or a failed delta) makes the check
+// moot: Verify reports nothing rather than comparing against nothing.
+func TestVerifyAfterForceFull(t *testing.T) {
+	c := newCluster(t, 2)
+	k := &saveHook{Fake: NewFake()}
+	p := NewProxier(k, defaultOpts())
+	converge(t, p, k.Fake, c.tr.Snapshot())
+	k.before = func() {
+		k.Fake.Flush(TableNAT, ChainServices)
+		p.ForceFull()
+	}
+	if d, err := p.Verify(); d != nil || err != nil {
+		t.Fatalf("Verify = %+v, %v; want nothing while a full sync is due", d, err)
+	}
+}
