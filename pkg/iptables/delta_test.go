@@ -70,35 +70,56 @@ func converge(t *testing.T, p *Proxier, fake *Fake, snap *watch.Snapshot) SyncRe
 
 // TestDeltaIndependentOfServiceCount checks the central promise of delta
 // syncs: one endpoint change writes only that Service's lines, and the
-// payload is the same size with 50 or 2,000 Services.
+// payload is the same size however many Services there are. Comments go
+// above LargeClusterEndpoints, so sizes compare within each regime: 20 and
+// 90 Services (200 and 900 endpoints), 150 and 2,000 (1,500 and 20,000).
 func TestDeltaIndependentOfServiceCount(t *testing.T) {
-	var sizes []int
-	for _, n := range []int{50, 2000} {
-		c := newCluster(t, n)
-		fake := NewFake()
-		p := NewProxier(fake, defaultOpts())
-		if res := converge(t, p, fake, c.tr.Snapshot()); !res.Full {
-			t.Fatal("first sync must be full")
+	for _, pair := range [][2]int{{20, 90}, {150, 2000}} {
+		a, b := deltaPayloadSize(t, pair[0]), deltaPayloadSize(t, pair[1])
+		if a != b {
+			t.Errorf("one-endpoint payload grew with the number of Services: %d bytes at %d, %d at %d", a, pair[0], b, pair[1])
 		}
-		c.setService(7, 10, 1) // replace one endpoint: .1 goes, .11 comes
-		res := converge(t, p, fake, c.tr.Snapshot())
-		if res.Full {
-			t.Fatal("endpoint change must be a delta")
-		}
-		payload := string(fake.Restores[len(fake.Restores)-1])
-		for _, line := range strings.Split(payload, "\n") {
-			if strings.HasPrefix(line, "-A KUBE-SERVICES") || strings.HasPrefix(line, "-A KUBE-NODEPORTS") {
-				t.Errorf("delta rewrote a shared chain: %s", line)
-			}
-		}
-		if !strings.Contains(payload, "bench/svc-7:http") || strings.Contains(payload, "bench/svc-8:http") {
-			t.Errorf("delta touches other Services:\n%s", payload)
-		}
-		sizes = append(sizes, res.PayloadBytes)
 	}
-	if sizes[0] != sizes[1] {
-		t.Errorf("one-endpoint payload grew with the number of Services: %d bytes at 50, %d at 2000", sizes[0], sizes[1])
+}
+
+func deltaPayloadSize(t *testing.T, n int) int {
+	t.Helper()
+	c := newCluster(t, n)
+	fake := NewFake()
+	p := NewProxier(fake, defaultOpts())
+	if res := converge(t, p, fake, c.tr.Snapshot()); !res.Full {
+		t.Fatal("first sync must be full")
 	}
+	c.setService(7, 10, 1) // replace one endpoint: .1 goes, .11 comes
+	snap := c.tr.Snapshot()
+	res := converge(t, p, fake, snap)
+	if res.Full {
+		t.Fatal("endpoint change must be a delta")
+	}
+	payload := string(fake.Restores[len(fake.Restores)-1])
+	for _, line := range strings.Split(payload, "\n") {
+		if strings.HasPrefix(line, "-A KUBE-SERVICES") || strings.HasPrefix(line, "-A KUBE-NODEPORTS") {
+			t.Errorf("delta rewrote a shared chain: %s", line)
+		}
+	}
+	if !strings.Contains(payload, svcChainOf(snap, "svc-7")) || strings.Contains(payload, svcChainOf(snap, "svc-8")) {
+		t.Errorf("delta at %d Services touches other Services:\n%s", n, payload)
+	}
+	endpointComments := strings.Contains(payload, "--comment \"bench/svc-7:http\" ") || strings.Contains(payload, "bench/svc-7:http -> ")
+	if large := n*10 > LargeClusterEndpoints; large == endpointComments {
+		t.Errorf("at %d Services: endpoint comments present = %v, want %v:\n%s", n, large, !large, payload)
+	}
+	return res.PayloadBytes
+}
+
+// svcChainOf returns the KUBE-SVC chain of port "http" of bench/name.
+func svcChainOf(snap *watch.Snapshot, name string) string {
+	for spn, port := range snap.Services {
+		if spn.Name == name && spn.Port == "http" {
+			return portChain(prefixSVC, port)
+		}
+	}
+	return "no such Service " + name
 }
 
 func TestDeltaAddAndDeleteService(t *testing.T) {
@@ -230,5 +251,35 @@ func TestCleanupRemovesOnlyOurs(t *testing.T) {
 	}
 	if got := fake.Rules(TableNAT, "PREROUTING"); !slices.Equal(got, []string{"-j OTHER-CHAIN"}) {
 		t.Errorf("PREROUTING = %v, want only the other component's jump", got)
+	}
+}
+
+// Crossing LargeClusterEndpoints changes every endpoint rule (comments go
+// or come back), so it takes a full sync, as kube-proxy does.
+func TestLargeClusterFlipIsFull(t *testing.T) {
+	c := newCluster(t, 99) // 990 endpoints
+	fake := NewFake()
+	p := NewProxier(fake, defaultOpts())
+	converge(t, p, fake, c.tr.Snapshot())
+	hasComments := func() bool {
+		return strings.Contains(strings.Join(fake.Rules(TableNAT, svcChainOf(c.tr.Snapshot(), "svc-3")), "\n"), "bench/svc-3:http -> ")
+	}
+	if !hasComments() {
+		t.Fatal("below the threshold the endpoint rules should carry comments")
+	}
+	c.setService(99, 10, 0)
+	c.setService(100, 10, 0) // 1,010 endpoints
+	if res := converge(t, p, fake, c.tr.Snapshot()); !res.Full || !res.Ruleset.LargeCluster {
+		t.Fatalf("crossing the threshold: full = %v, large = %v; want a full sync in large-cluster mode", res.Full, res.Ruleset.LargeCluster)
+	}
+	if hasComments() {
+		t.Fatal("above the threshold the endpoint rules of unchanged Services still carry comments")
+	}
+	c.setService(100, 0, 0) // back to 1,000
+	if res := converge(t, p, fake, c.tr.Snapshot()); !res.Full || res.Ruleset.LargeCluster {
+		t.Fatalf("back below: full = %v, large = %v; want a full sync with comments", res.Full, res.Ruleset.LargeCluster)
+	}
+	if !hasComments() {
+		t.Fatal("back below the threshold the comments did not come back")
 	}
 }

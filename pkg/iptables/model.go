@@ -74,6 +74,10 @@ type Ruleset struct {
 	Jumps []Jump
 	// Services maps "namespace/name" to what that Service owns.
 	Services map[string]*ServiceRules
+	// LargeCluster is set when the rules were planned without per-endpoint
+	// comments (see LargeClusterEndpoints); every endpoint rule differs
+	// when it flips, so a flip calls for a full sync.
+	LargeCluster bool
 
 	once   sync.Once
 	keys   []string            // sorted Service keys

@@ -30,6 +30,34 @@ type PlanOptions struct {
 	NodeIP netip.Addr
 	// TCPBeLiberal skips the INVALID-state drop in KUBE-FORWARD.
 	TCPBeLiberal bool
+	// LargeCluster plans without per-endpoint comments even when the
+	// snapshot is small: for planning one Service of a large cluster the
+	// way the whole cluster was planned (proxy explain). The daemon leaves
+	// it false and lets the snapshot decide.
+	LargeCluster bool
+}
+
+// LargeClusterEndpoints is kube-proxy's threshold: with more endpoints
+// than this in a family, the rules of Service and endpoint chains carry no
+// comments. They make up most of the ruleset's bytes, and every byte is
+// parsed by iptables-restore and held by the kernel.
+const LargeClusterEndpoints = 1000
+
+// IsLargeCluster reports whether snap has more than LargeClusterEndpoints
+// endpoints of family across its Service ports, counted as kube-proxy does.
+func IsLargeCluster(snap *watch.Snapshot, family v1.IPFamily) bool {
+	n := 0
+	for name := range snap.Services {
+		for _, ep := range snap.Endpoints[name] {
+			if watch.FamilyOf(ep.Addr) == family {
+				n++
+			}
+		}
+		if n > LargeClusterEndpoints {
+			return true
+		}
+	}
+	return false
 }
 
 // LocalDetector matches traffic from pods on this node, as kube-proxy's
@@ -63,7 +91,11 @@ func Plan(snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 // changed (locality and topology of every endpoint may differ), it plans
 // everything.
 func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
-	rs := &Ruleset{Family: opts.Family, Base: baseChains(opts), Jumps: jumps(opts)}
+	opts.LargeCluster = opts.LargeCluster || IsLargeCluster(snap, opts.Family)
+	rs := &Ruleset{Family: opts.Family, Base: baseChains(opts), Jumps: jumps(opts), LargeCluster: opts.LargeCluster}
+	if prev != nil && prev.LargeCluster != rs.LargeCluster {
+		prev = nil // every endpoint rule changes
+	}
 	PlanServices(rs, prev, snap, opts.Family, func(sr *ServiceRules, port *watch.ServicePort, eps []*watch.Endpoint) {
 		planPort(sr, port, eps, snap.Node, opts)
 	})
@@ -198,7 +230,25 @@ func (b *builder) declare(table, chain string) {
 	}
 }
 
-func join(parts []string) string { return strings.Join(parts, " ") }
+// join joins rule parts, skipping empty ones (an omitted comment).
+func join(parts []string) string {
+	out := parts[:0:0]
+	for _, p := range parts {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// endpointComment is the comment of a rule in a Service or endpoint chain:
+// none in a large cluster, as kube-proxy does.
+func (p *portPlan) endpointComment(text string) string {
+	if p.opts.LargeCluster {
+		return ""
+	}
+	return comment(text)
+}
 
 func comment(text string) string { return "-m comment --comment " + strconv.Quote(text) }
 
@@ -340,12 +390,12 @@ func (p *portPlan) policyChainRules(b *builder, chain string, eps []*watch.Endpo
 	if t := p.port.SessionAffinityTimeout; t > 0 {
 		for _, ep := range eps {
 			sep := endpointChain(p.port, ep)
-			b.rule(TableNAT, chain, comment(p.name+" -> "+ep.String()), "-m recent --name", sep, "--rcheck --seconds", strconv.Itoa(int(t)), "--reap -j", sep)
+			b.rule(TableNAT, chain, p.endpointComment(p.name+" -> "+ep.String()), "-m recent --name", sep, "--rcheck --seconds", strconv.Itoa(int(t)), "--reap -j", sep)
 		}
 	}
 	n := len(eps)
 	for i, ep := range eps {
-		parts := []string{comment(p.name + " -> " + ep.String())}
+		parts := []string{p.endpointComment(p.name + " -> " + ep.String())}
 		if i < n-1 {
 			parts = append(parts, fmt.Sprintf("-m statistic --mode random --probability %0.10f", 1.0/float64(n-i)))
 		}
@@ -358,8 +408,8 @@ func (p *portPlan) policyChainRules(b *builder, chain string, eps []*watch.Endpo
 func (p *portPlan) endpointChainRules(b *builder) {
 	for _, ep := range p.reachable() {
 		sep := endpointChain(p.port, ep)
-		b.rule(TableNAT, sep, comment(p.name), "-s", hostPrefix(ep.Addr), "-j", ChainMarkMasq)
-		dnat := []string{comment(p.name)}
+		b.rule(TableNAT, sep, p.endpointComment(p.name), "-s", hostPrefix(ep.Addr), "-j", ChainMarkMasq)
+		dnat := []string{p.endpointComment(p.name)}
 		if p.port.SessionAffinityTimeout > 0 {
 			dnat = append(dnat, "-m recent --name", sep, "--set")
 		}

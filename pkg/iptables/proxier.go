@@ -67,7 +67,7 @@ type SyncResult struct {
 // place (restore is atomic per payload) and the next Sync is a full one.
 func (p *Proxier) Sync(snap *watch.Snapshot) (SyncResult, error) {
 	rs := p.planner(p.applied, snap, p.opts)
-	if p.applied == nil || snap.NodeChanged || !maps.EqualFunc(p.applied.Base, rs.Base, slices.Equal) {
+	if p.applied == nil || snap.NodeChanged || p.applied.LargeCluster != rs.LargeCluster || !maps.EqualFunc(p.applied.Base, rs.Base, slices.Equal) {
 		return p.full(rs)
 	}
 	return p.delta(rs, snap)
