@@ -73,7 +73,9 @@ func (b *iptablesBackend) Sync(snap *watch.Snapshot) (proxy.Result, error) {
 		}
 		return proxy.Result{}, err
 	}
-	return proxy.Result{Full: res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Ruleset.RuleCount()}, nil
+	noLocalInternal, noLocalExternal := res.Ruleset.NoLocalEndpoints()
+	return proxy.Result{Full: res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Ruleset.RuleCount(), Written: res.Written,
+		NoLocalInternal: noLocalInternal, NoLocalExternal: noLocalExternal}, nil
 }
 
 func (b *iptablesBackend) Verify() (string, string, error) {

@@ -283,3 +283,42 @@ func TestLargeClusterFlipIsFull(t *testing.T) {
 		t.Fatal("back below the threshold the comments did not come back")
 	}
 }
+
+// The sync result counts the rules written per table, and the ports whose
+// Local policy has no local endpoint (for kube-proxy's metrics).
+func TestSyncResultCounts(t *testing.T) {
+	c := newCluster(t, 3)
+	fake := NewFake()
+	p := NewProxier(fake, defaultOpts())
+	full := converge(t, p, fake, c.tr.Snapshot())
+	if full.Written[TableNAT] != full.Ruleset.RuleCount()[TableNAT] {
+		t.Errorf("full sync wrote %d nat rules, ruleset has %d", full.Written[TableNAT], full.Ruleset.RuleCount()[TableNAT])
+	}
+	c.setService(1, 10, 1)
+	delta := converge(t, p, fake, c.tr.Snapshot())
+	// KUBE-SVC: masquerade + 10 endpoints; new KUBE-SEP: 2 rules.
+	if delta.Written[TableNAT] != 13 || delta.Written[TableFilter] != 0 {
+		t.Errorf("one-endpoint delta wrote %v, want 13 nat rules", delta.Written)
+	}
+	if in, ex := delta.Ruleset.NoLocalEndpoints(); in != 0 || ex != 0 {
+		t.Errorf("no Local policies, yet no-local counts %d/%d", in, ex)
+	}
+}
+
+func TestNoLocalEndpointsCounted(t *testing.T) {
+	tr := watch.NewTracker(testNode)
+	for i, s := range []svcSpec{
+		{ns: "a", name: "etp", typ: v1.ServiceTypeNodePort, etpLocal: true},
+		{ns: "a", name: "itp", typ: v1.ServiceTypeClusterIP, itpLocal: true},
+		{ns: "a", name: "both", typ: v1.ServiceTypeNodePort, etpLocal: true, itpLocal: true},
+	} {
+		s.clusterIPs = []string{fmt.Sprintf("172.30.9.%d", i+1)}
+		s.ports = []v1.ServicePort{tcpPort("http", 80, int32(30100+i))}
+		tr.OnService(types.NamespacedName{Namespace: s.ns, Name: s.name}, s.object())
+		tr.OnEndpointSlice(slice(s.ns, s.name, s.name+"-1", 8080, "http", ep{ip: "10.9.9.9", node: "elsewhere"}), false)
+	}
+	rs := Plan(tr.Snapshot(), defaultOpts())
+	if in, ex := rs.NoLocalEndpoints(); in != 2 || ex != 2 {
+		t.Fatalf("no-local counts internal %d, external %d; want 2 and 2", in, ex)
+	}
+}

@@ -50,6 +50,20 @@ type ServiceRules struct {
 	Chains map[ChainKey][]string
 	// Entries maps each shared chain to this Service's rules in it.
 	Entries map[ChainKey][]string
+	// NoLocalInternal and NoLocalExternal count the ports whose Local
+	// traffic policy drops traffic for want of a local endpoint (for
+	// kube-proxy's sync_proxy_rules_no_local_endpoints_total).
+	NoLocalInternal, NoLocalExternal int
+}
+
+// NoLocalEndpoints sums NoLocalInternal and NoLocalExternal over every
+// Service.
+func (rs *Ruleset) NoLocalEndpoints() (internal, external int) {
+	for _, sr := range rs.Services {
+		internal += sr.NoLocalInternal
+		external += sr.NoLocalExternal
+	}
+	return internal, external
 }
 
 // Equal reports whether two ServiceRules hold the same rules.

@@ -193,6 +193,12 @@ func newPortPlan(port *watch.ServicePort, eps []*watch.Endpoint, node watch.Node
 
 func planPort(sr *ServiceRules, port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts PlanOptions) {
 	p := newPortPlan(port, eps, node, opts)
+	if p.internalFilter == "DROP" {
+		sr.NoLocalInternal++
+	}
+	if p.externalFilter == "DROP" && port.ExternallyAccessible() {
+		sr.NoLocalExternal++
+	}
 	b := &builder{sr: sr}
 	p.clusterIPRules(b)
 	p.externalIPRules(b)

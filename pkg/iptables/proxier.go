@@ -60,7 +60,9 @@ type SyncResult struct {
 	Full         bool
 	PayloadBytes int
 	Payloads     int
-	Ruleset      *Ruleset
+	// Written counts the rules the payloads wrote, per table.
+	Written map[string]int
+	Ruleset *Ruleset
 }
 
 // Sync makes the kernel match snap. On failure the previous rules stay in
@@ -130,13 +132,14 @@ func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
 	if err != nil {
 		return SyncResult{}, err
 	}
-	res := SyncResult{Full: true, Ruleset: rs}
+	res := SyncResult{Full: true, Ruleset: rs, Written: map[string]int{}}
 	for _, payload := range FullPayloads(rs, existing, p.batchLines) {
 		if err := p.kernel.Restore(payload); err != nil {
 			return res, err
 		}
 		res.Payloads++
 		res.PayloadBytes += len(payload)
+		countWritten(res.Written, payload)
 	}
 	if err := p.ensureJumps(rs); err != nil {
 		return res, err
@@ -172,7 +175,7 @@ func (p *Proxier) delta(rs *Ruleset, snap *watch.Snapshot) (SyncResult, error) {
 		changed = append(changed, name.String())
 	}
 	slices.Sort(changed)
-	res := SyncResult{Ruleset: rs}
+	res := SyncResult{Ruleset: rs, Written: map[string]int{}}
 	payload := DeltaPayload(p.applied, rs, changed)
 	if payload == nil {
 		p.setApplied(rs)
@@ -183,8 +186,23 @@ func (p *Proxier) delta(rs *Ruleset, snap *watch.Snapshot) (SyncResult, error) {
 		return res, &PartialError{Err: err}
 	}
 	res.Payloads, res.PayloadBytes = 1, len(payload)
+	countWritten(res.Written, payload)
 	p.setApplied(rs)
 	return res, nil
+}
+
+// countWritten adds the "-A" lines of a restore payload to counts, per
+// table.
+func countWritten(counts map[string]int, payload []byte) {
+	table := ""
+	for line := range bytes.Lines(payload) {
+		switch {
+		case bytes.HasPrefix(line, []byte("*")):
+			table = string(bytes.TrimSpace(line[1:]))
+		case bytes.HasPrefix(line, []byte("-A ")):
+			counts[table]++
+		}
+	}
 }
 
 // PartialError marks a failed delta restore (counted separately, as

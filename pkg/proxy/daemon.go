@@ -42,6 +42,11 @@ type Result struct {
 	PayloadBytes int
 	// Rules counts the rules (or real servers) per table after the sync.
 	Rules map[string]int
+	// Written counts the rules this sync wrote, per table.
+	Written map[string]int
+	// NoLocalInternal and NoLocalExternal count the Service ports whose
+	// Local traffic policy finds no local endpoint.
+	NoLocalInternal, NoLocalExternal int
 }
 
 // Options configures a Daemon.
@@ -159,6 +164,11 @@ func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) error {
 	for table, n := range res.Rules {
 		metrics.IPTablesRulesTotal.WithLabelValues(table, fam).Set(float64(n))
 	}
+	for _, table := range []string{"nat", "filter"} {
+		metrics.IPTablesRulesLastSync.WithLabelValues(table, fam).Set(float64(res.Written[table]))
+	}
+	metrics.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("internal", fam).Set(float64(res.NoLocalInternal))
+	metrics.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("external", fam).Set(float64(res.NoLocalExternal))
 	metrics.SyncProxyRulesLastTimestamp.WithLabelValues(fam).SetToCurrentTime()
 	for _, at := range snap.TriggerTimes {
 		metrics.NetworkProgrammingLatency.WithLabelValues(fam).Observe(metrics.SinceInSeconds(at))
