@@ -25,6 +25,11 @@ plans from the API state as the daemon does, reads the kernel rules
 state differs, the iptables-restore --noflush lines that bring the kernel
 to the plan (chains to rewrite or remove, shared-chain entries to add or
 delete), then the fixed chains, canaries and jumps if they differ.
+In IPVS mode it first prints, per IP family, the virtual server, real
+server, kube-ipvs0 address and ipset changes a sync would make (what the
+daemon's applier would do, found by running it against a copy of the
+kernel's state), as ipvsadm, ip and ipset commands; the iptables part is
+then the helper rules' difference.
 Exit status: 0 no difference, 1 the kernel differs, 2 error.
 
 flags:

@@ -24,6 +24,7 @@ import (
 	"svcproxy.dev/svcproxy/pkg/config"
 	"svcproxy.dev/svcproxy/pkg/explain"
 	"svcproxy.dev/svcproxy/pkg/iptables"
+	"svcproxy.dev/svcproxy/pkg/ipvs"
 )
 
 // Exit codes of explain and diff.
@@ -39,6 +40,11 @@ const explainUsage = `usage: proxy explain [flags] svc NAMESPACE/NAME [--from SO
 Walks one Service through the layers (Service, EndpointSlices, the endpoints
 this node uses and why, the planned rules next to the kernel's, and with
 --from where a packet goes) and prints the first wrong layer as the verdict.
+In IPVS mode (the config file's mode, as for the daemon) it shows the
+planned virtual servers and real servers next to the kernel's, the writes
+the next sync would make for them, and the helper iptables rules; --from
+follows the helper rules to the virtual server and its real servers with
+their weights.
 Run it on the node, as root: it reads the API through the kubeconfig and
 the node's kernel rules. It takes the daemon's flags (--config, --kubeconfig,
 --master, --hostname-override, ...) so it plans exactly as the daemon does.
@@ -181,10 +187,12 @@ func readNode(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, master 
 }
 
 // kernelFamilies builds the families exactly as the daemon does
-// (iptablesFamilies) and reads each one's rules with iptables-save.
+// (iptablesFamilies, and in IPVS mode newIPVSBackends' options and helper
+// rule planner) and reads each one's rules with iptables-save and, in IPVS
+// mode, its IPVS state.
 func kernelFamilies(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []explain.Family {
-	if cfg.Mode != config.ModeIPTables {
-		msg := fmt.Sprintf("mode %s: only iptables mode is checked", cfg.Mode)
+	if cfg.Mode != config.ModeIPTables && cfg.Mode != config.ModeIPVS {
+		msg := fmt.Sprintf("mode %s: only iptables and ipvs modes are checked", cfg.Mode)
 		return []explain.Family{{Family: v1.IPv4Protocol, Options: planOptions(cfg, node, v1.IPv4Protocol), KernelError: msg}}
 	}
 	backend := iptables.DetectBackend()
@@ -195,6 +203,12 @@ func kernelFamilies(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []expla
 	var out []explain.Family
 	for _, f := range fams {
 		ef := explain.Family{Family: f.family, Options: f.opts, Backend: string(backend), Kernel: explain.Kernel{}}
+		if cfg.Mode == config.ModeIPVS {
+			// IPVS mode serves no NodePort on loopback addresses.
+			ef.Options.LocalhostNodePorts = false
+			ef.Planner = ipvs.PlanRules
+			ef.IPVS = ipvsFamily(cfg, f)
+		}
 		for _, table := range []string{iptables.TableNAT, iptables.TableFilter, iptables.TableMangle} {
 			save, err := f.kernel.Save(table)
 			if err != nil {

@@ -64,21 +64,48 @@ func onlyMissing(ds []Difference) bool {
 // is exactly that port's share of the full plan. It returns nil when the
 // port has no cluster IP of the family.
 func PlanPort(snap *watch.Snapshot, name watch.ServicePortName, opts iptables.PlanOptions) *iptables.ServiceRules {
-	port, ok := snap.Services[name]
-	if !ok {
-		return nil
-	}
-	sub := &watch.Snapshot{
-		Services:  map[watch.ServicePortName]*watch.ServicePort{name: port},
-		Endpoints: map[watch.ServicePortName][]*watch.Endpoint{name: snap.Endpoints[name]},
-		Node:      snap.Node,
-	}
-	return iptables.Plan(sub, opts).Services[name.NamespacedName.String()]
+	return planPort(Family{Options: opts}, snap, name)
 }
 
 // PlanService plans every port of one Service (plus the fixed chains), as
 // the daemon would.
 func PlanService(snap *watch.Snapshot, svc types.NamespacedName, opts iptables.PlanOptions) *iptables.Ruleset {
+	return planRules(Family{Options: opts}, serviceSnapshot(snap, svc))
+}
+
+// planRules plans the iptables rules of a snapshot with the family's
+// planner: iptables mode's, or IPVS mode's helper rules.
+func planRules(f Family, snap *watch.Snapshot) *iptables.Ruleset {
+	if f.Planner != nil {
+		return f.Planner(nil, snap, f.Options)
+	}
+	return iptables.Plan(snap, f.Options)
+}
+
+func planPort(f Family, snap *watch.Snapshot, name watch.ServicePortName) *iptables.ServiceRules {
+	sub := portSnapshot(snap, name)
+	if sub == nil {
+		return nil
+	}
+	return planRules(f, sub).Services[name.NamespacedName.String()]
+}
+
+// portSnapshot is the snapshot of one Service port alone (nil when the
+// snapshot lacks it).
+func portSnapshot(snap *watch.Snapshot, name watch.ServicePortName) *watch.Snapshot {
+	port, ok := snap.Services[name]
+	if !ok {
+		return nil
+	}
+	return &watch.Snapshot{
+		Services:  map[watch.ServicePortName]*watch.ServicePort{name: port},
+		Endpoints: map[watch.ServicePortName][]*watch.Endpoint{name: snap.Endpoints[name]},
+		Node:      snap.Node,
+	}
+}
+
+// serviceSnapshot is the snapshot of every port of one Service.
+func serviceSnapshot(snap *watch.Snapshot, svc types.NamespacedName) *watch.Snapshot {
 	sub := &watch.Snapshot{
 		Services:  map[watch.ServicePortName]*watch.ServicePort{},
 		Endpoints: map[watch.ServicePortName][]*watch.Endpoint{},
@@ -88,7 +115,7 @@ func PlanService(snap *watch.Snapshot, svc types.NamespacedName, opts iptables.P
 		sub.Services[p.Name] = p
 		sub.Endpoints[p.Name] = snap.Endpoints[p.Name]
 	}
-	return iptables.Plan(sub, opts)
+	return sub
 }
 
 // plannedOwners maps every chain of a planned port to its owner.

@@ -29,6 +29,12 @@ type FamilyDiff struct {
 	Services []ServiceDiff `json:"services"`
 	// Orphans are per-Service chains no Service can be found for.
 	Orphans *PayloadDiff `json:"orphans,omitempty"`
+	// IPVS mode: the virtual server, real server, kube-ipvs0 and ipset
+	// writes the next sync would make, in order (the rest of the family
+	// is the helper rules' difference), or why they are unknown.
+	IPVS      bool         `json:"ipvs,omitempty"`
+	IPVSError string       `json:"ipvsError,omitempty"`
+	IPVSDiff  []IPVSChange `json:"ipvsChanges,omitempty"`
 }
 
 // PayloadDiff is a restore payload and what it does.
@@ -65,7 +71,7 @@ func Diff(snap *watch.Snapshot, families []Family) *DiffReport {
 			d.Families = append(d.Families, fd)
 			continue
 		}
-		plan := iptables.Plan(snap, f.Options)
+		plan := planRules(f, snap)
 		owners := map[iptables.ChainKey]Owner{}
 		for key, sr := range plan.Services {
 			plannedOwners(owners, sr, Owner{Service: key})
@@ -83,7 +89,10 @@ func Diff(snap *watch.Snapshot, families []Family) *DiffReport {
 			}
 		}
 		fd.Orphans = orphans(f.Kernel, att)
-		if fd.Base != nil || fd.Orphans != nil || len(fd.Services) > 0 {
+		if f.IPVS != nil {
+			ipvsDiff(&fd, snap, f)
+		}
+		if fd.Base != nil || fd.Orphans != nil || len(fd.Services) > 0 || len(fd.IPVSDiff) > 0 || fd.IPVSError != "" {
 			d.Differ = true
 		}
 		d.Families = append(d.Families, fd)
@@ -297,16 +306,20 @@ func (d *DiffReport) WriteText(w io.Writer) error {
 			p.f("%s: kernel not read: %s", head, f.Error)
 			continue
 		}
+		if f.IPVS {
+			head = fmt.Sprintf("# %s (ipvs, helper rules iptables-%s)", f.Family, f.Backend)
+			p.ipvsDiff(f)
+		}
 		n := len(f.Services)
 		if f.Base == nil && f.Orphans == nil && n == 0 {
-			p.f("%s: no difference", head)
+			p.f("%s: no difference%s", head, cond(f.IPVS, " in the helper rules"))
 			continue
 		}
 		verb := " differ"
 		if n == 1 {
 			verb = " differs"
 		}
-		p.f("%s: %s%s%s%s", head, plural(n, "service"), verb, cond(f.Base != nil, "; fixed chains differ"), cond(f.Orphans != nil, "; orphan chains"))
+		p.f("%s: %s%s%s%s%s", head, cond(f.IPVS, "helper rules of "), plural(n, "service"), verb, cond(f.Base != nil, "; fixed chains differ"), cond(f.Orphans != nil, "; orphan chains"))
 		if f.Base != nil {
 			p.payload("# fixed chains, canaries and jumps", *f.Base)
 		}

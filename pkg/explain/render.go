@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -38,8 +39,9 @@ func (r *Report) WriteText(w io.Writer) error {
 			p.f("  %s", d)
 		}
 	}
+	ipvsMode := slices.ContainsFunc(r.Node.Families, func(f FamilyInfo) bool { return f.IPVS })
 	for _, t := range r.Traces {
-		p.trace(t)
+		p.trace(t, ipvsMode)
 	}
 	return p.err
 }
@@ -67,7 +69,12 @@ func (p *printer) node(r *Report) {
 	var fams []string
 	for _, f := range n.Families {
 		s := f.Family
-		if f.Backend != "" {
+		switch {
+		case f.IPVS && f.IPVSError != "":
+			s += " ipvs (IPVS table not read: " + f.IPVSError + "), helper rules iptables-" + f.Backend
+		case f.IPVS:
+			s += " ipvs, helper rules iptables-" + f.Backend
+		case f.Backend != "":
 			s += " iptables-" + f.Backend
 		}
 		if f.KernelError != "" {
@@ -200,7 +207,16 @@ func (p *printer) port(port PortInfo) {
 		} else {
 			p.f("    external traffic: none (no node port, external or load balancer IP)")
 		}
-		p.f("    planned rules:")
+		p.ipvs(fp.IPVS)
+		helper := ""
+		if fp.IPVS != nil {
+			helper = "helper rules "
+		}
+		if len(fp.Planned) == 0 {
+			p.f("    planned %srules: none for this port", strings.TrimSuffix(helper, "rules "))
+		} else {
+			p.f("    planned %srules:", strings.TrimSuffix(helper, "rules "))
+		}
 		for _, c := range fp.Planned {
 			if c.Shared {
 				for _, r := range c.Rules {
@@ -217,9 +233,9 @@ func (p *printer) port(port PortInfo) {
 		case !k.Checked:
 			p.f("    kernel: not checked: %s", k.Error)
 		case len(k.Differences) == 0:
-			p.f("    kernel (iptables-%s): matches the plan", k.Backend)
+			p.f("    kernel %s(iptables-%s): matches the plan", helper, k.Backend)
 		default:
-			p.f("    kernel (iptables-%s): %s from the plan:", k.Backend, plural(len(k.Differences), "difference"))
+			p.f("    kernel %s(iptables-%s): %s from the plan:", helper, k.Backend, plural(len(k.Differences), "difference"))
 			for _, d := range k.Differences {
 				p.f("      %s", d)
 			}
@@ -242,7 +258,10 @@ func traffic(t TrafficInfo) string {
 	case "DROP":
 		return s + ": DROP (no endpoint for this policy)"
 	}
-	s += fmt.Sprintf(" -> %s, %s: %s", t.Chain, plural(len(t.Endpoints), "endpoint"), list(t.Endpoints))
+	if t.Chain != "" {
+		s += " -> " + t.Chain
+	}
+	s += fmt.Sprintf(", %s: %s", plural(len(t.Endpoints), "endpoint"), list(t.Endpoints))
 	if t.TerminatingFallback {
 		s += " (serving-and-terminating fallback: none is ready)"
 	}
@@ -252,12 +271,16 @@ func traffic(t TrafficInfo) string {
 	return s
 }
 
-func (p *printer) trace(t Trace) {
+func (p *printer) trace(t Trace, ipvsMode bool) {
 	p.f("")
-	p.f("trace %s (%s) -> %s (port '%s'), through the planned rules:", t.Source, t.SourceKind, t.Destination, t.Port)
+	through, kernel := "the planned rules", "the rules the kernel holds"
+	if ipvsMode {
+		through, kernel = "the planned helper rules and virtual servers", "the planned helper rules and the virtual servers the kernel holds"
+	}
+	p.f("trace %s (%s) -> %s (port '%s'), through %s:", t.Source, t.SourceKind, t.Destination, t.Port, through)
 	p.outcomes(t.Outcomes)
 	if t.KernelOutcomes != nil {
-		p.f("  through the rules the kernel holds:")
+		p.f("  through %s:", kernel)
 		p.outcomes(t.KernelOutcomes)
 	}
 }
@@ -272,7 +295,11 @@ func (p *printer) outcomes(os []Outcome) {
 		if o.Masquerade {
 			masq = "yes"
 		}
-		p.f("  %-28s probability %.4f  masquerade %s", what, o.Probability, masq)
+		if o.Weight != nil {
+			p.f("  %-28s weight %-3d probability %.4f  masquerade %s", what, *o.Weight, o.Probability, masq)
+		} else {
+			p.f("  %-28s probability %.4f  masquerade %s", what, o.Probability, masq)
+		}
 		for _, step := range o.Path {
 			p.f("      %s", step)
 		}
@@ -284,4 +311,57 @@ func plural(n int, what string) string {
 		return "1 " + what
 	}
 	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// ipvs prints a port's virtual servers next to the kernel's and the
+// writes the next sync would make.
+func (p *printer) ipvs(c *IPVSCheck) {
+	if c == nil {
+		return
+	}
+	p.f("    kube-ipvs0 addresses: %s", list(c.Addresses))
+	if len(c.Planned) == 0 {
+		p.f("    virtual servers: none planned")
+	}
+	for _, v := range c.Planned {
+		p.f("    virtual server %s", vsLine(v))
+		i := slices.IndexFunc(c.Kernel, func(k VirtualServerInfo) bool { return k.Key == v.Key })
+		switch {
+		case !c.Checked:
+		case i < 0:
+			p.f("      kernel: missing")
+		default:
+			p.f("      kernel: %s", vsLine(c.Kernel[i]))
+		}
+	}
+	switch {
+	case !c.Checked:
+		p.f("    IPVS kernel state: not checked: %s", c.Error)
+	case len(c.Changes) == 0:
+		p.f("    IPVS kernel state: matches the plan")
+	default:
+		p.f("    IPVS kernel state: %s the next sync would make:", plural(len(c.Changes), "change"))
+		for _, ch := range c.Changes {
+			p.f("      %-60s # %s", ch.Description, ch.Command)
+		}
+	}
+}
+
+func vsLine(v VirtualServerInfo) string {
+	s := v.Key + " " + v.Scheduler
+	if v.Persistent > 0 {
+		s += fmt.Sprintf(" persistent %ds", v.Persistent)
+	}
+	if len(v.RealServers) == 0 {
+		return s + ", no real servers"
+	}
+	var rs []string
+	for _, r := range v.RealServers {
+		x := fmt.Sprintf("%s weight %d", r.Address, r.Weight)
+		if r.ActiveConn+r.InactiveConn > 0 {
+			x += fmt.Sprintf(" (conns %d active, %d inactive)", r.ActiveConn, r.InactiveConn)
+		}
+		rs = append(rs, x)
+	}
+	return s + " -> " + strings.Join(rs, ", ")
 }

@@ -71,9 +71,9 @@ func (b *builder) trace() {
 		}
 	}
 	local := in.Local
-	planned := iptables.NewTracer(PlanService(in.Snapshot, name, f.Options), local)
+	planned := iptables.NewTracer(planRules(*f, serviceSnapshot(in.Snapshot, name)), local)
 	var kernel *iptables.Tracer
-	if f.Kernel != nil && b.kernelDiffers(fam) {
+	if f.Kernel != nil && f.IPVS == nil && b.kernelDiffers(fam) {
 		kernel = iptables.NewTracer(KernelRuleset(f.Kernel, fam), local)
 	}
 	kind := SourceKind(q.From, local)
@@ -85,8 +85,13 @@ func (b *builder) trace() {
 		tr := Trace{
 			Source: q.From.String(), SourceKind: kind, Port: d.name,
 			Destination: Target{IP: d.ip, Port: d.port, Protocol: d.proto}.String(),
-			Outcomes:    outcomes(planned.Trace(pkt)),
 		}
+		if f.IPVS != nil {
+			b.ipvsTrace(f, name, pkt, &tr)
+			b.r.Traces = append(b.r.Traces, tr)
+			continue
+		}
+		tr.Outcomes = outcomes(planned.Trace(pkt))
 		if kernel != nil {
 			tr.KernelOutcomes = outcomes(kernel.Trace(pkt))
 		}

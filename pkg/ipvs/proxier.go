@@ -129,24 +129,7 @@ func (p *Proxier) planOptions() (PlanOptions, error) {
 	if err != nil {
 		return PlanOptions{}, err
 	}
-	// IPv6 link-local addresses come and go with every pod's veth; they
-	// are never service or NodePort addresses, and leaving them out keeps
-	// pod churn from changing the plan's options (a full sync).
-	var host []netip.Addr
-	for _, a := range all {
-		if !(a.Is6() && (a.IsLinkLocalUnicast() || a.IsMulticast())) {
-			host = append(host, a)
-		}
-	}
-	slices.SortFunc(host, netip.Addr.Compare)
-	host = slices.Compact(host)
-	return PlanOptions{
-		Family:    p.opts.Family,
-		Scheduler: p.opts.Scheduler,
-		NodeIPs:   NodePortIPs(host, p.opts.NodePortAddresses),
-		HostAddrs: host,
-		NodeIP:    p.opts.NodeIP,
-	}, nil
+	return HostPlanOptions(all, p.opts), nil
 }
 
 // NodePortIPs returns the addresses NodePort virtual servers listen on:
