@@ -270,11 +270,43 @@ func gatherExplain(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, ma
 		svcs = []*v1.Service{in.Service}
 	}
 	in.Snapshot = explain.DaemonSnapshot(st.nodeName, st.node, svcs, in.Slices)
+	large, err := largeClusterFamilies(ctx, st.client)
+	if err != nil {
+		return nil, err
+	}
+	for i := range in.Families {
+		in.Families[i].Options.LargeCluster = large[in.Families[i].Family]
+	}
 	if q.From.IsValid() && explain.SourceKind(q.From, st.local) != explain.SourceNode {
 		q.InIface = arrivalInterface(q.From)
 	}
 	in.Query = q
 	return in, nil
+}
+
+// largeClusterFamilies reports the families in which the daemon plans
+// without endpoint comments (iptables.LargeClusterEndpoints): explain
+// plans one Service, and must plan it as the daemon planned the whole
+// cluster. It pages through the slices the daemon watches and stops as
+// soon as the answer is known, so a large cluster costs a page or two.
+func largeClusterFamilies(ctx context.Context, client kubernetes.Interface) (map[v1.IPFamily]bool, error) {
+	counts := map[v1.IPFamily]int{}
+	large := func(f v1.IPFamily) bool { return counts[f] > iptables.LargeClusterEndpoints }
+	opts := metav1.ListOptions{LabelSelector: explain.DaemonSelector, Limit: 500}
+	for {
+		list, err := client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, opts)
+		if err != nil {
+			return nil, fmt.Errorf("listing EndpointSlices: %w", err)
+		}
+		for _, s := range list.Items {
+			// The daemon counts an endpoint once per Service port.
+			counts[v1.IPFamily(s.AddressType)] += len(s.Endpoints) * max(1, len(s.Ports))
+		}
+		if list.Continue == "" || (large(v1.IPv4Protocol) && large(v1.IPv6Protocol)) {
+			return map[v1.IPFamily]bool{v1.IPv4Protocol: large(v1.IPv4Protocol), v1.IPv6Protocol: large(v1.IPv6Protocol)}, nil
+		}
+		opts.Continue = list.Continue
+	}
 }
 
 // arrivalInterface is the interface packets from src come in on: the one

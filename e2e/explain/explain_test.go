@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"net/netip"
 	"os"
@@ -326,6 +327,44 @@ func TestExplainLayers(t *testing.T) {
 		}
 		e.expectVerdict("ok", "", explain.VerdictOK)
 	})
+	t.Run("large cluster", func(t *testing.T) {
+		// Above 1,000 endpoints the daemon drops endpoint-rule comments;
+		// explain, planning one Service, must plan it the same way.
+		chain := e.planned("ok").Internal.Chain
+		createBig(t, ctx, cp.Client, 1200)
+		deadline := time.Now().Add(30 * time.Second)
+		for rules := ""; ; time.Sleep(200 * time.Millisecond) {
+			if rules = e.iptables("-t", "nat", "-S", chain); !strings.Contains(rules, " -> ") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("endpoint comments still present 30 s after crossing the threshold:\n%s", rules)
+			}
+		}
+		e.expectVerdict("ok", "", explain.VerdictOK)
+		if out, code := e.run("diff", "--config", e.config); code != 0 {
+			t.Errorf("diff exit %d in a large cluster:\n%s", code, out)
+		}
+	})
+}
+
+// createBig creates Service "big" with n endpoints in slices of 600.
+func createBig(t *testing.T, ctx context.Context, c kubernetes.Interface, n int) {
+	t.Helper()
+	if _, err := c.CoreV1().Services(ns).Create(ctx, service("big"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for first := 0; first < n; first += 600 {
+		var eps []endpoint
+		for i := first; i < min(n, first+600); i++ {
+			eps = append(eps, endpoint{ip: fmt.Sprintf("10.50.%d.%d", i/250, i%250+1), node: "node-b"})
+		}
+		es := endpointSlice("big", "http", eps)
+		es.Name = fmt.Sprintf("big-%d", first/600)
+		if _, err := c.DiscoveryV1().EndpointSlices(ns).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // planned returns the IPv4 family of a Service's only port from explain.

@@ -6,6 +6,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
@@ -37,8 +38,10 @@ func Watch(ctx context.Context, tracker *Tracker, opts InformerOptions) <-chan s
 		notify = func() {}
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
+		informers.WithTransform(stripUnused),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = serviceSelector }))
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
+		informers.WithTransform(stripUnused),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", opts.NodeName).String()
 		}))
@@ -60,6 +63,24 @@ func Watch(ctx context.Context, tracker *Tracker, opts InformerOptions) <-chan s
 		}
 	}()
 	return synced
+}
+
+// lastApplied is kubectl's copy of the applied object: often as large as
+// the object itself, and never read by a proxy.
+const lastApplied = "kubectl.kubernetes.io/last-applied-configuration"
+
+// stripUnused drops what the proxy never reads from an object before the
+// informer caches it: managedFields and kubectl's last-applied copy. With
+// thousands of Services and slices they are a large share of the cache.
+func stripUnused(obj any) (any, error) {
+	if o, err := meta.Accessor(obj); err == nil {
+		o.SetManagedFields(nil)
+		if a := o.GetAnnotations(); a[lastApplied] != "" {
+			delete(a, lastApplied)
+			o.SetAnnotations(a)
+		}
+	}
+	return obj, nil
 }
 
 func mustAdd(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) {

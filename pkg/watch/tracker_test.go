@@ -649,3 +649,24 @@ func TestTrackerReportsInvalidInput(t *testing.T) {
 		t.Errorf("reported %q, want one InvalidService event naming spec.ports[0].port", reasons)
 	}
 }
+
+func TestStripUnused(t *testing.T) {
+	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{
+		Name: "web", Namespace: "ns",
+		Annotations:   map[string]string{lastApplied: `{"big":"copy"}`, "keep": "me"},
+		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+		Labels:        map[string]string{LabelServiceProxyName: "x"},
+	}}
+	out, err := stripUnused(svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*v1.Service)
+	if got.ManagedFields != nil || got.Annotations[lastApplied] != "" || got.Annotations["keep"] != "me" || got.Labels[LabelServiceProxyName] != "x" {
+		t.Fatalf("stripped object = %+v", got.ObjectMeta)
+	}
+	// Tombstones and other non-objects pass through untouched.
+	if v, err := stripUnused("not an object"); err != nil || v != "not an object" {
+		t.Fatalf("non-object: %v, %v", v, err)
+	}
+}
