@@ -1,8 +1,6 @@
 package main
 
 import (
-	"net/netip"
-	"strings"
 	"sync"
 
 	"k8s.io/kube-proxy/config/v1alpha1"
@@ -13,24 +11,6 @@ import (
 
 // ipvsKernel is one netlink handle for both families, as the daemon has.
 var ipvsKernel = sync.OnceValue(ipvs.NewKernel)
-
-// ipvsOptions are the IPVS options the daemon gives a family's Proxier
-// (newIPVSBackends); explain and diff plan with the same.
-func ipvsOptions(cfg *v1alpha1.KubeProxyConfiguration, f iptablesFamily) ipvs.Options {
-	var exclude []netip.Prefix
-	for _, c := range cfg.IPVS.ExcludeCIDRs {
-		if p, err := netip.ParsePrefix(strings.TrimSpace(c)); err == nil {
-			exclude = append(exclude, p.Masked())
-		}
-	}
-	return ipvs.Options{
-		Family:            f.family,
-		Scheduler:         cfg.IPVS.Scheduler,
-		NodePortAddresses: f.opts.NodePortAddresses,
-		NodeIP:            f.opts.NodeIP,
-		ExcludeCIDRs:      exclude,
-	}
-}
 
 // ipvsFamily reads a family's IPVS table, kube-ipvs0, node addresses and
 // ipsets, and derives the plan options from them as the Proxier does

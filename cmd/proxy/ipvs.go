@@ -32,25 +32,9 @@ func newIPVSBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]pro
 		return nil, err
 	}
 	kernel := ipvs.NewKernel()
-	var exclude []netip.Prefix
-	for _, c := range cfg.IPVS.ExcludeCIDRs {
-		if p, err := netip.ParsePrefix(strings.TrimSpace(c)); err == nil {
-			exclude = append(exclude, p.Masked())
-		}
-	}
 	var out []proxy.Backend
 	for _, f := range fams {
-		opts := ipvs.Options{
-			Family:            f.family,
-			Scheduler:         cfg.IPVS.Scheduler,
-			NodePortAddresses: f.opts.NodePortAddresses,
-			NodeIP:            f.opts.NodeIP,
-			ExcludeCIDRs:      exclude,
-			StrictARP:         cfg.IPVS.StrictARP,
-			TCPTimeout:        cfg.IPVS.TCPTimeout.Duration,
-			TCPFinTimeout:     cfg.IPVS.TCPFinTimeout.Duration,
-			UDPTimeout:        cfg.IPVS.UDPTimeout.Duration,
-		}
+		opts := ipvsOptions(cfg, f)
 		// IPVS mode serves no NodePort on loopback addresses.
 		iptOpts := f.opts
 		iptOpts.LocalhostNodePorts = false
@@ -59,6 +43,28 @@ func newIPVSBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]pro
 		out = append(out, &ipvsBackend{family: f.family, proxier: p})
 	}
 	return out, nil
+}
+
+// ipvsOptions are the IPVS options of a family's Proxier; explain and diff
+// plan with the same.
+func ipvsOptions(cfg *v1alpha1.KubeProxyConfiguration, f iptablesFamily) ipvs.Options {
+	var exclude []netip.Prefix
+	for _, c := range cfg.IPVS.ExcludeCIDRs {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(c)); err == nil {
+			exclude = append(exclude, p.Masked())
+		}
+	}
+	return ipvs.Options{
+		Family:            f.family,
+		Scheduler:         cfg.IPVS.Scheduler,
+		NodePortAddresses: f.opts.NodePortAddresses,
+		NodeIP:            f.opts.NodeIP,
+		ExcludeCIDRs:      exclude,
+		StrictARP:         cfg.IPVS.StrictARP,
+		TCPTimeout:        cfg.IPVS.TCPTimeout.Duration,
+		TCPFinTimeout:     cfg.IPVS.TCPFinTimeout.Duration,
+		UDPTimeout:        cfg.IPVS.UDPTimeout.Duration,
+	}
 }
 
 // reapLoop deletes drained real servers every few seconds, between syncs.
