@@ -16,6 +16,12 @@ type RunnerOptions struct {
 	// MaxInterval is the most time between two syncs (syncPeriod): the
 	// backend then checks the kernel for drift even when nothing changed.
 	MaxInterval time.Duration
+	// Burst is how many syncs may run back to back after a quiet spell
+	// before MinInterval spaces them (a token bucket, as kube-proxy's
+	// BoundedFrequencyRunner with its burst of 2): a Service and its
+	// EndpointSlice, written a moment apart, then cost one MinInterval
+	// instead of two. 0 means 1.
+	Burst int
 	// InitialBackoff is the first retry delay after a failed sync; it
 	// doubles on each further failure, up to MaxInterval. A retry still
 	// waits at least MinInterval.
@@ -49,6 +55,7 @@ func NewRunner(sync func(context.Context) error, opts RunnerOptions) *Runner {
 	if opts.InitialBackoff <= 0 {
 		opts.InitialBackoff = time.Second
 	}
+	opts.Burst = max(opts.Burst, 1)
 	return &Runner{opts: opts, sync: sync, trigger: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 }
 
@@ -89,8 +96,7 @@ func (r *Runner) Run(ctx context.Context, ready <-chan struct{}) {
 		return
 	case <-ready:
 	}
-	var st runnerState
-	st.pending = true
+	st := runnerState{pending: true}
 	for r.sleep(ctx, &st) {
 		// Every trigger queued so far is covered by this sync (it takes a
 		// fresh Snapshot); only triggers that arrive from now on call for
@@ -103,6 +109,7 @@ func (r *Runner) Run(ctx context.Context, ready <-chan struct{}) {
 		st.last = r.opts.Clock.Now()
 		st.ran = true
 		st.pending = false
+		st.take(st.last, r.options())
 		if err := r.sync(ctx); err != nil {
 			st.backoff = r.nextBackoff(st.backoff)
 		} else {
@@ -141,6 +148,25 @@ type runnerState struct {
 	last    time.Time
 	pending bool
 	backoff time.Duration // non-zero after a failure
+
+	// tat is the token bucket as a "theoretical arrival time" (GCRA): a
+	// sync may start once now >= tat - (Burst-1) x MinInterval, and each
+	// sync moves tat to max(tat, now) + MinInterval. Integer time, so no
+	// rounding leaves a sync a nanosecond short of its turn.
+	tat time.Time
+}
+
+// take records a sync that starts now.
+func (st *runnerState) take(now time.Time, opts RunnerOptions) {
+	if st.tat.Before(now) {
+		st.tat = now
+	}
+	st.tat = st.tat.Add(opts.MinInterval)
+}
+
+// nextToken is when a pending sync may start.
+func (st *runnerState) nextToken(opts RunnerOptions) time.Time {
+	return st.tat.Add(-time.Duration(opts.Burst-1) * opts.MinInterval)
 }
 
 // wait returns how long to sleep before the next sync.
@@ -155,7 +181,7 @@ func (r *Runner) wait(st *runnerState) time.Duration {
 		// A retry is a sync like any other: never sooner than MinInterval.
 		next = st.last.Add(max(st.backoff, opts.MinInterval))
 	case st.pending:
-		next = st.last.Add(opts.MinInterval)
+		next = st.nextToken(opts)
 	default:
 		next = st.last.Add(opts.MaxInterval)
 	}

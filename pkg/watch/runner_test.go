@@ -344,3 +344,36 @@ func TestRunnerSetIntervals(t *testing.T) {
 	h.runner.Trigger()
 	h.expectTimer(2 * time.Second)
 }
+
+// With Burst 2 (kube-proxy's), a change right after a quiet sync is served
+// at once; the one after that waits its MinInterval, and a steady stream
+// still gets no more than one sync per MinInterval.
+func TestRunnerBurst(t *testing.T) {
+	h := startRunner(t, RunnerOptions{MinInterval: time.Second, MaxInterval: time.Minute, Burst: 2})
+	close(h.ready)
+	h.expectSync(0)
+	h.expectTimer(time.Minute)
+	h.step(100 * time.Millisecond)
+	h.runner.Trigger()
+	h.expectSync(100 * time.Millisecond) // the second token
+	h.expectTimer(time.Minute)
+	h.step(100 * time.Millisecond)
+	h.runner.Trigger()
+	h.expectTimer(800 * time.Millisecond) // tokens spent: first sync + 1 s
+	h.step(800 * time.Millisecond)
+	h.expectSync(time.Second)
+	h.expectTimer(time.Minute)
+	h.runner.Trigger()
+	h.expectTimer(time.Second)
+	h.step(time.Second)
+	h.expectSync(2 * time.Second)
+	h.expectTimer(time.Minute)
+
+	// After a quiet spell both tokens are back.
+	h.step(10 * time.Second)
+	h.runner.Trigger()
+	h.expectSync(12 * time.Second)
+	h.expectTimer(time.Minute)
+	h.runner.Trigger()
+	h.expectSync(12 * time.Second)
+}
