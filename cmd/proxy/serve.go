@@ -56,6 +56,12 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 	tracker := watch.NewTracker(nodeName)
 	tracker.SetReporter(eventReporter(ctx, client, nodeName))
 	cleaner := &conntrack.Cleaner{Local: localAddrs}
+	conntrackWork := newLatest[*watch.Snapshot]()
+	go conntrackWork.each(ctx, func(snap *watch.Snapshot) {
+		for _, b := range backends {
+			cleaner.Reconcile(snap, b.Family())
+		}
+	})
 	var leftovers sync.Once
 	var runner *watch.Runner
 	daemon := proxy.New(proxy.Options{
@@ -65,9 +71,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 			// The other mode's state goes only once this mode's rules are
 			// complete, so Services keep answering through a mode switch.
 			leftovers.Do(func() { removeOtherModeLeftovers(backends) })
-			for _, b := range backends {
-				cleaner.Reconcile(snap, b.Family())
-			}
+			conntrackWork.offer(snap)
 		},
 	})
 	runner = watch.NewRunner(daemon.Sync, watch.RunnerOptions{MinInterval: minSyncPeriod, MaxInterval: syncPeriod, Burst: 2})
