@@ -51,7 +51,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 	hs := health.NewProxyHealthServer(health.ProxyHealthServerOptions{Addr: cfg.HealthzBindAddress, HealthTimeout: 2 * syncPeriod})
 	svcHealth := health.NewServiceHealthServer(health.ServiceHealthServerOptions{NodeIPs: healthCheckIPs(cfg, node), ProxyHealth: hs})
 	go runServer("healthz", func() error { return hs.Run(ctx) })
-	go runServer("metrics", func() error { return metrics.Serve(ctx, cfg.MetricsBindAddress) })
+	go runServer("metrics", func() error { return metrics.Serve(ctx, cfg.MetricsBindAddress, cfg.EnableProfiling) })
 
 	tracker := watch.NewTracker(nodeName)
 	tracker.SetReporter(eventReporter(ctx, client, nodeName))

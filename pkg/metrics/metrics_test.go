@@ -101,7 +101,7 @@ func TestBucketsMatchKubeProxy(t *testing.T) {
 }
 
 func TestServeDisabled(t *testing.T) {
-	if err := Serve(context.Background(), ""); err != nil {
+	if err := Serve(context.Background(), "", false); err != nil {
 		t.Fatalf("Serve with empty addr = %v, want nil", err)
 	}
 }
@@ -110,11 +110,14 @@ func TestServeUntilCancelled(t *testing.T) {
 	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, addr) }()
+	go func() { done <- Serve(ctx, addr, true) }()
 
 	body := getWithRetry(t, "http://"+addr+"/metrics")
 	if !strings.Contains(body, "kubeproxy_sync_proxy_rules_endpoint_changes_total") {
 		t.Errorf("served metrics lack kubeproxy_ names")
+	}
+	if heap := getWithRetry(t, "http://"+addr+"/debug/pprof/heap?debug=1"); !strings.Contains(heap, "heap profile") {
+		t.Errorf("profiling on, yet /debug/pprof/heap is %.80q", heap)
 	}
 	cancel()
 	select {
@@ -133,7 +136,7 @@ func TestServeListenError(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = ln.Close() }()
-	if err := Serve(context.Background(), ln.Addr().String()); err == nil {
+	if err := Serve(context.Background(), ln.Addr().String(), false); err == nil {
 		t.Fatal("Serve on a busy port returned nil, want error")
 	}
 }

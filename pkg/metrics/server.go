@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -34,7 +35,10 @@ func Handler() http.Handler {
 // gracefully and returns nil. An empty addr disables the endpoint (Serve
 // returns nil at once), mirroring kube-proxy's empty metricsBindAddress.
 // Listen and serve errors are returned.
-func Serve(ctx context.Context, addr string) error {
+//
+// With profiling (kube-proxy's enableProfiling) it also serves Go's
+// /debug/pprof handlers there, as kube-proxy does.
+func Serve(ctx context.Context, addr string, profiling bool) error {
 	if addr == "" {
 		return nil
 	}
@@ -44,6 +48,13 @@ func Serve(ctx context.Context, addr string) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", Handler())
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout}
 	klog.V(2).InfoS("Starting metrics server", "address", ln.Addr().String())
 	return serveUntilDone(ctx, srv, ln)
