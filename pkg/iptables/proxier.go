@@ -308,42 +308,93 @@ func (p *Proxier) readAndCompare(done func() []*Ruleset) (*Drift, error) {
 	return nil, nil
 }
 
-// compareVersions returns the drift of table against the newest version,
-// unless some version matches what was read.
-func compareVersions(versions []*Ruleset, table string, got savedTable) *Drift {
-	var newest *Drift
-	for i := len(versions) - 1; i >= 0; i-- {
-		d := compareTable(versions[i], table, got)
-		if d == nil {
-			return nil
-		}
-		if newest == nil {
-			newest = d
-		}
-	}
-	return newest
-}
+// maxVersions bounds how many rulesets a Verify keeps while it reads: a
+// read slow enough to see more syncs than this (a starved machine) gives
+// up until the next period rather than hold their memory.
+const maxVersions = 32
 
-func compareTable(rs *Ruleset, table string, got savedTable) *Drift {
-	for _, k := range rs.ChainKeys() {
-		if k.Table != table {
+// compareVersions checks table against the newest version, chain by
+// chain; a chain that differs only counts as drift when no older version
+// (one applied while the table was being read) explains it either.
+func compareVersions(versions []*Ruleset, table string, got savedTable) *Drift {
+	if len(versions) == 0 || len(versions) > maxVersions {
+		return nil
+	}
+	newest, older := versions[len(versions)-1], versions[:len(versions)-1]
+	want := chainCounts(newest, table)
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		n, ok := got.counts[name]
+		if ok && n == want[name] {
 			continue
 		}
-		want, _ := rs.Chain(k)
-		n, ok := got.counts[k.Name]
+		if explainedByOlder(older, ChainKey{table, name}, n, ok) {
+			continue
+		}
 		if !ok {
-			return &Drift{Reason: "chain", Detail: table + " " + k.Name + " is missing"}
+			return &Drift{Reason: "chain", Detail: table + " " + name + " is missing"}
 		}
-		if n != len(want) {
-			return &Drift{Reason: "rules", Detail: fmt.Sprintf("%s %s has %d rules, want %d", table, k.Name, n, len(want))}
-		}
+		return &Drift{Reason: "rules", Detail: fmt.Sprintf("%s %s has %d rules, want %d", table, name, n, want[name])}
 	}
-	for _, j := range rs.Jumps {
+	for _, j := range newest.Jumps {
 		if j.Table == table && !got.jumps[j.Chain+" "+j.Rule[len(j.Rule)-1]] {
 			return &Drift{Reason: "jump", Detail: fmt.Sprintf("%s %s no longer jumps to %s", table, j.Chain, j.Rule[len(j.Rule)-1])}
 		}
 	}
 	return nil
+}
+
+// chainCounts returns how many rules each chain of table holds in rs, in
+// one pass and without building rs's lookup index: Verify runs on every
+// ruleset applied during a read, and the index costs megabytes each at
+// 10,000 Services.
+func chainCounts(rs *Ruleset, table string) map[string]int {
+	out := map[string]int{}
+	for k, rules := range rs.Base {
+		if k.Table == table {
+			out[k.Name] += len(rules)
+		}
+	}
+	for _, sr := range rs.Services {
+		for k, rules := range sr.Chains {
+			if k.Table == table {
+				out[k.Name] += len(rules)
+			}
+		}
+		for k, rules := range sr.Entries {
+			if k.Table == table {
+				out[k.Name] += len(rules)
+			}
+		}
+	}
+	return out
+}
+
+// explainedByOlder reports whether some older version has chain k with n
+// rules (or, when the kernel lacks it, does not have it at all).
+func explainedByOlder(older []*Ruleset, k ChainKey, n int, inKernel bool) bool {
+	for _, rs := range older {
+		c, exists := chainCount(rs, k)
+		if exists == inKernel && (!exists || c == n) {
+			return true
+		}
+	}
+	return false
+}
+
+// chainCount is one chain's rule count in rs, found without the index.
+func chainCount(rs *Ruleset, k ChainKey) (int, bool) {
+	base, found := rs.Base[k]
+	n := len(base)
+	for _, sr := range rs.Services {
+		if rules, ok := sr.Chains[k]; ok {
+			return len(rules), true
+		}
+		if rules, ok := sr.Entries[k]; ok {
+			n += len(rules)
+			found = true
+		}
+	}
+	return n, found
 }
 
 // savedTable is what Verify needs from iptables-save output.
