@@ -14,7 +14,7 @@ STATICCHECK_VERSION := v0.8.2
 
 export SVCPROXY_BIN_DIR := $(TOOLS_BIN)
 
-.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo bench lint clean
+.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo bench soak lint clean
 
 all: build
 
@@ -74,6 +74,19 @@ bench: deps tools build
 	  cat $$out/one-change.txt; onechange=$$out/one-change.txt; \
 	fi; \
 	BENCH_N='$(BENCH_N)' BENCH_QUICK='$(BENCH_QUICK)' $(BIN)/bench -out $$out -proxy $(BIN)/proxy -responder $(BIN)/responder -kube-proxy $(TOOLS_BIN)/kube-proxy $${onechange:+-one-change $$onechange}
+
+# Issue #9's load case, a long bench-style run (see bench/README.md; not
+# part of `make test`): SOAK_N Services x 10 endpoints, svcproxy in iptables
+# mode, SOAK_RATE endpoint changes/s for SOAK_DURATION while memory,
+# goroutines, syncs, backlog and programming latency are sampled. Writes
+# bench/results/soak.md and soak.json (SOAK_OUT elsewhere).
+SOAK_N        ?= 10000
+SOAK_RATE     ?= 50
+SOAK_DURATION ?= 10m
+SOAK_OUT      ?= $(CURDIR)/bench/results
+soak: deps tools build
+	$(GO) build -o $(BIN)/bench ./bench
+	SOAK_N='$(SOAK_N)' SOAK_RATE='$(SOAK_RATE)' SOAK_DURATION='$(SOAK_DURATION)' $(BIN)/bench -soak -out '$(SOAK_OUT)' -proxy $(BIN)/proxy -responder $(BIN)/responder
 
 lint:
 	@test -z "$$(gofmt -l cmd pkg e2e)" || (gofmt -l cmd pkg e2e; echo "gofmt: files above need formatting"; exit 1)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -190,5 +191,99 @@ func TestWritePlot(t *testing.T) {
 	rep.Settings.Ns = []int{1000}
 	if err := writePlot(rep, path); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestBuckets(t *testing.T) {
+	text := `kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="0.001"} 0
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="0.1"} 50
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="1"} 99
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="+Inf"} 100
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv6",le="+Inf"} 7
+`
+	prev := parseMetrics(strings.NewReader(`kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="0.1"} 40
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="+Inf"} 40
+`))
+	m := parseMetrics(strings.NewReader(text))
+	bs := m.buckets(mSyncDuration)
+	if len(bs) != 4 || bs[3].count != 100 {
+		t.Fatalf("buckets = %+v", bs)
+	}
+	if q, over := bucketQuantile(bs, 0.5); q != 0.1 || over {
+		t.Errorf("p50 = %v %v, want 0.1", q, over)
+	}
+	if q, over := bucketQuantile(bs, 0.99); q != 1 || over {
+		t.Errorf("p99 = %v %v, want 1", q, over)
+	}
+	if q, over := bucketQuantile(bs, 1); q != 1 || !over {
+		t.Errorf("p100 = %v %v, want 1 and over", q, over)
+	}
+	if s := bucketShare(bs, 0.1); s != 0.5 {
+		t.Errorf("share <= 0.1 = %v", s)
+	}
+	d := bucketDelta(prev.buckets(mSyncDuration), bs)
+	if d[1].count != 10 || d[3].count != 60 || d[2].count != 99 {
+		t.Errorf("delta = %+v", d)
+	}
+	if q, _ := bucketQuantile(nil, 0.5); q != -1 {
+		t.Errorf("empty quantile = %v", q)
+	}
+}
+
+func TestSlope(t *testing.T) {
+	if s := slope([]float64{0, 1, 2, 3}, []float64{10, 12, -1, 16}); s < 1.999 || s > 2.001 {
+		t.Errorf("slope = %v, want 2 (the -1 skipped)", s)
+	}
+	if s := slope([]float64{1}, []float64{5}); s != 0 {
+		t.Errorf("one point: %v", s)
+	}
+}
+
+// TestSoakSummary checks the verdicts on a synthetic run: flat goroutines
+// and memory pass, a growing backlog fails, and the report renders and
+// encodes (no NaN in the JSON).
+func TestSoakSummary(t *testing.T) {
+	rep := &SoakReport{
+		Settings: SoakSettings{N: 100, EndpointsPerService: 10, Rate: 50, DurationS: 180, SampleS: 10, ProbeEveryS: 30, DrainTimeoutS: 60},
+		Churn:    SoakChurn{Changes: 9000, Seconds: 180, AchievedRate: 50},
+		DrainS:   0.5,
+	}
+	rep.Samples = append(rep.Samples, SoakSample{T: 0, Goroutines: 40, RSSMiB: 100, HeapMiB: 50, SyncMeanMs: -1})
+	for i := 1; i <= 18; i++ {
+		rep.Samples = append(rep.Samples, SoakSample{T: float64(i * 10), Goroutines: 40, RSSMiB: 100 + float64(i%2), HeapMiB: 50,
+			Syncs: 10, SyncMeanMs: 50, Unsynced: float64(i * 10), Changes: 500})
+	}
+	rep.Samples = append(rep.Samples, SoakSample{T: 181, Drain: true, Goroutines: 40, RSSMiB: 100, SyncMeanMs: 50, Syncs: 1})
+	for i := 0; i < 6; i++ {
+		rep.Probes = append(rep.Probes, SoakProbe{T: float64(15 + 30*i), Ms: 50 + float64(i)})
+	}
+	rep.Summary = summarize(rep)
+	want := map[string]bool{}
+	for _, v := range rep.Summary.Verdicts {
+		crit := v.Criterion
+		switch {
+		case strings.HasPrefix(crit, "No sync backlog: unsynced"):
+			want[crit] = false
+		default:
+			want[crit] = true
+		}
+		if v.Pass != want[crit] {
+			t.Errorf("%s: pass = %v (%s), want %v", crit, v.Pass, v.Measured, want[crit])
+		}
+	}
+	if rep.Summary.First.Samples != 6 || rep.Summary.Last.Samples != 6 {
+		t.Errorf("windows: first %d, last %d samples, want 6 each", rep.Summary.First.Samples, rep.Summary.Last.Samples)
+	}
+	if rep.Summary.Pass {
+		t.Error("overall pass with a growing backlog")
+	}
+	if _, err := json.Marshal(rep); err != nil {
+		t.Fatal(err)
+	}
+	md := renderSoak(rep)
+	for _, s := range []string{"| No goroutine growth", "| 181 drain |", "p50 52 ms"} {
+		if !strings.Contains(md, s) {
+			t.Errorf("report lacks %q", s)
+		}
 	}
 }

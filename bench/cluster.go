@@ -269,6 +269,13 @@ func (cl *cluster) replaceEndpoint(ctx context.Context, i, j int) error {
 	}
 	es = es.DeepCopy()
 	es.Endpoints[j%len(es.Endpoints)].Addresses = []string{fakeAddr(cl.nextEP.Add(1)).String()}
+	// As the EndpointSlice controller does: the proxy observes
+	// network_programming_duration from this stamp to the sync that
+	// programs the change.
+	if es.Annotations == nil {
+		es.Annotations = map[string]string{}
+	}
+	es.Annotations[corev1.EndpointsLastChangeTriggerTime] = time.Now().UTC().Format(time.RFC3339Nano)
 	upd, err := cl.c.DiscoveryV1().EndpointSlices(namespace).Update(ctx, es, metav1.UpdateOptions{})
 	if err != nil {
 		cl.mu.Lock()

@@ -51,6 +51,7 @@ type options struct {
 	Quick          bool
 	Proxies        []string
 	LogDir         string
+	Soak           *soakOptions // set by -soak: the long load run instead of the bench
 }
 
 func envOr(k, def string) string {
@@ -101,6 +102,7 @@ func main() {
 	flag.StringVar(&o.OneChange, "one-change", "", "output of `go test -bench OneEndpointChange ./pkg/iptables/` to include in the report")
 	proxies := flag.String("proxies", envOr("BENCH_PROXIES", SvcProxy+","+KubeProxy), "proxies to run, comma separated; env BENCH_PROXIES")
 	flag.StringVar(&o.LogDir, "log-dir", filepath.Join(root, ".cache", "bench", "logs"), "proxy logs and rule dumps")
+	soak := soakFlags()
 	flag.Parse()
 	o.Quick = quick
 	if o.Ns, err = parseNs(*nStr); err != nil || len(o.Ns) == 0 {
@@ -116,16 +118,27 @@ func main() {
 		}
 		o.Proxies = append(o.Proxies, p)
 	}
+	if o.Soak, err = soak.parse(); err != nil {
+		fatal(err)
+	}
 	if os.Geteuid() != 0 {
 		fatal(fmt.Errorf("bench needs root (network namespaces, iptables)"))
 	}
-	for _, b := range []string{o.Proxy, o.KubeProxy, o.Responder} {
+	bins := []string{o.Proxy, o.KubeProxy, o.Responder}
+	if o.Soak != nil {
+		bins = []string{o.Proxy, o.Responder}
+	}
+	for _, b := range bins {
 		if _, err := os.Stat(b); err != nil {
 			fatal(fmt.Errorf("%v (run `make tools build`)", err))
 		}
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	run := run
+	if o.Soak != nil {
+		run = runSoak
+	}
 	if err := run(ctx, o); err != nil {
 		fatal(err)
 	}
@@ -168,13 +181,7 @@ type Settings struct {
 }
 
 func run(ctx context.Context, o options) error {
-	for _, err := range nsutil.RemoveStale() {
-		logf("stale cleanup: %v", err)
-	}
-	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(o.LogDir, 0o755); err != nil {
+	if err := prepare(o); err != nil {
 		return err
 	}
 	rep := &Report{
@@ -195,21 +202,12 @@ func run(ctx context.Context, o options) error {
 			logf("one-change results: %v", err)
 		}
 	}
-	logf("starting control plane (service CIDR %s)", serviceCIDR)
-	cp, err := controlplane.Start(ctx, controlplane.Options{BinDir: o.BinDir, ServiceCIDRs: []string{serviceCIDR}})
-	if err != nil {
-		return fmt.Errorf("control plane: %w", err)
-	}
-	defer func() {
-		if err := cp.Stop(); err != nil {
-			logf("control plane stop: %v", err)
-		}
-	}()
-	cl, err := newCluster(ctx, cp, o.Writers)
+	b, stop, err := startBench(ctx, o)
 	if err != nil {
 		return err
 	}
-	b := &bench{o: o, cp: cp, cl: cl, rep: rep}
+	defer stop()
+	b.rep = rep
 	rep.MinSync, err = b.checkMinSync(ctx)
 	if err != nil {
 		return fmt.Errorf("minSyncPeriod check: %w", err)
@@ -220,7 +218,7 @@ func run(ctx context.Context, o options) error {
 			break
 		}
 		start := time.Now()
-		if err := cl.ensureWorkload(ctx, n); err != nil {
+		if err := b.cl.ensureWorkload(ctx, n); err != nil {
 			return fmt.Errorf("workload N=%d: %w", n, err)
 		}
 		logf("N=%d: workload in place (%s)", n, time.Since(start).Round(time.Millisecond))
@@ -253,6 +251,41 @@ func run(ctx context.Context, o options) error {
 	}
 	logf("wrote %s", filepath.Join(o.Out, "bench.md"))
 	return ctx.Err()
+}
+
+// prepare removes stale namespaces of an aborted run and makes the output
+// and log directories.
+func prepare(o options) error {
+	for _, err := range nsutil.RemoveStale() {
+		logf("stale cleanup: %v", err)
+	}
+	for _, d := range []string{o.Out, o.LogDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startBench starts the control plane and writes the node, the namespace
+// and the probe Service; stop stops the control plane.
+func startBench(ctx context.Context, o options) (b *bench, stop func(), err error) {
+	logf("starting control plane (service CIDR %s)", serviceCIDR)
+	cp, err := controlplane.Start(ctx, controlplane.Options{BinDir: o.BinDir, ServiceCIDRs: []string{serviceCIDR}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("control plane: %w", err)
+	}
+	stop = func() {
+		if err := cp.Stop(); err != nil {
+			logf("control plane stop: %v", err)
+		}
+	}
+	cl, err := newCluster(ctx, cp, o.Writers)
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return &bench{o: o, cp: cp, cl: cl}, stop, nil
 }
 
 type bench struct {

@@ -2,11 +2,14 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +34,14 @@ const (
 	mRulesLast     = "kubeproxy_sync_proxy_rules_iptables_last"
 	mEPPending     = "kubeproxy_sync_proxy_rules_endpoint_changes_pending"
 	mSvcPending    = "kubeproxy_sync_proxy_rules_service_changes_pending"
+	mEPTotal       = "kubeproxy_sync_proxy_rules_endpoint_changes_total"
+	mSvcTotal      = "kubeproxy_sync_proxy_rules_service_changes_total"
+	mNetProg       = "kubeproxy_network_programming_duration_seconds"
+	mSyncFailures  = "kubeproxy_sync_proxy_rules_sync_failures_total"
+	mGoroutines    = "go_goroutines"
+	mThreads       = "go_threads"
+	mHeapInuse     = "go_memstats_heap_inuse_bytes"
+	mNextGC        = "go_memstats_next_gc_bytes"
 )
 
 // sample is one line of the Prometheus text format.
@@ -133,6 +144,77 @@ func (m Metrics) hist(name string) (sum, count float64, ok bool) {
 	sum, ok1 := m.v4(name + "_sum")
 	count, ok2 := m.v4(name + "_count")
 	return sum, count, ok1 && ok2
+}
+
+// bucket is one cumulative histogram bucket: observations <= le.
+type bucket struct{ le, count float64 }
+
+// buckets returns a histogram's cumulative buckets for IPv4, by le
+// (the last one is +Inf).
+func (m Metrics) buckets(name string) []bucket {
+	var out []bucket
+	for _, s := range m[name+"_bucket"] {
+		if f, ok := s.labels["ip_family"]; ok && f != "IPv4" {
+			continue
+		}
+		le, err := strconv.ParseFloat(s.labels["le"], 64)
+		if err != nil {
+			continue
+		}
+		out = append(out, bucket{le, s.value})
+	}
+	slices.SortFunc(out, func(a, b bucket) int { return cmp.Compare(a.le, b.le) })
+	return out
+}
+
+// bucketDelta is the observations between two scrapes: cur - prev, bucket
+// by bucket (matched by le; a bucket missing from prev counts from 0).
+func bucketDelta(prev, cur []bucket) []bucket {
+	old := map[float64]float64{}
+	for _, b := range prev {
+		old[b.le] = b.count
+	}
+	out := make([]bucket, len(cur))
+	for i, b := range cur {
+		out[i] = bucket{b.le, b.count - old[b.le]}
+	}
+	return out
+}
+
+// bucketQuantile is the upper bound of the bucket that holds quantile q
+// (0..1) of the observations, -1 when there are none. over is set when
+// the quantile lies above the largest finite bound, which is then
+// returned.
+func bucketQuantile(bs []bucket, q float64) (bound float64, over bool) {
+	if len(bs) == 0 || bs[len(bs)-1].count <= 0 {
+		return -1, false
+	}
+	total := bs[len(bs)-1].count
+	lastFinite := -1.0
+	for _, b := range bs {
+		if math.IsInf(b.le, 1) {
+			return lastFinite, true
+		}
+		lastFinite = b.le
+		if b.count >= q*total {
+			return b.le, false
+		}
+	}
+	return lastFinite, true
+}
+
+// bucketShare is the fraction of observations <= le (le must be a bucket
+// bound), -1 when there are none.
+func bucketShare(bs []bucket, le float64) float64 {
+	if len(bs) == 0 || bs[len(bs)-1].count <= 0 {
+		return -1
+	}
+	for _, b := range bs {
+		if b.le == le {
+			return b.count / bs[len(bs)-1].count
+		}
+	}
+	return -1
 }
 
 // scrape fetches /metrics from inside the node namespace.

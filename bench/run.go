@@ -399,22 +399,17 @@ func (b *bench) latency(ctx context.Context, r *Run, e *env, proc *nsutil.Proc, 
 			break
 		}
 		name := fmt.Sprintf("lat-%s-%d-%s-%03d", short(r.Proxy), r.N, tag, i)
-		t0 := time.Now()
-		ip, err := b.cl.createService(ctx, name, realBackends)
 		names = append(names, name)
+		s, err := b.programmingLatency(ctx, e, name, min(left, 60*time.Second))
 		if err != nil {
 			return L, err
 		}
-		L.WriteMs = append(L.WriteMs, float64(time.Since(t0).Microseconds())/1000)
-		sctx, cancel := context.WithTimeout(ctx, min(left, 60*time.Second))
-		log := probe(sctx, e.client, netip.AddrPortFrom(ip, servicePort), latencyCadence, untilOK)
-		cancel()
-		first, ok := log.firstOK()
-		if !ok {
+		L.WriteMs = append(L.WriteMs, s.WriteMs)
+		if !s.OK {
 			L.Failed++
 			continue
 		}
-		L.Samples = append(L.Samples, float64(first.Sub(t0).Microseconds())/1000)
+		L.Samples = append(L.Samples, s.Ms)
 		// Writes arrive at spread-out times after the previous sync, so
 		// with minSyncPeriod 1s the series samples every phase of the
 		// runner's wait, the same for both proxies.
@@ -435,6 +430,33 @@ func (b *bench) latency(ctx context.Context, r *Run, e *env, proc *nsutil.Proc, 
 	L.P50, L.P90, L.P99 = percentile(L.Samples, 50), percentile(L.Samples, 90), percentile(L.Samples, 99)
 	logf("  latency minSyncPeriod %s: p50 %.0f ms, p90 %.0f ms, p99 %.0f ms (%d samples, %d failed; API writes p50 %.0f ms; %.0f syncs, mean %.3fs; mean conntrack round %.3fs)", minSync, L.P50, L.P90, L.P99, len(L.Samples), L.Failed, percentile(L.WriteMs, 50), L.Syncs, L.MeanSyncS, L.MeanConntrackS)
 	return L, nil
+}
+
+// latencySample is one programming latency measurement.
+type latencySample struct {
+	Ms      float64 // API write of the Service -> first TCP connection through its ClusterIP
+	WriteMs float64 // API write of the Service -> the EndpointSlice write returned
+	OK      bool    // connected within the timeout
+}
+
+// programmingLatency creates Service name and its EndpointSlice (the real
+// backends) and probes its ClusterIP until a connection succeeds or
+// timeout passes. The caller deletes the Service.
+func (b *bench) programmingLatency(ctx context.Context, e *env, name string, timeout time.Duration) (latencySample, error) {
+	var s latencySample
+	t0 := time.Now()
+	ip, err := b.cl.createService(ctx, name, realBackends)
+	if err != nil {
+		return s, err
+	}
+	s.WriteMs = float64(time.Since(t0).Microseconds()) / 1000
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	log := probe(sctx, e.client, netip.AddrPortFrom(ip, servicePort), latencyCadence, untilOK)
+	cancel()
+	if first, ok := log.firstOK(); ok {
+		s.Ms, s.OK = float64(first.Sub(t0).Microseconds())/1000, true
+	}
+	return s, nil
 }
 
 // samplePause is the pause after sample i: 100 ms to 1.08 s, spread
