@@ -122,15 +122,21 @@ func cleanup() error {
 			kernels = append(kernels, kernel)
 		}
 	}
-	// IPVS-mode state first: its chains reference ipsets and live beside
-	// the chains both modes share.
-	if err := ipvs.RemoveLeftovers(kernels); err != nil {
-		errs = append(errs, err)
-	}
+	// Every KUBE-* chain first (IPVS mode's too): in IPVS mode the chains
+	// both modes share (KUBE-SERVICES, KUBE-POSTROUTING, ...) match on the
+	// ipsets, and a set still in use by a rule cannot be destroyed.
 	for _, k := range kernels {
+		if err := iptables.KubeletFirewall(k); err != nil {
+			errs = append(errs, err)
+		}
 		if err := iptables.Cleanup(k); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// Then IPVS-mode state: virtual servers (found through the ipsets,
+	// which are still there), kube-ipvs0, the ipsets.
+	if err := ipvs.RemoveLeftovers(kernels); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

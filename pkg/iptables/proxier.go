@@ -230,8 +230,9 @@ func (p *Proxier) ourChains() (map[ChainKey]bool, error) {
 		if err != nil {
 			return nil, err
 		}
-		for name := range parseSave(save).counts {
-			if IsServiceChain(name) || isBaseChain(name) {
+		counts := parseSave(save).counts
+		for name := range counts {
+			if (IsServiceChain(name) || isBaseChain(name)) && !kubeletOwns(counts, name) {
 				out[ChainKey{table, name}] = true
 			}
 		}

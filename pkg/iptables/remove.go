@@ -65,11 +65,63 @@ func OwnedChains(kernel Interface, table string) ([]string, error) {
 		return nil, err
 	}
 	var out []string
-	for name := range parseSave(save).counts {
+	counts := parseSave(save).counts
+	for name := range counts {
+		if kubeletOwns(counts, name) {
+			continue
+		}
 		if IsServiceChain(name) || isBaseChain(name) || name == ChainCanary {
 			out = append(out, name)
 		}
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// ChainKubeletCanary is the canary chain kubelet keeps in the tables it
+// writes to.
+const ChainKubeletCanary = "KUBE-KUBELET-CANARY"
+
+// kubeletOwns reports a chain of a table (given its chains' rule counts)
+// that belongs to kubelet as much as to us: KUBE-FIREWALL where kubelet
+// runs. Neither clean-up nor a full sync that no longer needs the chain
+// may delete it then.
+func kubeletOwns(counts map[string]int, name string) bool {
+	_, kubelet := counts[ChainKubeletCanary]
+	return kubelet && name == ChainFirewall
+}
+
+// firewallJumpComment marks this proxy's own jump into KUBE-FIREWALL (see
+// base.go); kubelet's and kube-proxy's jumps carry no comment.
+const firewallJumpComment = "kubernetes firewall for dropping marked packets"
+
+// KubeletFirewall hands KUBE-FIREWALL over to kubelet where kubelet runs
+// (its canary chain is in the filter table): kubelet keeps the same
+// 127.0.0.0/8 guard in that chain (CVE-2020-8558), and kube-proxy's
+// clean-up leaves the chain and its jumps alone for that reason. It
+// deletes only this proxy's own jumps into the chain, recognised by their
+// comment; OwnedChains then leaves the chain out. Without kubelet it does
+// nothing and the chain goes with the rest.
+func KubeletFirewall(kernel Interface) error {
+	save, err := kernel.Save(TableFilter)
+	if err != nil {
+		return err
+	}
+	if _, ok := parseSave(save).counts[ChainKubeletCanary]; !ok {
+		return nil
+	}
+	p := newPayload()
+	t := p.table(TableFilter)
+	sc := bufio.NewScanner(bytes.NewReader(save))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "-A ") && strings.HasSuffix(line, " -j "+ChainFirewall) && strings.Contains(line, firewallJumpComment) {
+			t.del = append(t.del, "-D "+line[3:])
+		}
+	}
+	if len(t.del) == 0 {
+		return nil
+	}
+	return kernel.Restore(p.Bytes())
 }

@@ -38,17 +38,18 @@ var iptablesChains = map[string][]string{
 }
 
 // RemoveLeftovers removes IPVS-mode state: the virtual servers whose
-// address sits on kube-ipvs0 and the NodePort ones on node IPs (never
-// anyone else's), the interface itself,
+// address sits on kube-ipvs0, the NodePort ones on node IPs and the ones
+// on external or LB IPs the node already had (never anyone else's), the
+// interface itself,
 // the IPVS-only iptables chains and the ipsets. kernels lists the iptables
 // interfaces to clean (one per family). Missing pieces are not errors.
 func RemoveLeftovers(kernels []iptables.Interface) error {
 	var errs []error
 	addrs := dummyAddrs()
-	// Read before the ipsets go: they name the NodePort virtual servers
-	// on node IPs.
-	nodePorts := nodePortVirtualServers()
-	if err := removeVirtualServers(addrs, nodePorts); err != nil {
+	// Read before the ipsets go: they name the virtual servers on node
+	// IPs (NodePorts, and external or LB IPs the node already had).
+	bySets := setVirtualServers()
+	if err := removeVirtualServers(addrs, bySets); err != nil {
 		errs = append(errs, err)
 	}
 	if err := removeDummy(); err != nil {
@@ -85,23 +86,16 @@ func dummyAddrs() map[string]bool {
 	return out
 }
 
-// nodePortVirtualServers returns a test for the NodePort virtual servers
-// IPVS mode (ours or kube-proxy's) made on node IPs: a virtual server on a
-// local address whose protocol and port are in a KUBE-NODE-PORT-* ipset.
-// It returns nil when there is no such ipset.
-func nodePortVirtualServers() func(s *ipvs.Service) bool {
+// setVirtualServers returns a test for the virtual servers IPVS mode
+// (ours or kube-proxy's) made on addresses that are not on kube-ipvs0,
+// named by its ipsets: NodePorts on node IPs (a local address whose
+// protocol and port are in a KUBE-NODE-PORT-* set), and external IPs and
+// load-balancer IPs the node already had (address, protocol and port in
+// KUBE-EXTERNAL-IP, KUBE-EXTERNAL-IP-LOCAL or KUBE-LOAD-BALANCER). It
+// returns nil when there is no such ipset.
+func setVirtualServers() func(s *ipvs.Service) bool {
 	save, err := exec.Command("ipset", "save").Output()
 	if err != nil {
-		return nil
-	}
-	want := map[string]bool{}
-	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
-		for _, n := range []string{SetNodePortTCP, SetNodePortUDP, SetNodePortSCTP} {
-			want[SetName(n, fam)] = true
-		}
-	}
-	sets, err := parseSave(save, want)
-	if err != nil || len(sets) == 0 {
 		return nil
 	}
 	local := map[netip.Addr]bool{}
@@ -112,32 +106,58 @@ func nodePortVirtualServers() func(s *ipvs.Service) bool {
 			}
 		}
 	}
+	return ownedBySets(save, local)
+}
+
+// vsSets are the ipsets that name virtual servers off kube-ipvs0.
+var vsSets = []string{SetNodePortTCP, SetNodePortUDP, SetNodePortSCTP, SetExternalIP, SetExternalIPLocal, SetLoadBalancer}
+
+// ownedBySets is setVirtualServers' test over `ipset save` output and the
+// node's local addresses; nil when none of vsSets exists.
+func ownedBySets(save []byte, local map[netip.Addr]bool) func(s *ipvs.Service) bool {
+	want := map[string]bool{}
+	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		for _, n := range vsSets {
+			want[SetName(n, fam)] = true
+		}
+	}
+	sets, err := parseSave(save, want)
+	if err != nil || len(sets) == 0 {
+		return nil
+	}
 	member := func(base string, fam v1.IPFamily, m string) bool {
 		ks := sets[SetName(base, fam)]
 		return ks != nil && ks.Members[m]
 	}
 	return func(s *ipvs.Service) bool {
 		addr, ok := netip.AddrFromSlice(s.Address)
-		if !ok || !local[addr.Unmap()] {
+		if !ok {
 			return false
 		}
 		addr = addr.Unmap()
 		fam := watch.FamilyOf(addr)
 		proto, ok := protoFromNumber(s.Protocol)
+		if !ok {
+			return false
+		}
+		e := ipPortEntry(addr, proto, int32(s.Port))
+		if member(SetExternalIP, fam, e) || member(SetExternalIPLocal, fam, e) || member(SetLoadBalancer, fam, e) {
+			return true
+		}
 		switch {
-		case !ok:
+		case !local[addr]:
 			return false
 		case proto == v1.ProtocolTCP:
 			return member(SetNodePortTCP, fam, portEntry(int32(s.Port)))
 		case proto == v1.ProtocolUDP:
 			return member(SetNodePortUDP, fam, portEntry(int32(s.Port)))
 		}
-		return member(SetNodePortSCTP, fam, ipPortEntry(addr, proto, int32(s.Port)))
+		return member(SetNodePortSCTP, fam, e)
 	}
 }
 
-func removeVirtualServers(owned map[string]bool, nodePort func(*ipvs.Service) bool) error {
-	if len(owned) == 0 && nodePort == nil {
+func removeVirtualServers(owned map[string]bool, bySets func(*ipvs.Service) bool) error {
+	if len(owned) == 0 && bySets == nil {
 		return nil
 	}
 	h, err := ipvs.New("")
@@ -152,7 +172,7 @@ func removeVirtualServers(owned map[string]bool, nodePort func(*ipvs.Service) bo
 	}
 	var errs []error
 	for _, s := range services {
-		if s.Address == nil || s.FWMark != 0 || !(owned[s.Address.String()] || (nodePort != nil && nodePort(s))) {
+		if s.Address == nil || s.FWMark != 0 || !(owned[s.Address.String()] || (bySets != nil && bySets(s))) {
 			continue
 		}
 		if err := h.DelService(s); err != nil {

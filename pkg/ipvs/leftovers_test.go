@@ -1,11 +1,15 @@
 package ipvs
 
 import (
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
+	"github.com/moby/ipvs"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 
 	"svcproxy.dev/svcproxy/e2e/nsutil"
@@ -63,5 +67,55 @@ COMMIT
 	rules := run("iptables-nft-save", "-t", "filter")
 	if strings.Contains(rules, "KUBE-IPVS-FILTER") || !strings.Contains(rules, "-A INPUT -j OTHER") {
 		t.Errorf("filter table after clean-up:\n%s", rules)
+	}
+}
+
+// TestOwnedBySets: the virtual servers off kube-ipvs0 that IPVS mode made
+// are found through its ipsets (NodePorts on local addresses; external and
+// LB IPs the node already had, on any address), and nothing else is.
+func TestOwnedBySets(t *testing.T) {
+	save := []byte(`create FOREIGN-PORTS bitmap:port range 30000-32767
+add FOREIGN-PORTS 30500
+create KUBE-NODE-PORT-TCP bitmap:port range 0-65535
+add KUBE-NODE-PORT-TCP 30081
+create KUBE-NODE-PORT-UDP bitmap:port range 0-65535
+add KUBE-NODE-PORT-UDP 30053
+create KUBE-EXTERNAL-IP-LOCAL hash:ip,port family inet hashsize 1024 maxelem 65536
+add KUBE-EXTERNAL-IP-LOCAL 192.168.0.2,tcp:8080
+create KUBE-LOAD-BALANCER hash:ip,port family inet hashsize 1024 maxelem 65536
+add KUBE-LOAD-BALANCER 192.168.0.3,udp:53
+create KUBE-6-EXTERNAL-IP hash:ip,port family inet6 hashsize 1024 maxelem 65536
+add KUBE-6-EXTERNAL-IP fd00::2,tcp:80
+`)
+	local := map[netip.Addr]bool{netip.MustParseAddr("192.168.0.2"): true, netip.MustParseAddr("192.168.0.3"): true, netip.MustParseAddr("fd00::2"): true}
+	owned := ownedBySets(save, local)
+	if owned == nil {
+		t.Fatal("no test for the sets")
+	}
+	for _, tc := range []struct {
+		proto uint16
+		addr  string
+		port  uint16
+		want  bool
+	}{
+		{unix.IPPROTO_TCP, "192.168.0.2", 30081, true},  // NodePort on a node IP
+		{unix.IPPROTO_UDP, "192.168.0.3", 30053, true},  // UDP NodePort
+		{unix.IPPROTO_TCP, "192.168.0.2", 8080, true},   // external IP the node had
+		{unix.IPPROTO_UDP, "192.168.0.3", 53, true},     // LB IP the node had
+		{unix.IPPROTO_TCP, "fd00::2", 80, true},         // IPv6 external IP
+		{unix.IPPROTO_TCP, "10.9.9.9", 30081, false},    // NodePort port, not a local address
+		{unix.IPPROTO_UDP, "192.168.0.2", 30081, false}, // TCP NodePort, UDP virtual server
+		{unix.IPPROTO_TCP, "192.168.0.2", 8443, false},  // someone else's port
+		{unix.IPPROTO_TCP, "192.168.0.2", 30500, false}, // in a foreign set only
+		{unix.IPPROTO_UDP, "192.168.0.2", 8080, false},  // external IP's port, other protocol
+		{unix.IPPROTO_TCP, "192.168.0.3", 8080, false},  // external IP's port, other address
+	} {
+		s := &ipvs.Service{Protocol: tc.proto, Address: net.ParseIP(tc.addr), Port: tc.port, AddressFamily: unix.AF_INET}
+		if got := owned(s); got != tc.want {
+			t.Errorf("%d %s:%d: owned %v, want %v", tc.proto, tc.addr, tc.port, got, tc.want)
+		}
+	}
+	if ownedBySets([]byte("create FOREIGN-SET hash:ip family inet\n"), local) != nil {
+		t.Error("a test without any of our sets")
 	}
 }
