@@ -322,3 +322,20 @@ func TestNoLocalEndpointsCounted(t *testing.T) {
 		t.Fatalf("no-local counts internal %d, external %d; want 2 and 2", in, ex)
 	}
 }
+
+// size predicts Bytes' length exactly, so rendering never regrows.
+func TestPayloadSize(t *testing.T) {
+	c := newCluster(t, 30)
+	rs := Plan(c.tr.Snapshot(), defaultOpts())
+	p := prelude(rs, nil)
+	for _, svc := range rs.ServiceKeys() {
+		for k, rules := range rs.Services[svc].Chains {
+			p.declare(k)
+			p.appendRules(k, rules)
+		}
+	}
+	p.table(TableNAT).del = append(p.table(TableNAT).del, "-D KUBE-SERVICES -j X")
+	if got, want := len(p.Bytes()), p.size(); got != want {
+		t.Fatalf("Bytes wrote %d bytes, size said %d", got, want)
+	}
+}

@@ -144,6 +144,16 @@ func (r *Ruleset) Chain(key ChainKey) ([]string, bool) {
 	return append(rules, base...), found
 }
 
+// Has reports whether the ruleset defines chain k.
+func (r *Ruleset) Has(k ChainKey) bool {
+	r.index()
+	if _, ok := r.owners[k]; ok {
+		return true
+	}
+	_, ok := r.Base[k]
+	return ok
+}
+
 // ChainKeys returns every chain the ruleset defines, sorted by table and name.
 func (r *Ruleset) ChainKeys() []ChainKey {
 	set := map[ChainKey]bool{}

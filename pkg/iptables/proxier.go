@@ -133,7 +133,7 @@ func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
 		return SyncResult{}, err
 	}
 	res := SyncResult{Full: true, Ruleset: rs, Written: map[string]int{}}
-	for _, payload := range FullPayloads(rs, existing, p.batchLines) {
+	for payload := range FullPayloadSeq(rs, existing, p.batchLines) {
 		if err := p.kernel.Restore(payload); err != nil {
 			return res, err
 		}

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"bytes"
+	"iter"
 	"maps"
 	"slices"
 )
@@ -25,8 +26,14 @@ type payload struct {
 }
 
 type tableLines struct {
-	decl, del, add, ins, remove []string
+	decl, del, ins, remove []string
+	// add holds the rules of rewritten chains unjoined: a full sync writes
+	// every rule once, and joining each into its own "-A CHAIN rule"
+	// string first would double the garbage of the largest write.
+	add []chainRule
 }
+
+type chainRule struct{ chain, rule string }
 
 func newPayload() *payload { return &payload{tables: map[string]*tableLines{}} }
 
@@ -48,7 +55,7 @@ func (p *payload) declare(k ChainKey) {
 func (p *payload) appendRules(k ChainKey, rules []string) {
 	t := p.table(k.Table)
 	for _, r := range rules {
-		t.add = append(t.add, "-A "+k.Name+" "+r)
+		t.add = append(t.add, chainRule{k.Name, r})
 	}
 }
 
@@ -64,18 +71,49 @@ func (p *payload) empty() bool {
 // Bytes renders the payload; tables in a fixed order, each with COMMIT.
 func (p *payload) Bytes() []byte {
 	var buf bytes.Buffer
+	buf.Grow(p.size())
 	for _, name := range slices.Sorted(maps.Keys(p.tables)) {
 		t := p.tables[name]
 		buf.WriteString("*" + name + "\n")
-		for _, group := range [][]string{t.decl, t.del, t.add, t.ins, t.remove} {
-			for _, l := range group {
-				buf.WriteString(l)
-				buf.WriteByte('\n')
-			}
+		writeLines(&buf, t.decl, t.del)
+		for _, a := range t.add {
+			buf.WriteString("-A ")
+			buf.WriteString(a.chain)
+			buf.WriteByte(' ')
+			buf.WriteString(a.rule)
+			buf.WriteByte('\n')
 		}
+		writeLines(&buf, t.ins, t.remove)
 		buf.WriteString("COMMIT\n")
 	}
 	return buf.Bytes()
+}
+
+func writeLines(buf *bytes.Buffer, groups ...[]string) {
+	for _, group := range groups {
+		for _, l := range group {
+			buf.WriteString(l)
+			buf.WriteByte('\n')
+		}
+	}
+}
+
+// size is the length of Bytes' output, so it is written into one
+// allocation.
+func (p *payload) size() int {
+	n := 0
+	for name, t := range p.tables {
+		n += len(name) + len("*\nCOMMIT\n")
+		for _, group := range [][]string{t.decl, t.del, t.ins, t.remove} {
+			for _, l := range group {
+				n += len(l) + 1
+			}
+		}
+		for _, a := range t.add {
+			n += len("-A  \n") + len(a.chain) + len(a.rule)
+		}
+	}
+	return n
 }
 
 // FullPayloads returns the restore payloads that make the kernel hold
@@ -86,25 +124,37 @@ func (p *payload) Bytes() []byte {
 // payload is atomic) before the shared chains switch over, so a restart
 // with rules in place never leaves a Service unreachable.
 func FullPayloads(rs *Ruleset, existing map[ChainKey]bool, batchLines int) [][]byte {
-	var out [][]byte
-	out = append(out, prelude(rs, existing).Bytes())
-	batch, lines := newPayload(), 0
-	for _, svc := range rs.ServiceKeys() {
-		sr := rs.Services[svc]
-		for _, k := range sortedKeys(sr.Chains) {
-			batch.declare(k)
-			batch.appendRules(k, sr.Chains[k])
-			lines += 1 + len(sr.Chains[k])
+	return slices.Collect(FullPayloadSeq(rs, existing, batchLines))
+}
+
+// FullPayloadSeq yields FullPayloads' payloads one at a time, each built
+// only when the previous one has been written: at 5,000 Services the whole
+// set is 17 MB, which a sync need not hold at once.
+func FullPayloadSeq(rs *Ruleset, existing map[ChainKey]bool, batchLines int) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		if !yield(prelude(rs, existing).Bytes()) {
+			return
 		}
-		if lines >= batchLines {
-			out = append(out, batch.Bytes())
-			batch, lines = newPayload(), 0
+		batch, lines := newPayload(), 0
+		for _, svc := range rs.ServiceKeys() {
+			sr := rs.Services[svc]
+			for _, k := range sortedKeys(sr.Chains) {
+				batch.declare(k)
+				batch.appendRules(k, sr.Chains[k])
+				lines += 1 + len(sr.Chains[k])
+			}
+			if lines >= batchLines {
+				if !yield(batch.Bytes()) {
+					return
+				}
+				batch, lines = newPayload(), 0
+			}
 		}
+		if !batch.empty() && !yield(batch.Bytes()) {
+			return
+		}
+		yield(switchover(rs, existing).Bytes())
 	}
-	if !batch.empty() {
-		out = append(out, batch.Bytes())
-	}
-	return append(out, switchover(rs, existing).Bytes())
 }
 
 // prelude writes the fixed chains and creates missing shared chains (empty),
@@ -138,12 +188,8 @@ func switchover(rs *Ruleset, existing map[ChainKey]bool) *payload {
 			p.appendRules(k, rules)
 		}
 	}
-	want := map[ChainKey]bool{}
-	for _, k := range rs.ChainKeys() {
-		want[k] = true
-	}
 	for _, k := range slices.SortedFunc(maps.Keys(existing), compareKeys) {
-		if !want[k] && IsServiceChain(k.Name) {
+		if IsServiceChain(k.Name) && !rs.Has(k) {
 			p.declare(k)
 			p.table(k.Table).remove = append(p.table(k.Table).remove, "-X "+k.Name)
 		}
