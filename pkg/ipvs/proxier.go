@@ -68,8 +68,10 @@ func NewProxier(k Kernel, ipt iptables.Interface, iptOpts iptables.PlanOptions, 
 type Result struct {
 	Full         bool
 	PayloadBytes int
-	Rules        *iptables.Ruleset
-	State        *State
+	// Written counts the helper iptables rules this sync wrote, per table.
+	Written map[string]int
+	Rules   *iptables.Ruleset
+	State   *State
 }
 
 // sysctls IPVS mode needs, per network namespace (kube-proxy's).
@@ -192,7 +194,7 @@ func (p *Proxier) Sync(snap *watch.Snapshot) (Result, error) {
 	if err := p.applier.Reap(); err != nil {
 		klog.ErrorS(err, "Deleting drained IPVS real servers")
 	}
-	return Result{Full: full || res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Ruleset, State: state}, nil
+	return Result{Full: full || res.Full, PayloadBytes: res.PayloadBytes, Written: res.Written, Rules: res.Ruleset, State: state}, nil
 }
 
 // Reap deletes drained real servers; the proxy calls it every few seconds
