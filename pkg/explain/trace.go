@@ -147,7 +147,7 @@ func KernelRuleset(k Kernel, fam v1.IPFamily) *iptables.Ruleset {
 			}
 			for _, r := range t.Rules[name] {
 				if ours(ruleTarget(r)) {
-					rs.Jumps = append(rs.Jumps, iptables.Jump{Table: table, Chain: name, Rule: tokenize(r)})
+					rs.Jumps = append(rs.Jumps, iptables.Jump{Table: table, Chain: name, Rule: iptables.Tokenize(r)})
 				}
 			}
 		}

@@ -213,7 +213,7 @@ type cond struct {
 
 // parseRule reads the match and target options kube-proxy-style rules use.
 func parseRule(text string) rule {
-	toks := tokenize(text)
+	toks := Tokenize(text)
 	var r rule
 	neg := false
 	for i := 0; i < len(toks); i++ {
@@ -260,30 +260,6 @@ func parseRule(text string) rule {
 		neg = false
 	}
 	return r
-}
-
-// tokenize splits a rule on spaces, keeping quoted comments whole.
-func tokenize(s string) []string {
-	var toks []string
-	var cur strings.Builder
-	quoted := false
-	for _, c := range s {
-		switch {
-		case c == '"':
-			quoted = !quoted
-		case c == ' ' && !quoted:
-			if cur.Len() > 0 {
-				toks = append(toks, cur.String())
-				cur.Reset()
-			}
-		default:
-			cur.WriteRune(c)
-		}
-	}
-	if cur.Len() > 0 {
-		toks = append(toks, cur.String())
-	}
-	return toks
 }
 
 // matchProbability returns 0 when the rule does not match, 1 when it does,

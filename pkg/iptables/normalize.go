@@ -1,4 +1,4 @@
-package explain
+package iptables
 
 import (
 	"fmt"
@@ -26,7 +26,7 @@ import (
 //     --reject-with icmp[6]-port-unreachable, recent --mask all-ones and
 //     --rsource), and so is "-m tcp|udp|sctp" next to the same -p.
 func Normalize(rule string) string {
-	toks := tokenize(rule)
+	toks := Tokenize(rule)
 	var modules, opts, targetOpts []string
 	target := ""
 	proto := ""
@@ -270,9 +270,9 @@ func allOnes(a netip.Addr) bool {
 	return true
 }
 
-// tokenize splits a rule on spaces, keeping double-quoted strings (with
+// Tokenize splits a rule on spaces, keeping double-quoted strings (with
 // backslash escapes, as iptables-save writes them) as one token.
-func tokenize(s string) []string {
+func Tokenize(s string) []string {
 	var toks []string
 	var cur strings.Builder
 	quoted, escaped, inTok := false, false, false
@@ -301,39 +301,4 @@ func tokenize(s string) []string {
 		toks = append(toks, cur.String())
 	}
 	return toks
-}
-
-// quoteArgs joins rule arguments as iptables-restore reads them, quoting
-// the ones with spaces.
-func quoteArgs(args []string) string {
-	out := make([]string, len(args))
-	for i, a := range args {
-		if a == "" || strings.ContainsAny(a, " \t\"") {
-			a = strconv.Quote(a)
-		}
-		out[i] = a
-	}
-	return strings.Join(out, " ")
-}
-
-// ruleTarget returns a rule's -j target.
-func ruleTarget(rule string) string {
-	toks := tokenize(rule)
-	for i, t := range toks {
-		if (t == "-j" || t == "--jump") && i+1 < len(toks) {
-			return toks[i+1]
-		}
-	}
-	return ""
-}
-
-// ruleComment returns a rule's comment, without quotes.
-func ruleComment(rule string) string {
-	toks := tokenize(rule)
-	for i, t := range toks {
-		if t == "--comment" && i+1 < len(toks) {
-			return toks[i+1]
-		}
-	}
-	return ""
 }
