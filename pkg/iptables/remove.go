@@ -86,8 +86,8 @@ const ChainKubeletCanary = "KUBE-KUBELET-CANARY"
 // that belongs to kubelet as much as to us: KUBE-FIREWALL where kubelet
 // runs. Neither clean-up nor a full sync that no longer needs the chain
 // may delete it then.
-func kubeletOwns(counts map[string]int, name string) bool {
-	_, kubelet := counts[ChainKubeletCanary]
+func kubeletOwns[V any](chains map[string]V, name string) bool {
+	_, kubelet := chains[ChainKubeletCanary]
 	return kubelet && name == ChainFirewall
 }
 

@@ -124,13 +124,16 @@ func (p *payload) size() int {
 // payload is atomic) before the shared chains switch over, so a restart
 // with rules in place never leaves a Service unreachable.
 func FullPayloads(rs *Ruleset, existing map[ChainKey]bool, batchLines int) [][]byte {
-	return slices.Collect(FullPayloadSeq(rs, existing, batchLines))
+	return slices.Collect(FullPayloadSeq(rs, existing, nil, batchLines))
 }
 
 // FullPayloadSeq yields FullPayloads' payloads one at a time, each built
 // only when the previous one has been written: at 5,000 Services the whole
 // set is 17 MB, which a sync need not hold at once.
-func FullPayloadSeq(rs *Ruleset, existing map[ChainKey]bool, batchLines int) iter.Seq[[]byte] {
+//
+// Service chains in inPlace, which the kernel already holds as planned,
+// are not written.
+func FullPayloadSeq(rs *Ruleset, existing, inPlace map[ChainKey]bool, batchLines int) iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
 		if !yield(prelude(rs, existing).Bytes()) {
 			return
@@ -139,6 +142,9 @@ func FullPayloadSeq(rs *Ruleset, existing map[ChainKey]bool, batchLines int) ite
 		for _, svc := range rs.ServiceKeys() {
 			sr := rs.Services[svc]
 			for _, k := range sortedKeys(sr.Chains) {
+				if inPlace[k] {
+					continue
+				}
 				batch.declare(k)
 				batch.appendRules(k, sr.Chains[k])
 				lines += 1 + len(sr.Chains[k])
