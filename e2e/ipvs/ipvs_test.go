@@ -101,10 +101,12 @@ func runGuest(t *testing.T, guestTest string, env ...string) (share string) {
 	}
 	copyFile(t, self, filepath.Join(share, "ipvs.test"), 0o755)
 	copyFile(t, cp.KubeconfigPath, filepath.Join(share, "kubeconfig"), 0o644)
-	if strings.HasPrefix(proxy, "/tmp/") {
-		copyFile(t, proxy, filepath.Join(share, "proxy"), 0o755)
-		proxy = filepath.Join(share, "proxy")
-	}
+	// A copy, not the repository's binary: the guest's view of the host's
+	// / is cached, and a rebuild of bin/proxy on the host during the run
+	// would leave the guest exec-ing a mix of old and new pages (seen:
+	// "invalid pc-encoded table" crashes).
+	copyFile(t, proxy, filepath.Join(share, "proxy"), 0o755)
+	proxy = filepath.Join(share, "proxy")
 	res, err := vm.Run(ctx, vm.RunOptions{
 		Command:    []string{"./ipvs.test", "-test.run", "^" + guestTest + "$", "-test.v", "-test.count=1"},
 		Env:        append([]string{"KUBECONFIG=" + filepath.Join(share, "kubeconfig"), "SVCPROXY_PROXY=" + proxy, "SERVICE_CIDRS=" + strings.Join(cp.ServiceCIDRs, ",")}, env...),
@@ -388,36 +390,81 @@ func (g *guest) waitFor(what string, timeout time.Duration, ok func() bool) time
 }
 
 // drift removes pieces by hand and expects each back within syncPeriod
-// (the daemon checks once per syncPeriod, so allow two, plus emulation).
+// (the daemon checks once per syncPeriod, so allow two, plus emulation),
+// counted once in kubeproxy_sync_proxy_rules_drift_repairs_total with the
+// piece's reason and logged once ("drifted"), not on every later check.
 func (g *guest) drift(t *testing.T) {
 	within := 3*syncPeriod + 5*time.Second
+	natServices := func() string {
+		out, _ := nsutil.Exec(g.node, "iptables", "-t", "nat", "-S", "KUBE-SERVICES").CombinedOutput()
+		return string(out)
+	}
+	baseServices := natServices()
+	if !strings.Contains(baseServices, "-A KUBE-SERVICES ") {
+		t.Fatalf("nat KUBE-SERVICES has no rules:\n%s", baseServices)
+	}
+	var summary []string
 	for _, tc := range []struct {
-		name   string
-		break_ func()
-		back   func() bool
+		name, reason string
+		break_       func()
+		back         func() bool
 	}{
-		{"virtual server", func() { g.run("ipvsadm", "-D", "-t", clusterIP+":80") },
+		{"virtual server", "ipvs", func() { g.run("ipvsadm", "-D", "-t", clusterIP+":80") },
 			func() bool { return strings.Contains(g.ipvsadm(), "10.180.2.1:80") }},
-		{"real server", func() { g.run("ipvsadm", "-d", "-t", clusterIP+":80", "-r", "10.180.2.1:80") },
+		{"real server", "realserver", func() { g.run("ipvsadm", "-d", "-t", clusterIP+":80", "-r", "10.180.2.1:80") },
 			func() bool { return strings.Contains(g.ipvsadm(), "10.180.2.1:80") }},
-		{"kube-ipvs0 address", func() { g.run("ip", "addr", "del", clusterIP+"/32", "dev", "kube-ipvs0") },
+		{"kube-ipvs0 address", "address", func() { g.run("ip", "addr", "del", clusterIP+"/32", "dev", "kube-ipvs0") },
 			func() bool {
 				out, _ := nsutil.Exec(g.node, "ip", "-4", "-o", "addr", "show", "dev", "kube-ipvs0").CombinedOutput()
 				return strings.Contains(string(out), clusterIP+"/32")
 			}},
-		{"ipset members", func() { g.run("ipset", "flush", "KUBE-CLUSTER-IP") },
+		{"ipset members", "ipset", func() { g.run("ipset", "flush", "KUBE-CLUSTER-IP") },
 			func() bool {
 				out, _ := nsutil.Exec(g.node, "ipset", "list", "KUBE-CLUSTER-IP").CombinedOutput()
 				return strings.Contains(string(out), clusterIP+",tcp:80")
 			}},
+		{"nat KUBE-SERVICES rules", "iptables-rules", func() { g.run("iptables", "-t", "nat", "-F", "KUBE-SERVICES") },
+			func() bool { return natServices() == baseServices }},
 	} {
+		m0, err := g.scrape()
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs0 := len(g.logLines("drifted"))
+		syncs0 := len(g.logLines("Synced"))
+		broken := time.Now()
 		tc.break_()
-		g.waitFor(tc.name+" back", within, tc.back)
+		took := g.waitFor(tc.name+" back", within, tc.back)
+		// Let another drift check pass: the incident is counted and
+		// logged once, not on every check.
+		time.Sleep(syncPeriod + time.Second)
+		m1, err := g.scrape()
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := metricSum(m1, mDriftRe, ipv4) - metricSum(m0, mDriftRe, ipv4)
+		byReason := metricSum(m1, mDriftRe, ipv4, `reason="`+tc.reason+`"`) - metricSum(m0, mDriftRe, ipv4, `reason="`+tc.reason+`"`)
+		lines := g.logLines("drifted")[logs0:]
+		t.Logf("%s: back after %v; drift repairs +%v (reason %s +%v); %d log line(s): %s",
+			tc.name, ms(took), all, tc.reason, byReason, len(lines), strings.Join(lines, " | "))
+		if took > syncPeriod+time.Second {
+			// Slower than one period: show the syncs between (a long
+			// sync delays the next check).
+			t.Logf("%s: broken at %s; the proxy's syncs since:\n%s", tc.name, broken.Format("15:04:05.000"), strings.Join(g.logLines("Synced")[syncs0:], "\n"))
+		}
+		if all != 1 || byReason != 1 {
+			t.Errorf("%s: drift repairs grew by %v (reason %q by %v), want 1", tc.name, all, tc.reason, byReason)
+		}
+		if len(lines) != 1 {
+			t.Errorf("%s: %d \"drifted\" log lines, want 1", tc.name, len(lines))
+		}
 		// Traffic flows again.
 		if got := dial(t, g.topo.Pod(netip.MustParseAddr("10.0.0.2")).Netns); got == "" {
 			t.Errorf("after repairing the %s: no answer through %s", tc.name, clusterIP)
 		}
+		summary = append(summary, fmt.Sprintf("%s back in %v (+%v %s, %d line)", tc.name, ms(took), byReason, tc.reason, len(lines)))
 	}
+	t.Logf("RESULT drift repaired (syncPeriod %v): %s", syncPeriod, strings.Join(summary, "; "))
 }
 
 // graceful keeps a connection open through a real server whose endpoint is
