@@ -270,7 +270,11 @@ func gatherExplain(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, ma
 		svcs = []*v1.Service{in.Service}
 	}
 	in.Snapshot = explain.DaemonSnapshot(st.nodeName, st.node, svcs, in.Slices)
-	large, err := largeClusterFamilies(ctx, st.client)
+	var fams []v1.IPFamily
+	for _, f := range in.Families {
+		fams = append(fams, f.Family)
+	}
+	large, err := largeClusterFamilies(ctx, st.client, fams)
 	if err != nil {
 		return nil, err
 	}
@@ -289,9 +293,23 @@ func gatherExplain(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, ma
 // plans one Service, and must plan it as the daemon planned the whole
 // cluster. It pages through the slices the daemon watches and stops as
 // soon as the answer is known, so a large cluster costs a page or two.
-func largeClusterFamilies(ctx context.Context, client kubernetes.Interface) (map[v1.IPFamily]bool, error) {
+func largeClusterFamilies(ctx context.Context, client kubernetes.Interface, families []v1.IPFamily) (map[v1.IPFamily]bool, error) {
 	counts := map[v1.IPFamily]int{}
-	large := func(f v1.IPFamily) bool { return counts[f] > iptables.LargeClusterEndpoints }
+	large := func() map[v1.IPFamily]bool {
+		out := map[v1.IPFamily]bool{}
+		for _, f := range families {
+			out[f] = counts[f] > iptables.LargeClusterEndpoints
+		}
+		return out
+	}
+	allLarge := func() bool {
+		for _, l := range large() {
+			if !l {
+				return false
+			}
+		}
+		return true
+	}
 	opts := metav1.ListOptions{LabelSelector: explain.DaemonSelector, Limit: 500}
 	for {
 		list, err := client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, opts)
@@ -302,8 +320,8 @@ func largeClusterFamilies(ctx context.Context, client kubernetes.Interface) (map
 			// The daemon counts an endpoint once per Service port.
 			counts[v1.IPFamily(s.AddressType)] += len(s.Endpoints) * max(1, len(s.Ports))
 		}
-		if list.Continue == "" || (large(v1.IPv4Protocol) && large(v1.IPv6Protocol)) {
-			return map[v1.IPFamily]bool{v1.IPv4Protocol: large(v1.IPv4Protocol), v1.IPv6Protocol: large(v1.IPv6Protocol)}, nil
+		if list.Continue == "" || allLarge() {
+			return large(), nil
 		}
 		opts.Continue = list.Continue
 	}

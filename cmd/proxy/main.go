@@ -60,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	defer klog.Flush()
 
+	// Caught from here on: SIGHUP's default action would end the process.
+	src := newConfigSource(f, fs)
 	cfg, err := f.configuration(fs)
 	if err != nil {
 		fmt.Fprintln(stderr, "error:", err)
@@ -74,7 +76,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	src := newConfigSource(f, fs)
 	src.setVerbosity(cfg)
 	if err := serve(ctx, cfg, f, src); err != nil {
 		klog.ErrorS(err, "Proxy stopped")

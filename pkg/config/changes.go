@@ -44,7 +44,15 @@ var liveFields = []string{
 	"conntrack.",
 }
 
+// restartFields are exceptions under a live prefix: tcpBeLiberal also
+// decides whether KUBE-FORWARD drops INVALID packets, a planner input fixed
+// at start-up.
+var restartFields = []string{"conntrack.tcpBeLiberal"}
+
 func isLive(path string) bool {
+	if slices.Contains(restartFields, path) {
+		return false
+	}
 	for _, f := range liveFields {
 		if path == f || (strings.HasSuffix(f, ".") && strings.HasPrefix(path, f)) {
 			return true
@@ -156,6 +164,8 @@ func WithLive(running, next *v1alpha1.KubeProxyConfiguration) *v1alpha1.KubeProx
 	out.IPVS.SyncPeriod = next.IPVS.SyncPeriod
 	out.IPVS.MinSyncPeriod = next.IPVS.MinSyncPeriod
 	out.Logging.Verbosity = next.Logging.Verbosity
+	liberal := out.Conntrack.TCPBeLiberal
 	next.Conntrack.DeepCopyInto(&out.Conntrack)
+	out.Conntrack.TCPBeLiberal = liberal
 	return out
 }

@@ -80,7 +80,7 @@ func TestWithLive(t *testing.T) {
 	next.IPVS.SyncPeriod = metav1.Duration{Duration: 6 * time.Second}
 	next.IPVS.MinSyncPeriod = metav1.Duration{Duration: 3 * time.Second}
 	next.Logging.Verbosity = 3
-	next.Conntrack.TCPBeLiberal = true
+	next.Conntrack.TCPBeLiberal = true // a planner input: needs a restart
 	next.Conntrack.UDPStreamTimeout = metav1.Duration{Duration: time.Minute}
 	merged := WithLive(running, next)
 	left, err := Changes(merged, next)
@@ -94,8 +94,8 @@ func TestWithLive(t *testing.T) {
 		}
 		paths = append(paths, c.Path)
 	}
-	if len(paths) != 2 || paths[0] != "clusterCIDR" || paths[1] != "mode" {
-		t.Errorf("left after WithLive: %v, want clusterCIDR and mode", paths)
+	if len(paths) != 3 || paths[0] != "clusterCIDR" || paths[1] != "conntrack.tcpBeLiberal" || paths[2] != "mode" {
+		t.Errorf("left after WithLive: %v, want clusterCIDR, conntrack.tcpBeLiberal and mode", paths)
 	}
 	if running.IPTables.SyncPeriod.Duration == 5*time.Second {
 		t.Error("WithLive changed its input")

@@ -85,3 +85,69 @@ func TestVerifyAfterForceFull(t *testing.T) {
 		t.Fatalf("Verify = %+v, %v; want nothing while a full sync is due", d, err)
 	}
 }
+
+// restoreHook is a Fake that runs a function right after a restore lands
+// in it, before Restore returns: the moment the kernel holds a delta the
+// Proxier has not recorded as applied yet.
+type restoreHook struct {
+	*Fake
+	after func()
+}
+
+func (h *restoreHook) Restore(p []byte) error {
+	err := h.Fake.Restore(p)
+	if h.after != nil {
+		f := h.after
+		h.after = nil
+		f()
+	}
+	return err
+}
+
+// A Verify that reads the kernel between a delta's commit and the
+// Proxier's bookkeeping must not call the delta drift.
+func TestVerifyBetweenCommitAndBookkeeping(t *testing.T) {
+	c := newCluster(t, 3)
+	k := &restoreHook{Fake: NewFake()}
+	p := NewProxier(k, defaultOpts())
+	converge(t, p, k.Fake, c.tr.Snapshot())
+	var drift *Drift
+	k.after = func() {
+		var err error
+		if drift, err = p.Verify(); err != nil {
+			t.Error(err)
+		}
+	}
+	c.setService(1, 4, 0) // KUBE-SVC rule count changes
+	if res := converge(t, p, k.Fake, c.tr.Snapshot()); res.Full {
+		t.Fatal("the change should be a delta")
+	}
+	if k.after != nil {
+		t.Fatal("the hook did not run")
+	}
+	if drift != nil {
+		t.Fatalf("Verify during the restore reported %+v", drift)
+	}
+}
+
+// A read so slow that more than maxVersions syncs pass gives up instead of
+// holding every ruleset (and reports nothing, even if something drifted).
+func TestVerifyGivesUpPastMaxVersions(t *testing.T) {
+	c := newCluster(t, 3)
+	k := &saveHook{Fake: NewFake()}
+	p := NewProxier(k, defaultOpts())
+	converge(t, p, k.Fake, c.tr.Snapshot())
+	k.before = func() {
+		for i := range maxVersions + 1 {
+			c.setService(1, 2+i%5, i)
+			converge(t, p, k.Fake, c.tr.Snapshot())
+		}
+		if len(p.versions) != 0 || !p.lost {
+			t.Errorf("after %d syncs Verify still holds %d versions (lost %v)", maxVersions+1, len(p.versions), p.lost)
+		}
+		k.Fake.Flush(TableNAT, ChainServices)
+	}
+	if d, err := p.Verify(); d != nil || err != nil {
+		t.Fatalf("Verify = %+v, %v; want it to give up", d, err)
+	}
+}

@@ -13,8 +13,8 @@ type RunnerOptions struct {
 	// MinInterval is the least time between two syncs (minSyncPeriod):
 	// changes arriving faster than that are coalesced into one sync.
 	MinInterval time.Duration
-	// MaxInterval is the most time between two syncs (syncPeriod): the
-	// backend then checks the kernel for drift even when nothing changed.
+	// MaxInterval is the most time between two syncs (syncPeriod), so a
+	// sync runs periodically even when nothing changed.
 	MaxInterval time.Duration
 	// Burst is how many syncs may run back to back after a quiet spell
 	// before MinInterval spaces them (a token bucket, as kube-proxy's
