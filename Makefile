@@ -40,6 +40,10 @@ build:
 # network namespaces), then the acceptance examples with real packets.
 test: deps tools vm build lint unit acceptance-examples e2e-ipvs
 
+# Under `make test` the VM is prepared, so a VM test that cannot boot it
+# fails instead of skipping quietly.
+test: export SVCPROXY_VM := 1
+
 unit:
 	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 -timeout 30m ./...
 
