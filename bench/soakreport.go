@@ -213,7 +213,7 @@ func verdicts(rep *SoakReport, sum *SoakSummary) []Verdict {
 		add(false, mCrit, "not measured")
 	} else {
 		limit := f.RSSMiB * (1 + soakRSSSlackPct)
-		add(l.RSSMiB <= limit, mCrit, "first %.1f MiB, last %.1f MiB (limit %.1f); slope %+.2f MiB/min. For reading, not judged: Go heap in use first %.1f, last %.1f MiB (%+.2f MiB/min); GC goal (about 2x the live heap) first %s, last %s MiB (%+.2f MiB/min)",
+		add(l.RSSMiB <= limit, mCrit, "first %.1f MiB, last %.1f MiB (limit %.1f); slope %+.2f MiB/min. For reading, not judged: Go heap in use first %.1f, last %.1f MiB (%+.2f MiB/min); GC goal (heap size that starts the next collection) first %s, last %s MiB (%+.2f MiB/min)",
 			f.RSSMiB, l.RSSMiB, limit, sum.RSSMiBPerMin, f.HeapMiB, l.HeapMiB, sum.HeapMiBPerMin, numOrDash(f.GCGoalMiB, "%.1f"), numOrDash(l.GCGoalMiB, "%.1f"), sum.GCGoalMiBPerMin)
 	}
 	latWhat := fmt.Sprintf("%d fresh Services during the churn, API write -> first TCP connection", sum.LatSamples+sum.LatFailed)
