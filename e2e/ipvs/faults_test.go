@@ -89,29 +89,8 @@ func TestIPVSFaults(t *testing.T) {
 // and runs TestGuestIPVSFaults there. It returns the guest's output.
 func runFaultsGuest(t *testing.T) string {
 	t.Helper()
-	if inGuest() {
-		t.Skip("inside the guest")
-	}
-	err := vm.Available()
-	switch {
-	case os.Getenv("SVCPROXY_VM") == "0":
-		t.Skip("SVCPROXY_VM=0")
-	case err != nil && os.Getenv("SVCPROXY_VM") == "1":
-		t.Fatal(err)
-	case err != nil:
-		t.Skip(err)
-	case testing.Short() && os.Getenv("SVCPROXY_VM") != "1":
-		t.Skip("boots a QEMU guest; SVCPROXY_VM=1 runs it in -short mode")
-	}
 	proxy := proxyBin(t)
-	if _, err := os.Stat(proxy); err != nil {
-		t.Skipf("proxy binary: %v (make build)", err)
-	}
-	for _, b := range []string{"etcd", "kube-apiserver"} {
-		if _, err := os.Stat(filepath.Join(controlplane.DefaultBinDir(), b)); err != nil {
-			t.Skipf("%s missing: run e2e/build-tools.sh", b)
-		}
-	}
+	vm.RequireHost(t, proxy)
 	ctx, cancel := context.WithTimeout(context.Background(), 14*time.Minute)
 	defer cancel()
 	cp, err := controlplane.Start(ctx, controlplane.Options{})
