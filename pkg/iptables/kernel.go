@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 
 	goipt "github.com/coreos/go-iptables/iptables"
@@ -49,6 +50,8 @@ type Kernel struct {
 	family  v1.IPFamily
 	backend Backend
 	ipt     *goipt.IPTables
+	// saveSizes holds the byte size of each table's last Save.
+	saveSizes sync.Map
 }
 
 // NewKernel returns the kernel interface for family on backend.
@@ -100,13 +103,24 @@ func (k *Kernel) Restore(payload []byte) error {
 // Save implements Interface.
 func (k *Kernel) Save(table string) ([]byte, error) {
 	cmd := exec.Command(binary(k.family, k.backend, "save"), "-t", table)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
+	var stdout, stderr bytes.Buffer
+	stdout.Grow(k.saveHint(table))
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("%s -t %s: %w: %s", cmd.Path, table, err, strings.TrimSpace(stderr.String()))
 	}
-	return out, nil
+	k.saveSizes.Store(table, stdout.Len())
+	return stdout.Bytes(), nil
+}
+
+// saveHint sizes Save's buffer from the table's previous dump. Left to
+// grow by doubling, the buffer for a 16 MB nat table (5,000 Services)
+// passes through copies of up to twice that, which set the proxy's peak
+// memory during the periodic drift check.
+func (k *Kernel) saveHint(table string) int {
+	last, _ := k.saveSizes.Load(table)
+	n, _ := last.(int)
+	return n + n/16 + 64<<10
 }
 
 // EnsureJump implements Interface.

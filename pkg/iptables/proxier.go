@@ -1,13 +1,11 @@
 package iptables
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
@@ -184,7 +182,7 @@ func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
 // form). A full sync leaves them alone: after a restart, or a repair of
 // one drifted chain, it rewrites only what differs instead of every chain
 // of every Service (4 s instead of 22 at 5,000 Services).
-func inPlace(out map[ChainKey]bool, rs *Ruleset, table string, kernel map[string][]string) {
+func inPlace(out map[ChainKey]bool, rs *Ruleset, table string, kernel map[string][][]byte) {
 	for _, sr := range rs.Services {
 		for k, want := range sr.Chains {
 			if k.Table != table {
@@ -197,12 +195,12 @@ func inPlace(out map[ChainKey]bool, rs *Ruleset, table string, kernel map[string
 	}
 }
 
-func sameRules(got, want []string) bool {
+func sameRules(got [][]byte, want []string) bool {
 	if len(got) != len(want) {
 		return false
 	}
 	for i := range got {
-		if !RulesEqual(got[i], want[i]) {
+		if !RulesEqual(string(got[i]), want[i]) {
 			return false
 		}
 	}
@@ -300,7 +298,7 @@ func (p *Proxier) ourChains(rs *Ruleset) (kernelChains, error) {
 		chains := savedRules(save)
 		for name := range chains {
 			if (IsServiceChain(name) || isBaseChain(name)) && !kubeletOwns(chains, name) {
-				out.exist[ChainKey{table, strings.Clone(name)}] = true
+				out.exist[ChainKey{table, name}] = true
 			}
 		}
 		inPlace(out.inPlace, rs, table, chains)
@@ -310,22 +308,43 @@ func (p *Proxier) ourChains(rs *Ruleset) (kernelChains, error) {
 
 // savedRules splits iptables-save output into each chain's rules (the
 // text after "-A CHAIN "); declared chains without rules are present with
-// none. The rules share the memory of one copy of save.
-func savedRules(save []byte) map[string][]string {
-	out := map[string][]string{}
-	for line := range strings.Lines(string(save)) {
-		line = strings.TrimRight(line, "\n")
-		switch {
-		case strings.HasPrefix(line, ":"):
-			name, _, _ := strings.Cut(line[1:], " ")
-			if _, ok := out[name]; !ok {
-				out[name] = nil
+// none. The rules are views into save, not copies: at 5,000 Services the
+// nat table's text is 16 MB, and a copy would sit beside it during the
+// restart's first sync.
+func savedRules(save []byte) map[string][][]byte {
+	out := map[string][][]byte{}
+	// A chain's rules come together: collect each run and store it once
+	// (a map assignment with a []byte key copies the key).
+	var run []byte
+	var rules [][]byte
+	flush := func() {
+		if len(rules) > 0 {
+			if prev := out[string(run)]; len(prev) > 0 {
+				rules = append(slices.Clip(prev), rules...)
 			}
-		case strings.HasPrefix(line, "-A "):
-			name, rule, _ := strings.Cut(line[3:], " ")
-			out[name] = append(out[name], rule)
+			out[string(run)] = rules
+		}
+		run, rules = nil, nil
+	}
+	for len(save) > 0 {
+		var line []byte
+		line, save, _ = bytes.Cut(save, []byte{'\n'})
+		switch {
+		case len(line) > 1 && line[0] == ':':
+			name, _, _ := bytes.Cut(line[1:], []byte{' '})
+			if _, ok := out[string(name)]; !ok {
+				out[string(name)] = nil
+			}
+		case bytes.HasPrefix(line, []byte("-A ")):
+			name, rule, _ := bytes.Cut(line[3:], []byte{' '})
+			if !bytes.Equal(name, run) {
+				flush()
+				run = name
+			}
+			rules = append(rules, rule)
 		}
 	}
+	flush()
 	return out
 }
 
@@ -490,30 +509,61 @@ func chainCount(rs *Ruleset, k ChainKey) (int, bool) {
 // savedTable is what Verify needs from iptables-save output.
 type savedTable struct {
 	counts map[string]int  // chain -> number of rules
-	jumps  map[string]bool // "BUILTIN TARGET" for jumps into our chains
+	jumps  map[string]bool // "BUILTIN TARGET" for jumps from built-in chains
 }
 
+// parseSave reads iptables-save output in place. The drift check runs it
+// on the whole nat table every period (16 MB at 5,000 Services), so it
+// makes no string per line: chain names are copied once, when first seen,
+// and only jumps out of built-in chains are kept, the only ones Verify
+// looks up.
 func parseSave(save []byte) savedTable {
 	t := savedTable{counts: map[string]int{}, jumps: map[string]bool{}}
-	sc := bufio.NewScanner(bytes.NewReader(save))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
+	// iptables-save lists a chain's rules together: count each run and
+	// add it once (a map assignment with a []byte key copies the key).
+	var run []byte
+	n := 0
+	flush := func() {
+		if n > 0 {
+			t.counts[string(run)] += n
+		}
+		run, n = nil, 0
+	}
+	for len(save) > 0 {
+		var line []byte
+		line, save, _ = bytes.Cut(save, []byte{'\n'})
 		switch {
-		case strings.HasPrefix(line, ":"):
-			name, _, _ := strings.Cut(line[1:], " ")
-			if _, ok := t.counts[name]; !ok {
-				t.counts[name] = 0
+		case len(line) > 1 && line[0] == ':':
+			name, _, _ := bytes.Cut(line[1:], []byte{' '})
+			if _, ok := t.counts[string(name)]; !ok {
+				t.counts[string(name)] = 0
 			}
-		case strings.HasPrefix(line, "-A "):
-			fields := strings.Fields(line)
-			t.counts[fields[1]]++
-			if i := slices.Index(fields, "-j"); i > 0 && i+1 < len(fields) {
-				t.jumps[fields[1]+" "+fields[i+1]] = true
+		case bytes.HasPrefix(line, []byte("-A ")):
+			chain, rule, _ := bytes.Cut(line[3:], []byte{' '})
+			if !bytes.Equal(chain, run) {
+				flush()
+				run = chain
+			}
+			n++
+			if !bytes.HasPrefix(chain, []byte("KUBE-")) {
+				if target, ok := jumpTarget(rule); ok {
+					t.jumps[string(chain)+" "+string(target)] = true
+				}
 			}
 		}
 	}
+	flush()
 	return t
+}
+
+// jumpTarget returns the chain a rule's -j option names.
+func jumpTarget(rule []byte) ([]byte, bool) {
+	fields := bytes.Fields(rule)
+	i := slices.IndexFunc(fields, func(f []byte) bool { return string(f) == "-j" })
+	if i < 0 || i+1 >= len(fields) {
+		return nil, false
+	}
+	return fields[i+1], true
 }
 
 // Cleanup removes every rule and chain this proxy (or kube-proxy's iptables

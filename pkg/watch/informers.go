@@ -70,14 +70,23 @@ func Watch(ctx context.Context, tracker *Tracker, opts InformerOptions) <-chan s
 const lastApplied = "kubectl.kubernetes.io/last-applied-configuration"
 
 // stripUnused drops what the proxy never reads from an object before the
-// informer caches it: managedFields and kubectl's last-applied copy. With
-// thousands of Services and slices they are a large share of the cache.
+// informer caches it: managedFields, kubectl's last-applied copy, owner
+// references, and each endpoint's Pod reference, hostname and deprecated
+// topology. With thousands of Services and slices they are a large share
+// of the cache (a Pod reference alone is five strings per endpoint).
 func stripUnused(obj any) (any, error) {
 	if o, err := meta.Accessor(obj); err == nil {
 		o.SetManagedFields(nil)
+		o.SetOwnerReferences(nil)
 		if a := o.GetAnnotations(); a[lastApplied] != "" {
 			delete(a, lastApplied)
 			o.SetAnnotations(a)
+		}
+	}
+	if es, ok := obj.(*discovery.EndpointSlice); ok {
+		for i := range es.Endpoints {
+			e := &es.Endpoints[i]
+			e.TargetRef, e.Hostname, e.DeprecatedTopology = nil, nil, nil
 		}
 	}
 	return obj, nil

@@ -665,6 +665,28 @@ func TestStripUnused(t *testing.T) {
 	if got.ManagedFields != nil || got.Annotations[lastApplied] != "" || got.Annotations["keep"] != "me" || got.Labels[LabelServiceProxyName] != "x" {
 		t.Fatalf("stripped object = %+v", got.ObjectMeta)
 	}
+	// A slice keeps what endpoint selection reads (addresses, conditions,
+	// node, zone, hints, the trigger-time annotation) and loses the rest.
+	node, zone, host := "n1", "z1", "pod-1"
+	slice := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "ns",
+			Annotations:     map[string]string{v1.EndpointsLastChangeTriggerTime: "2026-01-01T00:00:00Z"},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "Service", Name: "web"}}},
+		Endpoints: []discovery.Endpoint{{
+			Addresses: []string{"10.0.0.1"}, NodeName: &node, Zone: &zone, Hostname: &host,
+			TargetRef:          &v1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "pod-1"},
+			DeprecatedTopology: map[string]string{"k": "v"},
+			Hints:              &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: "z1"}}},
+		}},
+	}
+	out, _ = stripUnused(slice)
+	e := out.(*discovery.EndpointSlice).Endpoints[0]
+	if e.TargetRef != nil || e.Hostname != nil || e.DeprecatedTopology != nil || slice.OwnerReferences != nil {
+		t.Errorf("slice kept unused fields: %+v, owners %v", e, slice.OwnerReferences)
+	}
+	if e.Addresses[0] != "10.0.0.1" || *e.NodeName != "n1" || *e.Zone != "z1" || e.Hints == nil || slice.Annotations[v1.EndpointsLastChangeTriggerTime] == "" {
+		t.Errorf("slice lost fields the proxy reads: %+v", e)
+	}
 	// Tombstones and other non-objects pass through untouched.
 	if v, err := stripUnused("not an object"); err != nil || v != "not an object" {
 		t.Fatalf("non-object: %v, %v", v, err)
