@@ -1,9 +1,11 @@
 package iptables
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os/exec"
 	"strings"
 	"sync"
@@ -111,6 +113,54 @@ func (k *Kernel) Save(table string) ([]byte, error) {
 	}
 	k.saveSizes.Store(table, stdout.Len())
 	return stdout.Bytes(), nil
+}
+
+// SaveLines streams one table in iptables-save format to fn, one line at
+// a time without its newline; the line is valid only during the call. The
+// drift check reads the whole nat table every period this way, without
+// holding its text (16 MB at 5,000 Services).
+func (k *Kernel) SaveLines(table string, fn func(line []byte)) error {
+	cmd := exec.Command(binary(k.family, k.backend, "save"), "-t", table)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("%s -t %s: %w", cmd.Path, table, err)
+	}
+	readErr := eachLine(bufio.NewReaderSize(stdout, 64<<10), fn)
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("%s -t %s: %w: %s", cmd.Path, table, err, strings.TrimSpace(stderr.String()))
+	}
+	return readErr
+}
+
+// eachLine calls fn for every line r yields, joining lines longer than
+// r's buffer.
+func eachLine(r *bufio.Reader, fn func(line []byte)) error {
+	var long []byte
+	for {
+		line, err := r.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			long = append(long, line...)
+			continue
+		}
+		if len(long) > 0 {
+			long = append(long, line...)
+			line, long = long, long[:0]
+		}
+		if len(line) > 0 {
+			fn(bytes.TrimSuffix(line, []byte{'\n'}))
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // saveHint sizes Save's buffer from the table's previous dump. Left to

@@ -403,11 +403,11 @@ func (p *Proxier) readAndCompare(done func() []*Ruleset) (*Drift, error) {
 	}
 	saved := map[string]savedTable{}
 	for _, table := range []string{TableNAT, TableFilter} {
-		save, err := p.kernel.Save(table)
+		t, err := readSaved(p.kernel, table)
 		if err != nil {
 			return nil, err
 		}
-		saved[table] = parseSave(save)
+		saved[table] = t
 	}
 	for _, table := range []string{TableNAT, TableFilter} {
 		if d := compareVersions(finish(), table, saved[table]); d != nil {
@@ -512,48 +512,86 @@ type savedTable struct {
 	jumps  map[string]bool // "BUILTIN TARGET" for jumps from built-in chains
 }
 
-// parseSave reads iptables-save output in place. The drift check runs it
-// on the whole nat table every period (16 MB at 5,000 Services), so it
-// makes no string per line: chain names are copied once, when first seen,
-// and only jumps out of built-in chains are kept, the only ones Verify
-// looks up.
-func parseSave(save []byte) savedTable {
-	t := savedTable{counts: map[string]int{}, jumps: map[string]bool{}}
-	// iptables-save lists a chain's rules together: count each run and
-	// add it once (a map assignment with a []byte key copies the key).
-	var run []byte
-	n := 0
-	flush := func() {
-		if n > 0 {
-			t.counts[string(run)] += n
-		}
-		run, n = nil, 0
+// lineSaver is implemented by kernels that can stream a table's dump
+// (Kernel does; the fakes hand over the whole text).
+type lineSaver interface {
+	SaveLines(table string, fn func(line []byte)) error
+}
+
+// readSaved reads what Verify needs from one table, streaming where the
+// kernel can: the drift check runs every period over the whole nat table.
+func readSaved(kernel Interface, table string) (savedTable, error) {
+	p := newSaveParser()
+	if ls, ok := kernel.(lineSaver); ok {
+		err := ls.SaveLines(table, p.line)
+		return p.done(), err
 	}
+	save, err := kernel.Save(table)
+	if err != nil {
+		return savedTable{}, err
+	}
+	return parseSave(save), nil
+}
+
+// parseSave reads iptables-save output as a whole.
+func parseSave(save []byte) savedTable {
+	p := newSaveParser()
 	for len(save) > 0 {
 		var line []byte
 		line, save, _ = bytes.Cut(save, []byte{'\n'})
-		switch {
-		case len(line) > 1 && line[0] == ':':
-			name, _, _ := bytes.Cut(line[1:], []byte{' '})
-			if _, ok := t.counts[string(name)]; !ok {
-				t.counts[string(name)] = 0
-			}
-		case bytes.HasPrefix(line, []byte("-A ")):
-			chain, rule, _ := bytes.Cut(line[3:], []byte{' '})
-			if !bytes.Equal(chain, run) {
-				flush()
-				run = chain
-			}
-			n++
-			if !bytes.HasPrefix(chain, []byte("KUBE-")) {
-				if target, ok := jumpTarget(rule); ok {
-					t.jumps[string(chain)+" "+string(target)] = true
-				}
+		p.line(line)
+	}
+	return p.done()
+}
+
+// saveParser builds a savedTable from iptables-save lines. It makes no
+// string per line: chain names are copied once per chain, and only jumps
+// out of built-in chains are kept, the only ones Verify looks up.
+type saveParser struct {
+	t savedTable
+	// iptables-save lists a chain's rules together: the parser counts each
+	// run and adds it once (a map assignment with a []byte key copies the
+	// key). run is a copy, since a streamed line is reused.
+	run []byte
+	n   int
+}
+
+func newSaveParser() *saveParser {
+	return &saveParser{t: savedTable{counts: map[string]int{}, jumps: map[string]bool{}}}
+}
+
+func (p *saveParser) line(line []byte) {
+	switch {
+	case len(line) > 1 && line[0] == ':':
+		name, _, _ := bytes.Cut(line[1:], []byte{' '})
+		if _, ok := p.t.counts[string(name)]; !ok {
+			p.t.counts[string(name)] = 0
+		}
+	case bytes.HasPrefix(line, []byte("-A ")):
+		chain, rule, _ := bytes.Cut(line[3:], []byte{' '})
+		if !bytes.Equal(chain, p.run) {
+			p.flush()
+			p.run = append(p.run[:0], chain...)
+		}
+		p.n++
+		if !bytes.HasPrefix(chain, []byte("KUBE-")) {
+			if target, ok := jumpTarget(rule); ok {
+				p.t.jumps[string(chain)+" "+string(target)] = true
 			}
 		}
 	}
-	flush()
-	return t
+}
+
+func (p *saveParser) flush() {
+	if p.n > 0 {
+		p.t.counts[string(p.run)] += p.n
+	}
+	p.n = 0
+}
+
+func (p *saveParser) done() savedTable {
+	p.flush()
+	return p.t
 }
 
 // jumpTarget returns the chain a rule's -j option names.
