@@ -144,6 +144,17 @@ func (r *Ruleset) Chain(key ChainKey) ([]string, bool) {
 	return append(rules, base...), found
 }
 
+// serviceChain returns the planned rules of a Service chain, uncopied
+// (Chain copies them).
+func (r *Ruleset) serviceChain(k ChainKey) ([]string, bool) {
+	r.index()
+	svc, ok := r.owners[k]
+	if !ok {
+		return nil, false
+	}
+	return r.Services[svc].Chains[k], true
+}
+
 // Has reports whether the ruleset defines chain k.
 func (r *Ruleset) Has(k ChainKey) bool {
 	r.index()

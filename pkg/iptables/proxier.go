@@ -177,36 +177,6 @@ func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
 	return res, nil
 }
 
-// inPlace adds to out the Service chains of table that the kernel already
-// holds exactly as planned (rule by rule, in order, compared in normalised
-// form). A full sync leaves them alone: after a restart, or a repair of
-// one drifted chain, it rewrites only what differs instead of every chain
-// of every Service (4 s instead of 22 at 5,000 Services).
-func inPlace(out map[ChainKey]bool, rs *Ruleset, table string, kernel map[string][][]byte) {
-	for _, sr := range rs.Services {
-		for k, want := range sr.Chains {
-			if k.Table != table {
-				continue
-			}
-			if got, ok := kernel[k.Name]; ok && sameRules(got, want) {
-				out[k] = true
-			}
-		}
-	}
-}
-
-func sameRules(got [][]byte, want []string) bool {
-	if len(got) != len(want) {
-		return false
-	}
-	for i := range got {
-		if !RulesEqual(string(got[i]), want[i]) {
-			return false
-		}
-	}
-	return true
-}
-
 // removeStaleBase deletes fixed chains of ours that the ruleset no longer
 // has (the other mode's, or a feature turned off), with the jumps into them.
 func (p *Proxier) removeStaleBase(rs *Ruleset, existing map[ChainKey]bool) error {
@@ -279,73 +249,19 @@ func (p *Proxier) ensureJumps(rs *Ruleset) error {
 	return errors.Join(errs...)
 }
 
-// kernelChains is what a full sync reads of the chains this proxy owns:
-// which exist, and which Service chains already hold what rs plans.
-type kernelChains struct {
-	exist, inPlace map[ChainKey]bool
-}
-
-// ourChains reads the chains this proxy owns from the kernel. The text of
-// each table is dropped once compared: at 10,000 Services it is tens of
-// megabytes, which the writes that follow need not carry.
+// ourChains reads the chains this proxy owns from the kernel, comparing
+// each Service chain with rs as the dump streams by: at 10,000 Services a
+// table's text is tens of megabytes, which a full sync need not hold.
 func (p *Proxier) ourChains(rs *Ruleset) (kernelChains, error) {
 	out := kernelChains{exist: map[ChainKey]bool{}, inPlace: map[ChainKey]bool{}}
 	for _, table := range []string{TableNAT, TableFilter} {
-		save, err := p.kernel.Save(table)
-		if err != nil {
+		r := newChainReader(rs, table, out)
+		if err := streamSave(p.kernel, table, r.line); err != nil {
 			return out, err
 		}
-		chains := savedRules(save)
-		for name := range chains {
-			if (IsServiceChain(name) || isBaseChain(name)) && !kubeletOwns(chains, name) {
-				out.exist[ChainKey{table, name}] = true
-			}
-		}
-		inPlace(out.inPlace, rs, table, chains)
+		r.done()
 	}
 	return out, nil
-}
-
-// savedRules splits iptables-save output into each chain's rules (the
-// text after "-A CHAIN "); declared chains without rules are present with
-// none. The rules are views into save, not copies: at 5,000 Services the
-// nat table's text is 16 MB, and a copy would sit beside it during the
-// restart's first sync.
-func savedRules(save []byte) map[string][][]byte {
-	out := map[string][][]byte{}
-	// A chain's rules come together: collect each run and store it once
-	// (a map assignment with a []byte key copies the key).
-	var run []byte
-	var rules [][]byte
-	flush := func() {
-		if len(rules) > 0 {
-			if prev := out[string(run)]; len(prev) > 0 {
-				rules = append(slices.Clip(prev), rules...)
-			}
-			out[string(run)] = rules
-		}
-		run, rules = nil, nil
-	}
-	for len(save) > 0 {
-		var line []byte
-		line, save, _ = bytes.Cut(save, []byte{'\n'})
-		switch {
-		case len(line) > 1 && line[0] == ':':
-			name, _, _ := bytes.Cut(line[1:], []byte{' '})
-			if _, ok := out[string(name)]; !ok {
-				out[string(name)] = nil
-			}
-		case bytes.HasPrefix(line, []byte("-A ")):
-			name, rule, _ := bytes.Cut(line[3:], []byte{' '})
-			if !bytes.Equal(name, run) {
-				flush()
-				run = name
-			}
-			rules = append(rules, rule)
-		}
-	}
-	flush()
-	return out
 }
 
 // baseChainNames are the fixed chains either mode (ours or kube-proxy's)
@@ -504,104 +420,6 @@ func chainCount(rs *Ruleset, k ChainKey) (int, bool) {
 		}
 	}
 	return n, found
-}
-
-// savedTable is what Verify needs from iptables-save output.
-type savedTable struct {
-	counts map[string]int  // chain -> number of rules
-	jumps  map[string]bool // "BUILTIN TARGET" for jumps from built-in chains
-}
-
-// lineSaver is implemented by kernels that can stream a table's dump
-// (Kernel does; the fakes hand over the whole text).
-type lineSaver interface {
-	SaveLines(table string, fn func(line []byte)) error
-}
-
-// readSaved reads what Verify needs from one table, streaming where the
-// kernel can: the drift check runs every period over the whole nat table.
-func readSaved(kernel Interface, table string) (savedTable, error) {
-	p := newSaveParser()
-	if ls, ok := kernel.(lineSaver); ok {
-		err := ls.SaveLines(table, p.line)
-		return p.done(), err
-	}
-	save, err := kernel.Save(table)
-	if err != nil {
-		return savedTable{}, err
-	}
-	return parseSave(save), nil
-}
-
-// parseSave reads iptables-save output as a whole.
-func parseSave(save []byte) savedTable {
-	p := newSaveParser()
-	for len(save) > 0 {
-		var line []byte
-		line, save, _ = bytes.Cut(save, []byte{'\n'})
-		p.line(line)
-	}
-	return p.done()
-}
-
-// saveParser builds a savedTable from iptables-save lines. It makes no
-// string per line: chain names are copied once per chain, and only jumps
-// out of built-in chains are kept, the only ones Verify looks up.
-type saveParser struct {
-	t savedTable
-	// iptables-save lists a chain's rules together: the parser counts each
-	// run and adds it once (a map assignment with a []byte key copies the
-	// key). run is a copy, since a streamed line is reused.
-	run []byte
-	n   int
-}
-
-func newSaveParser() *saveParser {
-	return &saveParser{t: savedTable{counts: map[string]int{}, jumps: map[string]bool{}}}
-}
-
-func (p *saveParser) line(line []byte) {
-	switch {
-	case len(line) > 1 && line[0] == ':':
-		name, _, _ := bytes.Cut(line[1:], []byte{' '})
-		if _, ok := p.t.counts[string(name)]; !ok {
-			p.t.counts[string(name)] = 0
-		}
-	case bytes.HasPrefix(line, []byte("-A ")):
-		chain, rule, _ := bytes.Cut(line[3:], []byte{' '})
-		if !bytes.Equal(chain, p.run) {
-			p.flush()
-			p.run = append(p.run[:0], chain...)
-		}
-		p.n++
-		if !bytes.HasPrefix(chain, []byte("KUBE-")) {
-			if target, ok := jumpTarget(rule); ok {
-				p.t.jumps[string(chain)+" "+string(target)] = true
-			}
-		}
-	}
-}
-
-func (p *saveParser) flush() {
-	if p.n > 0 {
-		p.t.counts[string(p.run)] += p.n
-	}
-	p.n = 0
-}
-
-func (p *saveParser) done() savedTable {
-	p.flush()
-	return p.t
-}
-
-// jumpTarget returns the chain a rule's -j option names.
-func jumpTarget(rule []byte) ([]byte, bool) {
-	fields := bytes.Fields(rule)
-	i := slices.IndexFunc(fields, func(f []byte) bool { return string(f) == "-j" })
-	if i < 0 || i+1 >= len(fields) {
-		return nil, false
-	}
-	return fields[i+1], true
 }
 
 // Cleanup removes every rule and chain this proxy (or kube-proxy's iptables
