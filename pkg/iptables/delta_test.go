@@ -339,3 +339,47 @@ func TestPayloadSize(t *testing.T) {
 		t.Fatalf("Bytes wrote %d bytes, size said %d", got, want)
 	}
 }
+
+// TestLargeDeltaIsBatched: a delta touching many Services at once (the
+// first sync after a long outage) is written in payloads of about
+// batchLines lines, each whole Services, and still converges; meanwhile
+// the drift check has nothing to compare against.
+func TestLargeDeltaIsBatched(t *testing.T) {
+	c := newCluster(t, 60)
+	fake := NewFake()
+	hook := &beforeRestore{Interface: fake}
+	p := NewProxier(hook, defaultOpts())
+	p.batchLines = 200
+	converge(t, p, fake, c.tr.Snapshot())
+	for i := range 50 {
+		c.setService(i, 10, 1)
+	}
+	restores := len(fake.Restores)
+	hook.before = func() {
+		if p.watchApplied() != nil {
+			t.Error("a drift check could start between the payloads of one delta")
+		}
+	}
+	res := converge(t, p, fake, c.tr.Snapshot())
+	if res.Full || res.Payloads < 2 || res.Payloads != len(fake.Restores)-restores {
+		t.Fatalf("sync: full %v, %d payloads (%d restores); want a delta in several payloads", res.Full, res.Payloads, len(fake.Restores)-restores)
+	}
+	for _, payload := range fake.Restores[restores:] {
+		if lines := strings.Count(string(payload), "\n"); lines > 200+60 {
+			t.Errorf("a delta payload has %d lines, batchLines is 200", lines)
+		}
+	}
+}
+
+// beforeRestore calls before ahead of every Restore.
+type beforeRestore struct {
+	Interface
+	before func()
+}
+
+func (h *beforeRestore) Restore(payload []byte) error {
+	if h.before != nil {
+		h.before()
+	}
+	return h.Interface.Restore(payload)
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"slices"
 	"sync"
@@ -202,18 +203,37 @@ func (p *Proxier) delta(rs *Ruleset, snap *watch.Snapshot) (SyncResult, error) {
 	}
 	slices.Sort(changed)
 	res := SyncResult{Ruleset: rs, Written: map[string]int{}}
-	payload := DeltaPayload(p.applied, rs, changed)
-	if payload == nil {
+	next, stop := iter.Pull(DeltaPayloadSeq(p.applied, rs, changed, p.batchLines))
+	defer stop()
+	payload, ok := next()
+	if !ok {
 		p.setApplied(rs)
 		return res, nil
 	}
-	p.expect(rs)
-	if err := p.kernel.Restore(payload); err != nil {
+	following, more := next()
+	if more {
+		// A delta in several payloads passes through states that are
+		// neither ruleset, so the drift check must not compare meanwhile,
+		// as during a full sync.
 		p.setApplied(nil)
-		return res, &PartialError{Err: err}
+	} else {
+		p.expect(rs)
 	}
-	res.Payloads, res.PayloadBytes = 1, len(payload)
-	countWritten(res.Written, payload)
+	for ok {
+		if err := p.kernel.Restore(payload); err != nil {
+			// Earlier payloads may have landed: only a full sync knows
+			// the kernel's state again.
+			p.setApplied(nil)
+			return res, &PartialError{Err: err}
+		}
+		res.Payloads++
+		res.PayloadBytes += len(payload)
+		countWritten(res.Written, payload)
+		payload, ok = following, more
+		if ok {
+			following, more = next()
+		}
+	}
 	p.setApplied(rs)
 	return res, nil
 }

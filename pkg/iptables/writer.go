@@ -59,13 +59,15 @@ func (p *payload) appendRules(k ChainKey, rules []string) {
 	}
 }
 
-func (p *payload) empty() bool {
+func (p *payload) empty() bool { return p.lines() == 0 }
+
+// lines counts the payload's lines, leaving out the table headers.
+func (p *payload) lines() int {
+	n := 0
 	for _, t := range p.tables {
-		if len(t.decl)+len(t.del)+len(t.add)+len(t.ins)+len(t.remove) > 0 {
-			return false
-		}
+		n += len(t.decl) + len(t.del) + len(t.add) + len(t.ins) + len(t.remove)
 	}
-	return true
+	return n
 }
 
 // Bytes renders the payload; tables in a fixed order, each with COMMIT.
@@ -217,6 +219,29 @@ func DeltaPayload(old, new *Ruleset, services []string) []byte {
 		return nil
 	}
 	return p.Bytes()
+}
+
+// DeltaPayloadSeq yields DeltaPayload's lines for the given Services in
+// payloads of about batchLines lines, each whole Services: a delta can be
+// large too (thousands of Services changed at once, e.g. the first sync
+// after a long API outage), and --noflush restore time grows with the
+// square of the payload size.
+func DeltaPayloadSeq(old, new *Ruleset, services []string, batchLines int) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		p := newPayload()
+		for _, svc := range services {
+			deltaService(p, old.Services[svc], new.Services[svc])
+			if p.lines() >= batchLines {
+				if !yield(p.Bytes()) {
+					return
+				}
+				p = newPayload()
+			}
+		}
+		if !p.empty() {
+			yield(p.Bytes())
+		}
+	}
 }
 
 func deltaService(p *payload, old, new *ServiceRules) {
