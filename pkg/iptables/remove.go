@@ -11,7 +11,20 @@ import (
 // deleting every rule elsewhere that jumps to them. Rules are deleted by the
 // exact text iptables-save printed, so this works for rules written by any
 // version of any proxy; nothing else in the table is touched.
+//
+// The usual answer is "none of them exist" (every start-up asks for the
+// other mode's chains), so the table is first streamed for its chain
+// names, and its text read whole only when there is something to remove.
 func RemoveChains(kernel Interface, table string, names []string) error {
+	names = slices.Clone(names)
+	listed, err := readSaved(kernel, table)
+	if err != nil {
+		return err
+	}
+	names = slices.DeleteFunc(names, func(n string) bool { _, ok := listed.counts[n]; return !ok })
+	if len(names) == 0 {
+		return nil
+	}
 	save, err := kernel.Save(table)
 	if err != nil {
 		return err
@@ -60,12 +73,12 @@ func mapsKeys(m map[string]bool) func(func(string) bool) {
 // OwnedChains lists the chains of a table that this proxy (or kube-proxy's
 // iptables mode) owns.
 func OwnedChains(kernel Interface, table string) ([]string, error) {
-	save, err := kernel.Save(table)
+	saved, err := readSaved(kernel, table)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
-	counts := parseSave(save).counts
+	counts := saved.counts
 	for name := range counts {
 		if kubeletOwns(counts, name) {
 			continue

@@ -155,12 +155,11 @@ type chainReader struct {
 	want     []string
 	matched  int // how many of want matched so far
 	mismatch bool
-	ran      map[ChainKey]bool // planned chains whose rules went by
 }
 
 func newChainReader(rs *Ruleset, table string, out kernelChains) *chainReader {
 	rs.index()
-	return &chainReader{rs: rs, table: table, out: out, ran: map[ChainKey]bool{}}
+	return &chainReader{rs: rs, table: table, out: out}
 }
 
 func (r *chainReader) line(line []byte) {
@@ -204,15 +203,16 @@ func (r *chainReader) compare(rule []byte) {
 	r.mismatch = true
 }
 
-// flush ends a run. A chain listed in two runs (iptables-save does not do
-// that) is never taken as in place.
+// flush ends a run. Until done, out.inPlace holds every planned chain
+// whose rules went by, false where they differ. A chain listed in two runs
+// (iptables-save does not do that) is never taken as in place.
 func (r *chainReader) flush() {
 	if !r.planned {
 		return
 	}
 	k := ChainKey{r.table, string(r.run)}
-	r.out.inPlace[k] = !r.ran[k] && !r.mismatch && r.matched == len(r.want)
-	r.ran[k] = true
+	_, twice := r.out.inPlace[k]
+	r.out.inPlace[k] = !twice && !r.mismatch && r.matched == len(r.want)
 	r.planned = false
 }
 
@@ -225,7 +225,8 @@ func (r *chainReader) done() {
 		k := ChainKey{r.table, name}
 		r.out.exist[k] = true
 		// A declared chain without rules is in place when none are planned.
-		if want, ok := r.rs.serviceChain(k); ok && len(want) == 0 && !r.ran[k] {
+		_, ran := r.out.inPlace[k]
+		if want, ok := r.rs.serviceChain(k); ok && len(want) == 0 && !ran {
 			r.out.inPlace[k] = true
 		}
 	}
