@@ -122,13 +122,21 @@ func dialUDP(t *testing.T, c acceptance.Client, ip string, port int) udpFlow {
 	return udpFlow{conn}
 }
 
-// ask sends one datagram and returns the responder that answered.
+// ask sends one datagram and returns the responder that answered. An
+// answer to an earlier query that came after its timeout is discarded
+// first, so it is not taken for this one's.
 func (f udpFlow) ask(timeout time.Duration) (netip.Addr, bool) {
+	buf := make([]byte, 512)
+	_ = f.SetReadDeadline(time.Now())
+	for {
+		if _, err := f.Read(buf); err != nil {
+			break
+		}
+	}
 	_ = f.SetDeadline(time.Now().Add(timeout))
 	if _, err := f.Write([]byte("query\n")); err != nil {
 		return netip.Addr{}, false
 	}
-	buf := make([]byte, 512)
 	n, err := f.Read(buf)
 	if err != nil {
 		return netip.Addr{}, false

@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -356,7 +357,7 @@ func TestLargeDeltaIsBatched(t *testing.T) {
 	}
 	restores := len(fake.Restores)
 	hook.before = func() {
-		if p.watchApplied() != nil {
+		if p.Applied() != nil {
 			t.Error("a drift check could start between the payloads of one delta")
 		}
 	}
@@ -368,6 +369,39 @@ func TestLargeDeltaIsBatched(t *testing.T) {
 		if lines := strings.Count(string(payload), "\n"); lines > 200+60 {
 			t.Errorf("a delta payload has %d lines, batchLines is 200", lines)
 		}
+	}
+}
+
+// TestLargeDeltaFailsPartway: when a later payload of a delta fails, the
+// earlier ones have landed, so nothing is taken as applied and the next
+// sync is a full one, which converges.
+func TestLargeDeltaFailsPartway(t *testing.T) {
+	c := newCluster(t, 60)
+	fake := NewFake()
+	hook := &beforeRestore{Interface: fake}
+	p := NewProxier(hook, defaultOpts())
+	p.batchLines = 200
+	converge(t, p, fake, c.tr.Snapshot())
+	for i := range 50 {
+		c.setService(i, 10, 1)
+	}
+	calls := 0
+	hook.before = func() {
+		if calls++; calls == 2 {
+			fake.FailRestore = errors.New("refused by the kernel")
+		}
+	}
+	_, err := p.Sync(c.tr.Snapshot())
+	var partial *PartialError
+	if !errors.As(err, &partial) || calls != 2 {
+		t.Fatalf("sync: %v after %d restores, want a PartialError at the second", err, calls)
+	}
+	if p.Applied() != nil {
+		t.Fatal("a half-written delta is taken as applied")
+	}
+	fake.FailRestore, hook.before = nil, nil
+	if res := converge(t, p, fake, c.tr.Snapshot()); !res.Full {
+		t.Error("the sync after a failed delta is not full")
 	}
 }
 

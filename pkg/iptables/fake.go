@@ -228,6 +228,17 @@ func (f *Fake) Save(table string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// SaveLines streams Save's text through a 16-byte reader buffer, so a
+// line is rewritten under the caller's feet as on the real kernel: a
+// reader that keeps a line past the callback fails its tests.
+func (f *Fake) SaveLines(table string, fn func(line []byte)) error {
+	save, err := f.Save(table)
+	if err != nil {
+		return err
+	}
+	return eachLine(bufio.NewReaderSize(bytes.NewReader(save), 16), fn)
+}
+
 // EnsureJump implements Interface.
 func (f *Fake) EnsureJump(j Jump) error {
 	t := f.tables[j.Table]

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os/exec"
 	"strings"
-	"sync"
 	"time"
 
 	goipt "github.com/coreos/go-iptables/iptables"
@@ -52,8 +51,6 @@ type Kernel struct {
 	family  v1.IPFamily
 	backend Backend
 	ipt     *goipt.IPTables
-	// saveSizes holds the byte size of each table's last Save.
-	saveSizes sync.Map
 }
 
 // NewKernel returns the kernel interface for family on backend.
@@ -105,14 +102,13 @@ func (k *Kernel) Restore(payload []byte) error {
 // Save implements Interface.
 func (k *Kernel) Save(table string) ([]byte, error) {
 	cmd := exec.Command(binary(k.family, k.backend, "save"), "-t", table)
-	var stdout, stderr bytes.Buffer
-	stdout.Grow(k.saveHint(table))
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
 		return nil, fmt.Errorf("%s -t %s: %w: %s", cmd.Path, table, err, strings.TrimSpace(stderr.String()))
 	}
-	k.saveSizes.Store(table, stdout.Len())
-	return stdout.Bytes(), nil
+	return out, nil
 }
 
 // SaveLines streams one table in iptables-save format to fn, one line at
@@ -125,16 +121,28 @@ func (k *Kernel) SaveLines(table string, fn func(line []byte)) error {
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return err
+		return fmt.Errorf("%s -t %s: %w", cmd.Path, table, err)
 	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("%s -t %s: %w", cmd.Path, table, err)
 	}
-	readErr := eachLine(bufio.NewReaderSize(stdout, 64<<10), fn)
+	read := false
+	defer func() {
+		if !read {
+			// A read error or a panic in fn: the dump may be blocked on a
+			// full pipe, so stop it rather than wait for it.
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	if err := eachLine(bufio.NewReaderSize(stdout, 64<<10), fn); err != nil {
+		return fmt.Errorf("%s -t %s: reading: %w", cmd.Path, table, err)
+	}
+	read = true
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("%s -t %s: %w: %s", cmd.Path, table, err, strings.TrimSpace(stderr.String()))
 	}
-	return readErr
+	return nil
 }
 
 // eachLine calls fn for every line r yields, joining lines longer than
@@ -161,16 +169,6 @@ func eachLine(r *bufio.Reader, fn func(line []byte)) error {
 			return err
 		}
 	}
-}
-
-// saveHint sizes Save's buffer from the table's previous dump. Left to
-// grow by doubling, the buffer for a 16 MB nat table (5,000 Services)
-// passes through copies of up to twice that, which set the proxy's peak
-// memory during the periodic drift check.
-func (k *Kernel) saveHint(table string) int {
-	last, _ := k.saveSizes.Load(table)
-	n, _ := last.(int)
-	return n + n/16 + 64<<10
 }
 
 // EnsureJump implements Interface.

@@ -25,6 +25,8 @@ func RemoveChains(kernel Interface, table string, names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
+	// Read again whole, for the rules to delete by their exact text; the
+	// table may have changed since, so existence is checked again.
 	save, err := kernel.Save(table)
 	if err != nil {
 		return err

@@ -6,7 +6,8 @@ import "bytes"
 // and jumps) and for a full sync (which of our chains exist, and which
 // already hold what is planned). Both run over the whole nat table (16 MB
 // of text at 5,000 Services), so they stream it line by line where the
-// kernel can, and make no string per line.
+// kernel can and keep none of it: only chain names are copied (and, for a
+// full sync, each rule for the moment of its comparison).
 
 // lineSaver is implemented by kernels that can stream a table's dump
 // (Kernel does; the fakes hand over the whole text).

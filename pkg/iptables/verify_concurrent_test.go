@@ -10,16 +10,29 @@ type saveHook struct {
 }
 
 func (h *saveHook) Save(table string) ([]byte, error) {
+	h.runBefore()
+	defer h.runAfter()
+	return h.Fake.Save(table)
+}
+
+func (h *saveHook) SaveLines(table string, fn func([]byte)) error {
+	h.runBefore()
+	defer h.runAfter()
+	return h.Fake.SaveLines(table, fn)
+}
+
+func (h *saveHook) runBefore() {
 	if h.before != nil {
 		h.before()
 		h.before = nil
 	}
-	out, err := h.Fake.Save(table)
+}
+
+func (h *saveHook) runAfter() {
 	if h.after != nil {
 		h.after()
 		h.after = nil
 	}
-	return out, err
 }
 
 // A sync that lands while Verify reads the kernel is not drift, whether the

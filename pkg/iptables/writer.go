@@ -121,8 +121,8 @@ func (p *payload) size() int {
 // FullPayloads returns the restore payloads that make the kernel hold
 // exactly rs, given the proxy-owned chains that exist now. The work is split
 // so that no payload exceeds about batchLines lines: --noflush restore time
-// grows with the square of the payload size, so many small payloads beat
-// one large one. Existing Service chains are rewritten in place (each
+// grows faster than the payload (see DefaultBatchLines), so many small
+// payloads beat one large one. Existing Service chains are rewritten in place (each
 // payload is atomic) before the shared chains switch over, so a restart
 // with rules in place never leaves a Service unreachable.
 func FullPayloads(rs *Ruleset, existing map[ChainKey]bool, batchLines int) [][]byte {
@@ -224,8 +224,8 @@ func DeltaPayload(old, new *Ruleset, services []string) []byte {
 // DeltaPayloadSeq yields DeltaPayload's lines for the given Services in
 // payloads of about batchLines lines, each whole Services: a delta can be
 // large too (thousands of Services changed at once, e.g. the first sync
-// after a long API outage), and --noflush restore time grows with the
-// square of the payload size.
+// after a long API outage), and --noflush restore time grows faster than
+// the payload (see DefaultBatchLines).
 func DeltaPayloadSeq(old, new *Ruleset, services []string, batchLines int) iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
 		p := newPayload()
