@@ -211,16 +211,24 @@ func (p *Proxier) Reap() error {
 // Verify looks for drift in the IPVS table, kube-ipvs0, the ipsets and
 // the helper rules.
 func (p *Proxier) Verify() (*Drift, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if d, err := p.applier.Verify(); err != nil || d != nil {
+	if d, err := p.verifyIPVS(); err != nil || d != nil {
 		return d, err
 	}
+	// Outside our lock: the iptables proxier's Verify runs beside its own
+	// Sync, and reading the nat table must not hold up IPVS syncs.
 	d, err := p.rules.Verify()
 	if err != nil || d == nil {
 		return nil, err
 	}
 	return &Drift{Reason: "iptables-" + d.Reason, Detail: d.Detail}, nil
+}
+
+// verifyIPVS compares the virtual servers, addresses and ipsets, which the
+// applier reads under the proxier's lock.
+func (p *Proxier) verifyIPVS() (*Drift, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applier.Verify()
 }
 
 // ForceFull makes the next Sync rewrite everything.
