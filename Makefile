@@ -14,7 +14,7 @@ STATICCHECK_VERSION := v0.8.2
 
 export SVCPROXY_BIN_DIR := $(TOOLS_BIN)
 
-.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo bench soak lint clean
+.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo bench bench-vm soak lint clean
 
 all: build
 
@@ -91,6 +91,20 @@ SOAK_OUT      ?= $(CURDIR)/bench/results
 soak: deps tools build
 	$(GO) build -o $(BIN)/bench ./bench
 	SOAK_N='$(SOAK_N)' SOAK_RATE='$(SOAK_RATE)' SOAK_DURATION='$(SOAK_DURATION)' $(BIN)/bench -soak -out '$(SOAK_OUT)' -proxy $(BIN)/proxy -responder $(BIN)/responder
+
+# Issue #7's IPVS part (see bench/README.md; not part of `make test`):
+# svcproxy in iptables and then ipvs mode in one QEMU guest per N (the host
+# kernel has no IPVS), against the host's kube-apiserver; writes
+# bench/results/vm.md and vm.json (BENCH_VM_OUT elsewhere). Times are under
+# TCG emulation: the ipvs/iptables ratio is the figure. BENCH_VM_FLAGS adds
+# bin/bench flags, e.g. "-latency-samples 10 -churn-seconds 10".
+BENCH_VM_N     ?= 200 1000
+BENCH_VM_OUT   ?= $(CURDIR)/bench/results
+BENCH_VM_FLAGS ?=
+bench-vm: deps tools vm build
+	$(GO) build -o $(BIN)/bench ./bench
+	mkdir -p '$(BENCH_VM_OUT)'
+	$(BIN)/bench -vm -n '$(BENCH_VM_N)' -out '$(BENCH_VM_OUT)' -proxy $(BIN)/proxy -responder $(BIN)/responder $(BENCH_VM_FLAGS)
 
 lint:
 	@test -z "$$(gofmt -l cmd pkg e2e)" || (gofmt -l cmd pkg e2e; echo "gofmt: files above need formatting"; exit 1)

@@ -62,8 +62,9 @@ type cluster struct {
 	slices  map[int]*discoveryv1.EndpointSlice // the last written slice of each workload Service (churn)
 }
 
-func newCluster(ctx context.Context, cp *controlplane.ControlPlane, writers int) (*cluster, error) {
-	cfg := rest.CopyConfig(cp.RESTConfig)
+// fastClient is a client for rc with high QPS and burst, protobuf.
+func fastClient(rc *rest.Config, writers int) (*cluster, error) {
+	cfg := rest.CopyConfig(rc)
 	cfg.QPS, cfg.Burst = 5000, 10000
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
@@ -73,6 +74,15 @@ func newCluster(ctx context.Context, cp *controlplane.ControlPlane, writers int)
 	}
 	cl := &cluster{c: c, writers: writers, slices: map[int]*discoveryv1.EndpointSlice{}}
 	cl.nextEP.Store(10_000_000)
+	return cl, nil
+}
+
+func newCluster(ctx context.Context, cp *controlplane.ControlPlane, writers int) (*cluster, error) {
+	cl, err := fastClient(cp.RESTConfig, writers)
+	if err != nil {
+		return nil, err
+	}
+	c := cl.c
 	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
@@ -90,6 +100,26 @@ func newCluster(ctx context.Context, cp *controlplane.ControlPlane, writers int)
 		return nil, err
 	}
 	cl.probeIP = ip
+	return cl, nil
+}
+
+// attachCluster is a cluster whose node, probe Service and first n
+// workload Services someone else wrote (the host, for the VM guest).
+// firstEP keeps the churn's fresh addresses apart from earlier runs'.
+func attachCluster(ctx context.Context, rc *rest.Config, writers, n int, firstEP int64) (*cluster, error) {
+	cl, err := fastClient(rc, writers)
+	if err != nil {
+		return nil, err
+	}
+	cl.nextEP.Store(firstEP)
+	svc, err := cl.c.CoreV1().Services(namespace).Get(ctx, probeName, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("probe service: %w", err)
+	}
+	if cl.probeIP, err = netip.ParseAddr(svc.Spec.ClusterIP); err != nil {
+		return nil, fmt.Errorf("probe service: clusterIP %q: %w", svc.Spec.ClusterIP, err)
+	}
+	cl.n = n
 	return cl, nil
 }
 

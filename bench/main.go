@@ -7,6 +7,9 @@
 // memory and CPU, and the floor (a bare iptables-nft-restore of the same
 // ruleset), then writes a markdown table, a JSON file and a PNG plot.
 //
+// With -vm it runs svcproxy in iptables and in ipvs mode in the QEMU
+// guest of e2e/vm instead (vm.go), with -soak a long load run (soak.go).
+//
 // Every number in the outputs comes from the run. See bench/README.md.
 package main
 
@@ -52,6 +55,8 @@ type options struct {
 	Proxies        []string
 	LogDir         string
 	Soak           *soakOptions // set by -soak: the long load run instead of the bench
+	VM             *vmOptions   // set by -vm or -vm-guest: the IPVS vs iptables run in the QEMU guest
+	NoFloor        bool         // skip the floor (iptables-nft-restore of the dump)
 }
 
 func envOr(k, def string) string {
@@ -103,6 +108,7 @@ func main() {
 	proxies := flag.String("proxies", envOr("BENCH_PROXIES", SvcProxy+","+KubeProxy), "proxies to run, comma separated; env BENCH_PROXIES")
 	flag.StringVar(&o.LogDir, "log-dir", filepath.Join(root, ".cache", "bench", "logs"), "proxy logs and rule dumps")
 	soak := soakFlags()
+	vmf := vmFlags()
 	flag.Parse()
 	o.Quick = quick
 	if o.Ns, err = parseNs(*nStr); err != nil || len(o.Ns) == 0 {
@@ -121,11 +127,17 @@ func main() {
 	if o.Soak, err = soak.parse(); err != nil {
 		fatal(err)
 	}
+	if o.VM, err = vmf.parse(); err != nil {
+		fatal(err)
+	}
+	if o.VM != nil && !o.VM.Guest && !flagSet("n") && os.Getenv("BENCH_N") == "" {
+		o.Ns = vmDefaultNs // the host's sizes take hours under TCG
+	}
 	if os.Geteuid() != 0 {
 		fatal(fmt.Errorf("bench needs root (network namespaces, iptables)"))
 	}
 	bins := []string{o.Proxy, o.KubeProxy, o.Responder}
-	if o.Soak != nil {
+	if o.Soak != nil || o.VM != nil {
 		bins = []string{o.Proxy, o.Responder}
 	}
 	for _, b := range bins {
@@ -138,6 +150,12 @@ func main() {
 	run := run
 	if o.Soak != nil {
 		run = runSoak
+	}
+	if o.VM != nil {
+		run = runVM
+		if o.VM.Guest {
+			run = runGuest
+		}
 	}
 	if err := run(ctx, o); err != nil {
 		fatal(err)
@@ -217,11 +235,9 @@ func run(ctx context.Context, o options) error {
 		if ctx.Err() != nil {
 			break
 		}
-		start := time.Now()
-		if err := b.cl.ensureWorkload(ctx, n); err != nil {
-			return fmt.Errorf("workload N=%d: %w", n, err)
+		if err := b.workload(ctx, n); err != nil {
+			return err
 		}
-		logf("N=%d: workload in place (%s)", n, time.Since(start).Round(time.Millisecond))
 		// kube-proxy first, so the churn length for svcproxy follows
 		// kube-proxy's measured sync time at the same N.
 		for _, p := range []string{KubeProxy, SvcProxy} {
@@ -290,9 +306,11 @@ func startBench(ctx context.Context, o options) (b *bench, stop func(), err erro
 
 type bench struct {
 	o   options
-	cp  *controlplane.ControlPlane
+	cp  *controlplane.ControlPlane // nil in the VM guest
 	cl  *cluster
 	rep *Report
+	// kubeconfig of the host's API server, in the VM guest (cp is nil).
+	kubeconfig string
 }
 
 // save writes bench.json (after every proxy run, so a crash keeps data).
@@ -302,4 +320,14 @@ func (b *bench) save() error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(b.o.Out, "bench.json"), data, 0o644)
+}
+
+// workload makes the API hold N Services x 10 endpoints.
+func (b *bench) workload(ctx context.Context, n int) error {
+	start := time.Now()
+	if err := b.cl.ensureWorkload(ctx, n); err != nil {
+		return fmt.Errorf("workload N=%d: %w", n, err)
+	}
+	logf("N=%d: workload in place (%s)", n, time.Since(start).Round(time.Millisecond))
+	return nil
 }

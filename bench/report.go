@@ -369,14 +369,8 @@ func renderMarkdown(rep *Report) string {
 			if r == nil {
 				continue
 			}
-			for _, nt := range r.Notes {
+			for _, nt := range runNotes(r) {
 				w("\n- %s: %s", r.Proxy, nt)
-			}
-			if r.Churn != nil && r.Churn.Note != "" {
-				w("\n- %s churn: %s", r.Proxy, r.Churn.Note)
-			}
-			if r.Err != "" {
-				w("\n- %s: **run ended early**: %s", r.Proxy, r.Err)
 			}
 		}
 		w("\n\n")
@@ -501,4 +495,16 @@ func thousands(n int) string {
 	}
 	out = append([]string{s}, out...)
 	return strings.Join(out, ",")
+}
+
+// runNotes lists what a run noted, its churn note and how it ended early.
+func runNotes(r *Run) []string {
+	notes := slices.Clone(r.Notes)
+	if r.Churn != nil && r.Churn.Note != "" {
+		notes = append(notes, "churn: "+r.Churn.Note)
+	}
+	if r.Err != "" {
+		notes = append(notes, "**run ended early**: `"+oneLine(r.Err)+"`")
+	}
+	return notes
 }

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -63,7 +63,10 @@ type Churn struct {
 
 // Run is one proxy at one N.
 type Run struct {
-	Proxy       string
+	Proxy string
+	// Mode is the proxy mode when the run picks one (the VM bench runs
+	// svcproxy in iptables and ipvs mode); empty: iptables.
+	Mode        string `json:",omitempty"`
 	N           int
 	Cold        Phase
 	Restart     *Phase   `json:",omitempty"`
@@ -93,6 +96,32 @@ type env struct {
 	topo   *acceptance.Topology
 	client acceptance.Client
 	dir    string
+	link   io.Closer // the node namespace's way to the API server
+}
+
+func (e *env) close() {
+	if e.link != nil {
+		e.link.Close()
+	}
+	e.topo.Close()
+}
+
+// linkNetns lets processes in ns reach the API server: a veth to the
+// control plane's namespace on the host; in the VM guest, where the API
+// server is the host's behind QEMU's forward, a relay inside ns.
+func (b *bench) linkNetns(ns string) (io.Closer, error) {
+	if b.cp != nil {
+		return io.NopCloser(nil), b.cp.LinkNetns(ns)
+	}
+	return acceptance.StartRelay(ns, b.kubeconfig)
+}
+
+// kubeconfigPath is the kubeconfig the proxies use.
+func (b *bench) kubeconfigPath() string {
+	if b.cp != nil {
+		return b.cp.KubeconfigPath
+	}
+	return b.kubeconfig
 }
 
 func (b *bench) newEnv(dir string) (*env, error) {
@@ -118,19 +147,22 @@ func (b *bench) newEnv(dir string) (*env, error) {
 		return nil, err
 	}
 	e.client = acceptance.Client{Netns: topo.Pod(clientIP).Netns, Bind: clientIP}
-	if err := b.cp.LinkNetns(topo.Node); err != nil {
+	if e.link, err = b.linkNetns(topo.Node); err != nil {
 		topo.Close()
 		return nil, err
 	}
 	return e, nil
 }
 
-// proxyConfig renders acceptance.ProxyConfig (iptables mode; conntrack
-// sizing zeroed, so no global conntrack sysctl is written) with the given
-// minSyncPeriod.
-func (b *bench) proxyConfig(path, minSync string) error {
+// proxyConfig renders acceptance.ProxyConfig (mode "" is iptables;
+// conntrack sizing zeroed, so no global conntrack sysctl is written) with
+// the given minSyncPeriod in the mode's own section, the one it reads.
+func (b *bench) proxyConfig(path, mode, minSync string) error {
+	if mode == "" {
+		mode = "iptables"
+	}
 	s := &acceptance.Scenario{Node: acceptance.Node{Name: nodeName, IPs: []string{nodeIPStr}, ClusterCIDR: clusterCIDR}}
-	raw, err := acceptance.ProxyConfig(s, "iptables", b.cp.KubeconfigPath)
+	raw, err := acceptance.ProxyConfig(s, mode, b.kubeconfigPath())
 	if err != nil {
 		return err
 	}
@@ -138,11 +170,11 @@ func (b *bench) proxyConfig(path, minSync string) error {
 	if err := yaml.Unmarshal(raw, &cfg); err != nil {
 		return err
 	}
-	ipt, _ := cfg["iptables"].(map[string]any)
-	if ipt == nil {
-		return errors.New("config has no iptables section")
+	sec, _ := cfg[mode].(map[string]any)
+	if sec == nil {
+		return fmt.Errorf("config has no %s section", mode)
 	}
-	ipt["minSyncPeriod"] = minSync
+	sec["minSyncPeriod"] = minSync
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		return err
@@ -160,10 +192,15 @@ func (b *bench) binary(proxy string) string {
 // runProxy runs every phase for one proxy at one N. Failures end the run
 // early and are recorded, never fatal for the whole bench.
 func (b *bench) runProxy(ctx context.Context, proxy string, n int) *Run {
-	r := &Run{Proxy: proxy, N: n, Load: loadAvg()}
+	return b.runProxyMode(ctx, proxy, "", n)
+}
+
+// runProxyMode is runProxy in a given proxy mode ("": iptables).
+func (b *bench) runProxyMode(ctx context.Context, proxy, mode string, n int) *Run {
+	r := &Run{Proxy: proxy, Mode: mode, N: n, Load: loadAvg()}
 	start := time.Now()
 	defer func() { r.WallS = time.Since(start).Seconds() }()
-	logf("=== %s N=%d (load %s)", proxy, n, r.Load)
+	logf("=== %s %s N=%d (load %s)", proxy, mode, n, r.Load)
 	if err := b.runPhases(ctx, r); err != nil {
 		r.Err = err.Error()
 		logf("  %s N=%d: error: %v", proxy, n, err)
@@ -172,7 +209,7 @@ func (b *bench) runProxy(ctx context.Context, proxy string, n int) *Run {
 }
 
 func (b *bench) runPhases(ctx context.Context, r *Run) error {
-	dir := filepath.Join(b.o.LogDir, fmt.Sprintf("%s-%d", r.Proxy, r.N))
+	dir := filepath.Join(b.o.LogDir, fmt.Sprintf("%s-%d", runTag(r), r.N))
 	_ = os.RemoveAll(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -181,12 +218,12 @@ func (b *bench) runPhases(ctx context.Context, r *Run) error {
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
-	defer e.topo.Close()
+	defer e.close()
 	fast, slow := filepath.Join(dir, "config-fast.yaml"), filepath.Join(dir, "config-1s.yaml")
-	if err := b.proxyConfig(fast, b.rep.MinSync.Fast); err != nil {
+	if err := b.proxyConfig(fast, r.Mode, b.rep.MinSync.Fast); err != nil {
 		return err
 	}
-	if err := b.proxyConfig(slow, "1s"); err != nil {
+	if err := b.proxyConfig(slow, r.Mode, "1s"); err != nil {
 		return err
 	}
 	probeDst := netip.AddrPortFrom(b.cl.probeIP, servicePort)
@@ -208,13 +245,17 @@ func (b *bench) runPhases(ctx context.Context, r *Run) error {
 		proc.Stop(10 * time.Second)
 		return nil
 	}
-	saveStart := time.Now()
-	dump, err := dumpRules(e.topo.Node)
-	if err != nil {
-		return err
+	// The floor is an iptables figure; the VM bench leaves it out.
+	var dump []byte
+	var saveS float64
+	if !b.o.NoFloor {
+		saveStart := time.Now()
+		if dump, err = dumpRules(e.topo.Node); err != nil {
+			return err
+		}
+		saveS = time.Since(saveStart).Seconds()
+		writeDump(filepath.Join(dir, "rules.save"), dump)
 	}
-	saveS := time.Since(saveStart).Seconds()
-	writeDump(filepath.Join(dir, "rules.save"), dump)
 
 	// 2. Programming latency with the fast minSyncPeriod.
 	if r.LatFast, err = b.latency(ctx, r, e, proc, "fast", b.rep.MinSync.Fast); err != nil {
@@ -235,10 +276,12 @@ func (b *bench) runPhases(ctx context.Context, r *Run) error {
 	}
 
 	// 5. The floor: the same ruleset into an empty namespace, proxy stopped.
-	f := measureFloor(dump)
-	f.SaveS = saveS
-	r.Floor = &f
-	logf("  floor: save %.2fs; %d lines, %d bytes: one payload %.2fs, %d batches %.2fs %s", f.SaveS, f.Lines, f.Bytes, f.OnePayloadS, f.Batches, f.BatchedS, f.Err)
+	if !b.o.NoFloor {
+		f := measureFloor(dump)
+		f.SaveS = saveS
+		r.Floor = &f
+		logf("  floor: save %.2fs; %d lines, %d bytes: one payload %.2fs, %d batches %.2fs %s", f.SaveS, f.Lines, f.Bytes, f.OnePayloadS, f.Batches, f.BatchedS, f.Err)
+	}
 
 	// 6. Restart with the rules in place (config with minSyncPeriod 1s).
 	proc2, ph2, err := b.startPhase(ctx, r.Proxy, e, slow, filepath.Join(dir, "proxy-restart.log"), probeDst, true)
@@ -398,7 +441,7 @@ func (b *bench) latency(ctx context.Context, r *Run, e *env, proc *nsutil.Proc, 
 			r.note("latency (%s) series hit the %s cap after %d samples", minSync, b.o.Cap, i)
 			break
 		}
-		name := fmt.Sprintf("lat-%s-%d-%s-%03d", short(r.Proxy), r.N, tag, i)
+		name := fmt.Sprintf("lat-%s-%d-%s-%03d", runTag(r), r.N, tag, i)
 		names = append(names, name)
 		s, err := b.programmingLatency(ctx, e, name, min(left, 60*time.Second))
 		if err != nil {
@@ -470,6 +513,15 @@ func short(proxy string) string {
 		return "kp"
 	}
 	return "sp"
+}
+
+// runTag names a run in object names and log directories: the proxy's
+// short name, plus the mode when the run sets one.
+func runTag(r *Run) string {
+	if r.Mode == "" {
+		return short(r.Proxy)
+	}
+	return short(r.Proxy) + "-" + r.Mode
 }
 
 // churnSeconds is the churn length at N: short where kube-proxy's sync
@@ -643,11 +695,13 @@ func (b *bench) effectiveMinSync(ctx context.Context, proxy, v, dir string) (str
 		return "", err
 	}
 	defer func() { _ = nsutil.Delete(ns) }()
-	if err := b.cp.LinkNetns(ns); err != nil {
+	link, err := b.linkNetns(ns)
+	if err != nil {
 		return "", err
 	}
+	defer link.Close()
 	cfg := filepath.Join(dir, fmt.Sprintf("%s-%s.yaml", proxy, v))
-	if err := b.proxyConfig(cfg, v); err != nil {
+	if err := b.proxyConfig(cfg, "", v); err != nil {
 		return "", err
 	}
 	logPath := filepath.Join(dir, fmt.Sprintf("%s-%s.log", proxy, v))

@@ -379,9 +379,9 @@ func soak(ctx context.Context, o options, rep *SoakReport, save func()) error {
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
-	defer e.topo.Close()
+	defer e.close()
 	cfg := filepath.Join(dir, "config.yaml")
-	if err := b.proxyConfig(cfg, so.MinSync); err != nil {
+	if err := b.proxyConfig(cfg, "", so.MinSync); err != nil {
 		return err
 	}
 	logPath := filepath.Join(dir, "proxy.log")
