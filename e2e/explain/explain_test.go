@@ -40,24 +40,6 @@ const (
 	podIP    = "10.1.0.9" // a client pod on this node (no namespace needed: explain traces the model)
 )
 
-// proxyBinary returns $SVCPROXY_PROXY or <repo>/bin/proxy, skipping when
-// it is missing.
-func proxyBinary(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv("SVCPROXY_PROXY")
-	if p == "" || p == "reference" {
-		root, err := controlplane.RepoRoot()
-		if err != nil {
-			t.Skip(err)
-		}
-		p = filepath.Join(root, "bin", "proxy")
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("no proxy binary (%v): go build -o bin/proxy ./cmd/proxy", err)
-	}
-	return p
-}
-
 func skipUnlessReady(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
@@ -175,7 +157,7 @@ func (e *env) iptables(args ...string) string {
 
 func TestExplainLayers(t *testing.T) {
 	skipUnlessReady(t)
-	proxy := proxyBinary(t)
+	proxy := controlplane.ProxyBinary(t)
 	for _, err := range nsutil.RemoveStale() {
 		t.Log("stale cleanup:", err)
 	}

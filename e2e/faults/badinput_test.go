@@ -23,6 +23,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"svcproxy.dev/svcproxy/e2e/acceptance"
+	"svcproxy.dev/svcproxy/e2e/controlplane"
 	"svcproxy.dev/svcproxy/e2e/nsutil"
 )
 
@@ -215,7 +216,7 @@ func trimLog(l string) string {
 // The proxy runs in a throwaway namespace, in case a file were accepted.
 func TestBadConfigFile(t *testing.T) {
 	requireRoot(t)
-	proxy := proxyBinary(t)
+	proxy := controlplane.ProxyBinary(t)
 	ns := nsutil.Name("cfg")
 	if err := nsutil.Add(ns); err != nil {
 		t.Fatal(err)

@@ -84,26 +84,7 @@ func requireRoot(t *testing.T) {
 			t.Skipf("%s not installed (apt-get install iptables util-linux iproute2 conntrack)", b)
 		}
 	}
-	proxyBinary(t)
-}
-
-// proxyBinary returns $SVCPROXY_PROXY or <repo>/bin/proxy. These tests
-// check svcproxy's own behaviour (its drift metric, its logs), so the
-// reference kube-proxy is not an option.
-func proxyBinary(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv("SVCPROXY_PROXY")
-	if p == "" || p == "reference" {
-		root, err := controlplane.RepoRoot()
-		if err != nil {
-			t.Skip(err)
-		}
-		p = filepath.Join(root, "bin", "proxy")
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("no proxy binary (%v): go build -o bin/proxy ./cmd/proxy", err)
-	}
-	return p
+	controlplane.ProxyBinary(t)
 }
 
 func suiteDir(t *testing.T) string {
@@ -228,7 +209,7 @@ func newBed(t *testing.T, name string, opts bedOptions) *bed {
 	b := &bed{
 		t: t, ctx: ctx, cp: cp, dir: dir,
 		nodeName: "node-" + name, ns: "faults-" + name,
-		proxyBin: proxyBinary(t), env: opts.Env, iptables: "iptables-nft",
+		proxyBin: controlplane.ProxyBinary(t), env: opts.Env, iptables: "iptables-nft",
 		clients: map[netip.Addr]acceptance.Client{},
 	}
 	if opts.Legacy {

@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"svcproxy.dev/svcproxy/e2e/acceptance"
+	"svcproxy.dev/svcproxy/e2e/controlplane"
 )
 
 const routeLocalnet = "/proc/sys/net/ipv4/conf/all/route_localnet"
@@ -138,7 +139,7 @@ func TestSecurityDefaults(t *testing.T) {
 // is stopped first (their namespace name is per process).
 func TestSecurityScenarios(t *testing.T) {
 	requireRoot(t)
-	proxy := proxyBinary(t)
+	proxy := controlplane.ProxyBinary(t)
 	responder := responderBinary(t)
 	stopSharedControlPlane()
 	file, err := filepath.Abs("testdata/security.yaml")
