@@ -346,15 +346,7 @@ func TestPayloadSize(t *testing.T) {
 // batchLines lines, each whole Services, and still converges; meanwhile
 // the drift check has nothing to compare against.
 func TestLargeDeltaIsBatched(t *testing.T) {
-	c := newCluster(t, 60)
-	fake := NewFake()
-	hook := &beforeRestore{Interface: fake}
-	p := NewProxier(hook, defaultOpts())
-	p.batchLines = 200
-	converge(t, p, fake, c.tr.Snapshot())
-	for i := range 50 {
-		c.setService(i, 10, 1)
-	}
+	c, fake, hook, p := largeDelta(t)
 	restores := len(fake.Restores)
 	hook.before = func() {
 		if p.Applied() != nil {
@@ -376,15 +368,7 @@ func TestLargeDeltaIsBatched(t *testing.T) {
 // earlier ones have landed, so nothing is taken as applied and the next
 // sync is a full one, which converges.
 func TestLargeDeltaFailsPartway(t *testing.T) {
-	c := newCluster(t, 60)
-	fake := NewFake()
-	hook := &beforeRestore{Interface: fake}
-	p := NewProxier(hook, defaultOpts())
-	p.batchLines = 200
-	converge(t, p, fake, c.tr.Snapshot())
-	for i := range 50 {
-		c.setService(i, 10, 1)
-	}
+	c, fake, hook, p := largeDelta(t)
 	calls := 0
 	hook.before = func() {
 		if calls++; calls == 2 {
@@ -403,6 +387,22 @@ func TestLargeDeltaFailsPartway(t *testing.T) {
 	if res := converge(t, p, fake, c.tr.Snapshot()); !res.Full {
 		t.Error("the sync after a failed delta is not full")
 	}
+}
+
+// largeDelta converges 60 Services with batchLines 200, then changes an
+// endpoint of 50 of them, so the next sync is a delta of several payloads.
+func largeDelta(t *testing.T) (*cluster, *Fake, *beforeRestore, *Proxier) {
+	t.Helper()
+	c := newCluster(t, 60)
+	fake := NewFake()
+	hook := &beforeRestore{Interface: fake}
+	p := NewProxier(hook, defaultOpts())
+	p.batchLines = 200
+	converge(t, p, fake, c.tr.Snapshot())
+	for i := range 50 {
+		c.setService(i, 10, 1)
+	}
+	return c, fake, hook, p
 }
 
 // beforeRestore calls before ahead of every Restore.
