@@ -188,12 +188,9 @@ func (b *bench) bootGuest(ctx context.Context, exe, share, kc string, n int) (VM
 		Memory:   v.Memory,
 		CPUs:     v.CPUs,
 		Timeout:  v.Timeout,
-		Network:  "169.254.250.0/24",
-		Forwards: []vm.Forward{{
-			GuestAddr:   b.cp.APIAddress,
-			HostCommand: []string{"ip", "netns", "exec", b.cp.Netns, "socat", "STDIO", "TCP:" + b.cp.APIAddress},
-		}},
-		Console: &linePrefixer{w: os.Stderr, prefix: "guest| "},
+		Network:  vm.APINetwork,
+		Forwards: []vm.Forward{vm.APIForward(b.cp)},
+		Console:  &linePrefixer{w: os.Stderr, prefix: "guest| "},
 	})
 	boot.WallS, boot.BootS, boot.HostLoadEnd = res.Duration.Seconds(), res.Boot.Seconds(), loadAvg()
 	if err == nil {

@@ -154,12 +154,9 @@ func RunInVM(ctx context.Context, o VMOptions) (*Summary, error) {
 		Memory:   o.Memory,
 		CPUs:     o.CPUs,
 		Timeout:  o.Timeout,
-		Network:  "169.254.250.0/24",
-		Forwards: []vm.Forward{{
-			GuestAddr:   cp.APIAddress,
-			HostCommand: []string{"ip", "netns", "exec", cp.Netns, "socat", "STDIO", "TCP:" + cp.APIAddress},
-		}},
-		Console: console,
+		Network:  vm.APINetwork,
+		Forwards: []vm.Forward{vm.APIForward(cp)},
+		Console:  console,
 	})
 	// The console may have mangled a line; the output file has them all.
 	col.Write([]byte(res.Output))

@@ -86,12 +86,9 @@ func TestCleanupVM(t *testing.T) {
 		Dir:        share,
 		ShareDir:   share,
 		ShareCache: true,
-		Network:    "169.254.250.0/24",
-		Forwards: []vm.Forward{{
-			GuestAddr:   cp.APIAddress,
-			HostCommand: []string{"ip", "netns", "exec", cp.Netns, "socat", "STDIO", "TCP:" + cp.APIAddress},
-		}},
-		Timeout: 11 * time.Minute,
+		Network:    vm.APINetwork,
+		Forwards:   []vm.Forward{vm.APIForward(cp)},
+		Timeout:    11 * time.Minute,
 	})
 	t.Logf("guest: boot %v, command %v, exit %d", res.Boot.Round(time.Millisecond), res.CommandTime.Round(time.Millisecond), res.ExitCode)
 	t.Logf("guest output:\n%s", res.Output)

@@ -92,12 +92,9 @@ func runGuest(t *testing.T, guestTest string, env ...string) (share string) {
 		Dir:        share,
 		ShareDir:   share,
 		ShareCache: true,
-		Network:    "169.254.250.0/24",
-		Forwards: []vm.Forward{{
-			GuestAddr:   cp.APIAddress,
-			HostCommand: []string{"ip", "netns", "exec", cp.Netns, "socat", "STDIO", "TCP:" + cp.APIAddress},
-		}},
-		Timeout: 7 * time.Minute,
+		Network:    vm.APINetwork,
+		Forwards:   []vm.Forward{vm.APIForward(cp)},
+		Timeout:    7 * time.Minute,
 	})
 	t.Logf("guest: boot %v, command %v, exit %d", res.Boot.Round(time.Millisecond), res.CommandTime.Round(time.Millisecond), res.ExitCode)
 	t.Logf("guest output:\n%s", res.Output)

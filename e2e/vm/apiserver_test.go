@@ -47,12 +47,9 @@ func TestVMAPIServer(t *testing.T) {
 		ShareDir: share,
 		// vm.test starts faster from a cached share.
 		ShareCache: true,
-		Network:    "169.254.250.0/24",
-		Forwards: []Forward{{
-			GuestAddr:   cp.APIAddress,
-			HostCommand: []string{"ip", "netns", "exec", cp.Netns, "socat", "STDIO", "TCP:" + cp.APIAddress},
-		}},
-		Timeout: 3 * time.Minute,
+		Network:    APINetwork,
+		Forwards:   []Forward{APIForward(cp)},
+		Timeout:    3 * time.Minute,
 	})
 	logResult(t, res)
 	if err != nil {
