@@ -10,10 +10,8 @@
 package conntrack
 
 import (
-	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
+	"slices"
 
 	v1 "k8s.io/api/core/v1"
 
@@ -28,18 +26,41 @@ const (
 )
 
 // Targets is, per Service destination, the endpoints a flow may be DNATed to.
+// Keys and endpoints are plain values, not strings: the reconciler builds a
+// Targets for every Service after each sync, and at 5,000 Services a string
+// per destination and per endpoint was most of its time and 7 MB of garbage.
 type Targets struct {
-	// vips maps "ip|port|proto" to the allowed "ip:port" replies.
-	vips map[string]map[string]bool
-	// nodePorts maps "port|proto" to the allowed replies; only flows to a
-	// local address match.
-	nodePorts map[string]map[string]bool
+	// vips maps a Service address, port and protocol to its endpoints.
+	vips map[dest]allowed
+	// nodePorts maps a NodePort (zero address) to its endpoints; only
+	// flows to a local address match.
+	nodePorts map[dest]allowed
 	local     map[netip.Addr]bool
+}
+
+// dest is one Service destination: address (zero for a NodePort), port
+// and IP protocol number.
+type dest struct {
+	addr  netip.Addr
+	port  uint16
+	proto uint8
+}
+
+// allowed is the endpoints a destination's flows may go to, sorted. For
+// TCP only whether there are any matters (see Stale), so it keeps no list.
+type allowed struct {
+	any bool
+	eps []netip.AddrPort
+}
+
+func (a allowed) has(ep netip.AddrPort) bool {
+	_, found := slices.BinarySearchFunc(a.eps, ep, netip.AddrPort.Compare)
+	return found
 }
 
 // BuildTargets lists the Service destinations of snap for one family.
 func BuildTargets(snap *watch.Snapshot, family v1.IPFamily, local []netip.Addr) *Targets {
-	t := &Targets{vips: map[string]map[string]bool{}, nodePorts: map[string]map[string]bool{}, local: map[netip.Addr]bool{}}
+	t := &Targets{vips: map[dest]allowed{}, nodePorts: map[dest]allowed{}, local: map[netip.Addr]bool{}}
 	for _, a := range local {
 		t.local[a] = true
 	}
@@ -48,28 +69,39 @@ func BuildTargets(snap *watch.Snapshot, family v1.IPFamily, local []netip.Addr) 
 		if proto == 0 {
 			continue
 		}
-		allowed := map[string]bool{}
-		for _, ep := range watch.Select(port, snap.Endpoints[name], snap.Node).All {
-			if watch.FamilyOf(ep.Addr) == family {
-				allowed[ep.String()] = true
-			}
-		}
+		to := allowedEndpoints(port, snap, name, family, proto)
 		for _, ip := range serviceIPs(port) {
 			if watch.FamilyOf(ip) == family {
-				t.vips[vipKey(ip, uint16(port.Port), proto)] = allowed
+				t.vips[dest{ip, uint16(port.Port), proto}] = to
 			}
 		}
 		if port.NodePort != 0 {
-			t.nodePorts[portKey(uint16(port.NodePort), proto)] = allowed
+			t.nodePorts[dest{netip.Addr{}, uint16(port.NodePort), proto}] = to
 		}
 	}
 	return t
 }
 
+// allowedEndpoints returns the endpoints of family that port's traffic
+// may go to; the list is kept for UDP and SCTP only.
+func allowedEndpoints(port *watch.ServicePort, snap *watch.Snapshot, name watch.ServicePortName, family v1.IPFamily, proto uint8) allowed {
+	var to allowed
+	for _, ep := range watch.Select(port, snap.Endpoints[name], snap.Node).All {
+		if watch.FamilyOf(ep.Addr) != family {
+			continue
+		}
+		to.any = true
+		if proto == protoTCP {
+			break
+		}
+		to.eps = append(to.eps, netip.AddrPortFrom(ep.Addr.Unmap(), uint16(ep.Port)))
+	}
+	slices.SortFunc(to.eps, netip.AddrPort.Compare)
+	return to
+}
+
 func serviceIPs(p *watch.ServicePort) []netip.Addr {
-	out := append([]netip.Addr{}, p.ClusterIPs...)
-	out = append(out, p.ExternalIPs...)
-	return append(out, p.LoadBalancerIPs...)
+	return slices.Concat(p.ClusterIPs, p.ExternalIPs, p.LoadBalancerIPs)
 }
 
 func protoNumber(p v1.Protocol) uint8 {
@@ -84,12 +116,6 @@ func protoNumber(p v1.Protocol) uint8 {
 	return 0
 }
 
-func vipKey(ip netip.Addr, port uint16, proto uint8) string {
-	return fmt.Sprintf("%s|%d|%d", ip, port, proto)
-}
-
-func portKey(port uint16, proto uint8) string { return fmt.Sprintf("%d|%d", port, proto) }
-
 // Stale reports whether a flow (original destination, reply source) goes to
 // a Service destination but not to one of its endpoints in use.
 //
@@ -101,19 +127,19 @@ func portKey(port uint16, proto uint8) string { return fmt.Sprintf("%d|%d", port
 // connections to a removed endpoint are left to finish or fail on their own.
 func (t *Targets) Stale(proto uint8, origDst netip.Addr, origPort uint16, replySrc netip.Addr, replyPort uint16) bool {
 	origDst, replySrc = origDst.Unmap(), replySrc.Unmap()
-	allowed, ok := t.vips[vipKey(origDst, origPort, proto)]
+	to, ok := t.vips[dest{origDst, origPort, proto}]
 	if proto == protoTCP {
 		notDNATed := replySrc == origDst && replyPort == origPort
-		return ok && notDNATed && len(allowed) > 0
+		return ok && notDNATed && to.any
 	}
 	if proto != protoUDP && proto != protoSCTP {
 		return false
 	}
 	if !ok && t.local[origDst] {
-		allowed, ok = t.nodePorts[portKey(origPort, proto)]
+		to, ok = t.nodePorts[dest{netip.Addr{}, origPort, proto}]
 	}
 	if !ok {
 		return false
 	}
-	return !allowed[net.JoinHostPort(replySrc.String(), strconv.Itoa(int(replyPort)))]
+	return !to.has(netip.AddrPortFrom(replySrc, replyPort))
 }

@@ -83,3 +83,21 @@ func TestStaleTCP(t *testing.T) {
 		t.Error("an established TCP connection to a removed endpoint must be left alone")
 	}
 }
+
+// Endpoints are found by binary search, so each of several given out of
+// order must be found, and a port that differs must not.
+func TestStaleManyEndpoints(t *testing.T) {
+	a := netip.MustParseAddr
+	targets := BuildTargets(udpSnapshot("10.0.0.3", "10.0.0.1", "10.0.0.12", "10.0.0.2"), v1.IPv4Protocol, nil)
+	for _, ip := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.12"} {
+		if targets.Stale(protoUDP, a("172.30.0.10"), 53, a(ip), 5353) {
+			t.Errorf("flow to live endpoint %s taken as stale", ip)
+		}
+	}
+	if !targets.Stale(protoUDP, a("172.30.0.10"), 53, a("10.0.0.2"), 5354) {
+		t.Error("flow to a live address on another port must be stale")
+	}
+	if !targets.Stale(protoUDP, a("172.30.0.10"), 53, a("10.0.0.4"), 5353) {
+		t.Error("flow to an address between live ones must be stale")
+	}
+}
