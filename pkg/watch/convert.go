@@ -202,7 +202,8 @@ func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*discovery
 	slices.Sort(names)
 
 	out := map[ServicePortName][]*Endpoint{}
-	seen := map[ServicePortName]map[string]int{} // ip:port -> index in out[spn]
+	keys := map[ServicePortName][]string{}       // "ip:port" of each out[spn]
+	seen := map[ServicePortName]map[string]int{} // "ip:port" -> index in out[spn]
 	var warnings []string
 	for _, n := range names {
 		es := slicesByName[n]
@@ -233,13 +234,32 @@ func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*discovery
 				}
 				seen[spn][key] = len(out[spn])
 				out[spn] = append(out[spn], ep)
+				keys[spn] = append(keys[spn], key)
 			}
 		}
 	}
-	for _, eps := range out {
-		slices.SortFunc(eps, func(a, b *Endpoint) int { return strings.Compare(a.String(), b.String()) })
+	for spn, eps := range out {
+		sortByKey(eps, keys[spn])
 	}
 	return out, warnings
+}
+
+// sortByKey sorts eps by their "ip:port" strings (kube-proxy's order),
+// given in keys: formatting them inside the comparison made two strings
+// per comparison, most of a large cluster's garbage at start-up.
+func sortByKey(eps []*Endpoint, keys []string) {
+	type keyed struct {
+		key string
+		ep  *Endpoint
+	}
+	pairs := make([]keyed, len(eps))
+	for i, ep := range eps {
+		pairs[i] = keyed{keys[i], ep}
+	}
+	slices.SortFunc(pairs, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
+	for i, p := range pairs {
+		eps[i] = p.ep
+	}
 }
 
 func slicePortName(svc types.NamespacedName, port discovery.EndpointPort) (ServicePortName, error) {
