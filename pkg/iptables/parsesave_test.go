@@ -70,6 +70,7 @@ func TestChainReader(t *testing.T) {
 		nat("KUBE-SVC-SAME"):  {"-m comment --comment \"ns/a\" -d 10.0.0.1 -j KUBE-SEP-B"},
 		nat("KUBE-SVC-MORE"):  {"-j KUBE-SEP-B"},
 		nat("KUBE-SVC-SPLIT"): {"-j KUBE-SEP-B", "-j KUBE-SEP-C"},
+		nat("KUBE-SVC-TWICE"): {"-j KUBE-SEP-B"},
 		nat("KUBE-SEP-EMPTY"): {},
 		nat("KUBE-SEP-NEW"):   {"-j KUBE-MARK-MASQ"},
 	}}}}
@@ -80,6 +81,7 @@ func TestChainReader(t *testing.T) {
 :KUBE-SVC-SAME - [0:0]
 :KUBE-SVC-MORE - [0:0]
 :KUBE-SVC-SPLIT - [0:0]
+:KUBE-SVC-TWICE - [0:0]
 :KUBE-SEP-EMPTY - [0:0]
 :KUBE-SEP-GONE - [0:0]
 :FOREIGN - [0:0]
@@ -89,25 +91,35 @@ func TestChainReader(t *testing.T) {
 -A KUBE-SVC-SPLIT -j KUBE-SEP-B
 -A FOREIGN -j ACCEPT
 -A KUBE-SVC-SPLIT -j KUBE-SEP-C
+-A KUBE-SVC-TWICE -j KUBE-SEP-B
+-A FOREIGN -j ACCEPT
+-A KUBE-SVC-TWICE -j KUBE-SEP-B
 COMMIT
 `)
-	out := kernelChains{exist: map[ChainKey]bool{}, inPlace: map[ChainKey]bool{}}
+	out := KernelChains{}
 	r := newChainReader(rs, TableNAT, out)
 	eachSavedLine(save, r.line)
 	r.done()
 	wantExist := map[ChainKey]bool{}
 	// KUBE-FIREWALL is kubelet's where its canary exists; FOREIGN is not ours.
-	for _, n := range []string{"KUBE-SERVICES", "KUBE-SVC-SAME", "KUBE-SVC-MORE", "KUBE-SVC-SPLIT", "KUBE-SEP-EMPTY", "KUBE-SEP-GONE"} {
+	for _, n := range []string{"KUBE-SERVICES", "KUBE-SVC-SAME", "KUBE-SVC-MORE", "KUBE-SVC-SPLIT", "KUBE-SVC-TWICE", "KUBE-SEP-EMPTY", "KUBE-SEP-GONE"} {
 		wantExist[nat(n)] = true
 	}
-	if !maps.Equal(out.exist, wantExist) {
-		t.Errorf("exist = %v, want %v", out.exist, wantExist)
+	exist, inPlace := map[ChainKey]bool{}, map[ChainKey]bool{}
+	for k := range out {
+		exist[k] = true
+		if out.InPlace(k) {
+			inPlace[k] = true
+		}
+	}
+	if !maps.Equal(exist, wantExist) {
+		t.Errorf("exist = %v, want %v", exist, wantExist)
 	}
 	// Equal after normalising (order, prefix, quotes); an empty chain planned empty.
 	// Not: an extra rule, a chain listed in two runs, a chain not yet there.
 	wantInPlace := map[ChainKey]bool{nat("KUBE-SVC-SAME"): true, nat("KUBE-SEP-EMPTY"): true}
-	if !maps.Equal(out.inPlace, wantInPlace) {
-		t.Errorf("inPlace = %v, want %v", out.inPlace, wantInPlace)
+	if !maps.Equal(inPlace, wantInPlace) {
+		t.Errorf("inPlace = %v, want %v", inPlace, wantInPlace)
 	}
 }
 

@@ -160,7 +160,7 @@ func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
 		return SyncResult{}, err
 	}
 	res := SyncResult{Full: true, Ruleset: rs, Written: map[string]int{}}
-	for payload := range FullPayloadSeq(rs, kernel.exist, kernel.inPlace, p.batchLines) {
+	for payload := range FullPayloadSeq(rs, kernel, p.batchLines) {
 		if err := p.kernel.Restore(payload); err != nil {
 			return res, err
 		}
@@ -171,7 +171,7 @@ func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
 	if err := p.ensureJumps(rs); err != nil {
 		return res, err
 	}
-	if err := p.removeStaleBase(rs, kernel.exist); err != nil {
+	if err := p.removeStaleBase(rs, kernel); err != nil {
 		return res, err
 	}
 	p.setApplied(rs)
@@ -180,7 +180,7 @@ func (p *Proxier) full(rs *Ruleset) (SyncResult, error) {
 
 // removeStaleBase deletes fixed chains of ours that the ruleset no longer
 // has (the other mode's, or a feature turned off), with the jumps into them.
-func (p *Proxier) removeStaleBase(rs *Ruleset, existing map[ChainKey]bool) error {
+func (p *Proxier) removeStaleBase(rs *Ruleset, existing KernelChains) error {
 	stale := map[string][]string{}
 	for k := range existing {
 		if _, ok := rs.Base[k]; !ok && isBaseChain(k.Name) {
@@ -272,8 +272,8 @@ func (p *Proxier) ensureJumps(rs *Ruleset) error {
 // ourChains reads the chains this proxy owns from the kernel, comparing
 // each Service chain with rs as the dump streams by: at 10,000 Services a
 // table's text is tens of megabytes, which a full sync need not hold.
-func (p *Proxier) ourChains(rs *Ruleset) (kernelChains, error) {
-	out := kernelChains{exist: map[ChainKey]bool{}, inPlace: map[ChainKey]bool{}}
+func (p *Proxier) ourChains(rs *Ruleset) (KernelChains, error) {
+	out := KernelChains{}
 	for _, table := range []string{TableNAT, TableFilter} {
 		r := newChainReader(rs, table, out)
 		if err := streamSave(p.kernel, table, r.line); err != nil {

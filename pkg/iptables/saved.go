@@ -131,11 +131,27 @@ func jumpTarget(rule []byte) ([]byte, bool) {
 	return nil, false
 }
 
-// kernelChains is what a full sync reads of the chains this proxy owns:
-// which exist, and which Service chains already hold what rs plans.
-type kernelChains struct {
-	exist, inPlace map[ChainKey]bool
-}
+// KernelChains is what a full sync reads of the chains this proxy owns:
+// every key is a chain the kernel has, and its state says whether a
+// Service chain already holds what the ruleset plans. One map, with each
+// name stored once: at 5,000 Services a restart's dump declares 55,000
+// chains, and two maps with a name string each were 11 MB at the proxy's
+// peak.
+type KernelChains map[ChainKey]ChainState
+
+// ChainState is what the dump showed of one chain.
+type ChainState uint8
+
+const (
+	// ChainInPlace marks a Service chain that holds exactly the planned
+	// rules; a full sync does not rewrite it.
+	ChainInPlace ChainState = 1 << iota
+	chainRan                // its rules went by in the dump
+	chainDiffers            // they differ from the plan, or came in two runs
+)
+
+// InPlace reports whether chain k is in the kernel as planned.
+func (kc KernelChains) InPlace(k ChainKey) bool { return kc[k]&ChainInPlace != 0 }
 
 // chainReader fills a kernelChains from one table's dump. A Service chain
 // is in place when the kernel holds exactly the planned rules, in order,
@@ -145,7 +161,7 @@ type kernelChains struct {
 type chainReader struct {
 	rs    *Ruleset
 	table string
-	out   kernelChains
+	out   KernelChains
 	// kubelet is set when kubelet's canary chain is declared: kubelet then
 	// owns KUBE-FIREWALL (see kubeletOwns).
 	kubelet bool
@@ -157,7 +173,7 @@ type chainReader struct {
 	mismatch bool
 }
 
-func newChainReader(rs *Ruleset, table string, out kernelChains) *chainReader {
+func newChainReader(rs *Ruleset, table string, out KernelChains) *chainReader {
 	rs.index()
 	return &chainReader{rs: rs, table: table, out: out}
 }
@@ -180,11 +196,8 @@ func (r *chainReader) declare(name []byte) {
 	if string(name) == ChainKubeletCanary {
 		r.kubelet = true
 	}
-	// Straight into out.exist: at 5,000 Services a restart's dump declares
-	// 55,000 chains, and a list of them beside the map was 3 MB more at
-	// the proxy's peak.
 	if IsServiceChain(string(name)) || isBaseChain(string(name)) {
-		r.out.exist[ChainKey{r.table, string(name)}] = true
+		r.out[ChainKey{r.table, string(name)}] = 0
 	}
 }
 
@@ -206,37 +219,39 @@ func (r *chainReader) compare(rule []byte) {
 	r.mismatch = true
 }
 
-// flush ends a run. Until done, out.inPlace holds every planned chain
-// whose rules went by, false where they differ. A chain listed in two runs
-// (iptables-save does not do that) is never taken as in place.
+// flush ends a run, marking a declared planned chain as having run, and
+// as differing unless its rules matched the plan. A chain listed in two
+// runs (iptables-save does not do that) is never taken as in place.
 func (r *chainReader) flush() {
 	if !r.planned {
 		return
 	}
 	k := ChainKey{r.table, string(r.run)}
-	_, twice := r.out.inPlace[k]
-	r.out.inPlace[k] = !twice && !r.mismatch && r.matched == len(r.want)
+	st, declared := r.out[k]
+	if !declared {
+		return
+	}
+	if st&chainRan != 0 || r.mismatch || r.matched != len(r.want) {
+		st |= chainDiffers
+	}
+	r.out[k] = st | chainRan
 	r.planned = false
 }
 
 func (r *chainReader) done() {
 	r.flush()
 	if r.kubelet { // see kubeletOwns
-		delete(r.out.exist, ChainKey{r.table, ChainFirewall})
+		delete(r.out, ChainKey{r.table, ChainFirewall})
 	}
-	for k := range r.out.exist {
+	for k, st := range r.out {
 		if k.Table != r.table {
 			continue
 		}
+		want, planned := r.rs.serviceChain(k)
 		// A declared chain without rules is in place when none are planned.
-		_, ran := r.out.inPlace[k]
-		if want, ok := r.rs.serviceChain(k); ok && len(want) == 0 && !ran {
-			r.out.inPlace[k] = true
-		}
-	}
-	for k, ok := range r.out.inPlace {
-		if !ok {
-			delete(r.out.inPlace, k)
+		ran := st&chainRan != 0
+		if planned && st&chainDiffers == 0 && (ran || len(want) == 0) {
+			r.out[k] = st | ChainInPlace
 		}
 	}
 }

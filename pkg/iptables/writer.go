@@ -126,16 +126,20 @@ func (p *payload) size() int {
 // payload is atomic) before the shared chains switch over, so a restart
 // with rules in place never leaves a Service unreachable.
 func FullPayloads(rs *Ruleset, existing map[ChainKey]bool, batchLines int) [][]byte {
-	return slices.Collect(FullPayloadSeq(rs, existing, nil, batchLines))
+	kernel := KernelChains{}
+	for k := range existing {
+		kernel[k] = 0
+	}
+	return slices.Collect(FullPayloadSeq(rs, kernel, batchLines))
 }
 
 // FullPayloadSeq yields FullPayloads' payloads one at a time, each built
 // only when the previous one has been written: at 5,000 Services the whole
 // set is 17 MB, which a sync need not hold at once.
 //
-// Service chains in inPlace, which the kernel already holds as planned,
-// are not written.
-func FullPayloadSeq(rs *Ruleset, existing, inPlace map[ChainKey]bool, batchLines int) iter.Seq[[]byte] {
+// Service chains that the kernel already holds as planned (in place) are
+// not written.
+func FullPayloadSeq(rs *Ruleset, existing KernelChains, batchLines int) iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
 		if !yield(prelude(rs, existing).Bytes()) {
 			return
@@ -144,7 +148,7 @@ func FullPayloadSeq(rs *Ruleset, existing, inPlace map[ChainKey]bool, batchLines
 		for _, svc := range rs.ServiceKeys() {
 			sr := rs.Services[svc]
 			for _, k := range sortedKeys(sr.Chains) {
-				if inPlace[k] {
+				if existing.InPlace(k) {
 					continue
 				}
 				batch.declare(k)
@@ -167,11 +171,11 @@ func FullPayloadSeq(rs *Ruleset, existing, inPlace map[ChainKey]bool, batchLines
 
 // prelude writes the fixed chains and creates missing shared chains (empty),
 // so that Service chains can refer to them.
-func prelude(rs *Ruleset, existing map[ChainKey]bool) *payload {
+func prelude(rs *Ruleset, existing KernelChains) *payload {
 	p := newPayload()
 	for _, k := range sortedKeys(rs.Base) {
 		if sharedChains[k] {
-			if !existing[k] {
+			if _, ok := existing[k]; !ok {
 				p.declare(k)
 			}
 			continue
@@ -187,7 +191,7 @@ func prelude(rs *Ruleset, existing map[ChainKey]bool) *payload {
 
 // switchover rewrites the shared chains whole and removes our chains that
 // the ruleset no longer has.
-func switchover(rs *Ruleset, existing map[ChainKey]bool) *payload {
+func switchover(rs *Ruleset, existing KernelChains) *payload {
 	p := newPayload()
 	for _, k := range sortedKeys(rs.Base) {
 		if sharedChains[k] {
@@ -196,11 +200,16 @@ func switchover(rs *Ruleset, existing map[ChainKey]bool) *payload {
 			p.appendRules(k, rules)
 		}
 	}
-	for _, k := range slices.SortedFunc(maps.Keys(existing), compareKeys) {
+	var stale []ChainKey
+	for k := range existing {
 		if IsServiceChain(k.Name) && !rs.Has(k) {
-			p.declare(k)
-			p.table(k.Table).remove = append(p.table(k.Table).remove, "-X "+k.Name)
+			stale = append(stale, k)
 		}
+	}
+	slices.SortFunc(stale, compareKeys)
+	for _, k := range stale {
+		p.declare(k)
+		p.table(k.Table).remove = append(p.table(k.Table).remove, "-X "+k.Name)
 	}
 	return p
 }
