@@ -687,6 +687,11 @@ func TestStripUnused(t *testing.T) {
 	if e.Addresses[0] != "10.0.0.1" || *e.NodeName != "n1" || *e.Zone != "z1" || e.Hints == nil || slice.Annotations[v1.EndpointsLastChangeTriggerTime] == "" {
 		t.Errorf("slice lost fields the proxy reads: %+v", e)
 	}
+	// The endpoint list loses the room the decoder's appends left.
+	roomy := &discovery.EndpointSlice{Endpoints: make([]discovery.Endpoint, 10, 16)}
+	if out, _ := stripUnused(roomy); cap(out.(*discovery.EndpointSlice).Endpoints) > 10 {
+		t.Errorf("endpoint list kept capacity %d for 10 endpoints", cap(out.(*discovery.EndpointSlice).Endpoints))
+	}
 	// Tombstones and other non-objects pass through untouched.
 	if v, err := stripUnused("not an object"); err != nil || v != "not an object" {
 		t.Fatalf("non-object: %v, %v", v, err)
