@@ -3,6 +3,7 @@ package watch
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -188,43 +189,24 @@ func affinityTimeout(svc *v1.Service) int32 {
 	return v1.DefaultClientIPServiceAffinitySeconds
 }
 
-// sliceEndpoints merges a Service's EndpointSlices into endpoints per service
+// sliceEndpoints merges a Service's Slices into endpoints per service
 // port. Slices are taken in name order and an ip:port seen twice keeps its
 // first occurrence unless a later one is local (kube-proxy favours the local
 // copy too). Each port's endpoints are sorted by "ip:port" string, as
 // kube-proxy's endpointsMapFromEndpointInfo does, so the result depends
 // neither on event order nor on the order of endpoints inside a slice.
-func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*discovery.EndpointSlice, nodeName string) (map[ServicePortName][]*Endpoint, []string) {
-	names := make([]string, 0, len(slicesByName))
-	for n := range slicesByName {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-
+// The lists point at the Slices' Endpoints; nothing is copied.
+func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*Slice) map[ServicePortName][]*Endpoint {
 	out := map[ServicePortName][]*Endpoint{}
 	keys := map[ServicePortName][]string{}       // "ip:port" of each out[spn]
 	seen := map[ServicePortName]map[string]int{} // "ip:port" -> index in out[spn]
-	var warnings []string
-	for _, n := range names {
-		es := slicesByName[n]
-		if es.AddressType == discovery.AddressTypeFQDN {
-			continue
-		}
-		for pi, port := range es.Ports {
-			spn, err := slicePortName(svc, port)
-			if err != nil {
-				warnings = append(warnings, fmt.Sprintf("EndpointSlice %s/%s ports[%d]: %v", es.Namespace, es.Name, pi, err))
-				continue
-			}
+	for _, n := range slices.Sorted(maps.Keys(slicesByName)) {
+		for _, port := range slicesByName[n].Ports {
+			spn := ServicePortName{NamespacedName: svc, Port: port.Name, Protocol: port.Protocol}
 			if seen[spn] == nil {
 				seen[spn] = map[string]int{}
 			}
-			for ei := range es.Endpoints {
-				ep, err := endpointFrom(&es.Endpoints[ei], *port.Port, nodeName)
-				if err != nil {
-					warnings = append(warnings, fmt.Sprintf("EndpointSlice %s/%s endpoints[%d]: %v", es.Namespace, es.Name, ei, err))
-					continue
-				}
+			for _, ep := range port.Endpoints {
 				key := ep.String()
 				if i, dup := seen[spn][key]; dup {
 					if ep.IsLocal && !out[spn][i].IsLocal {
@@ -241,7 +223,7 @@ func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*discovery
 	for spn, eps := range out {
 		sortByKey(eps, keys[spn])
 	}
-	return out, warnings
+	return out
 }
 
 // sortByKey sorts eps by their "ip:port" strings (kube-proxy's order),
@@ -262,12 +244,14 @@ func sortByKey(eps []*Endpoint, keys []string) {
 	}
 }
 
-func slicePortName(svc types.NamespacedName, port discovery.EndpointPort) (ServicePortName, error) {
+// slicePort returns the name and protocol of a slice's port, or why the
+// port is invalid.
+func slicePort(port discovery.EndpointPort) (string, v1.Protocol, error) {
 	if port.Port == nil {
-		return ServicePortName{}, errors.New("port number is missing")
+		return "", "", errors.New("port number is missing")
 	}
 	if *port.Port < 1 || *port.Port > 65535 {
-		return ServicePortName{}, fmt.Errorf("port %d is not in 1-65535", *port.Port)
+		return "", "", fmt.Errorf("port %d is not in 1-65535", *port.Port)
 	}
 	name, proto := "", v1.ProtocolTCP
 	if port.Name != nil {
@@ -276,7 +260,7 @@ func slicePortName(svc types.NamespacedName, port discovery.EndpointPort) (Servi
 	if port.Protocol != nil {
 		proto = *port.Protocol
 	}
-	return ServicePortName{NamespacedName: svc, Port: name, Protocol: proto}, nil
+	return name, proto, nil
 }
 
 func endpointFrom(e *discovery.Endpoint, port int32, nodeName string) (*Endpoint, error) {

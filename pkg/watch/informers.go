@@ -2,7 +2,6 @@ package watch
 
 import (
 	"context"
-	"slices"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -39,7 +38,7 @@ func Watch(ctx context.Context, tracker *Tracker, opts InformerOptions) <-chan s
 		notify = func() {}
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
-		informers.WithTransform(stripUnused),
+		informers.WithTransform(transform(opts.NodeName)),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = serviceSelector }))
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
 		informers.WithTransform(stripUnused),
@@ -77,12 +76,27 @@ func Watch(ctx context.Context, tracker *Tracker, opts InformerOptions) <-chan s
 // the object itself, and never read by a proxy.
 const lastApplied = "kubectl.kubernetes.io/last-applied-configuration"
 
+// transform returns the informers' transform: EndpointSlices become
+// Slices, converted for the node called nodeName, so the cache holds only
+// what the proxy uses; other objects lose what stripUnused drops. Objects
+// already transformed pass through unchanged, as client-go requires.
+func transform(nodeName string) cache.TransformFunc {
+	return func(obj any) (any, error) {
+		if es, ok := obj.(*discovery.EndpointSlice); ok {
+			return ConvertSlice(es, nodeName), nil
+		}
+		return stripUnused(obj)
+	}
+}
+
 // stripUnused drops what the proxy never reads from an object before the
-// informer caches it: managedFields, kubectl's last-applied copy, owner
-// references, and each endpoint's Pod reference, hostname and deprecated
-// topology. With thousands of Services and slices they are a large share
-// of the cache (a Pod reference alone is five strings per endpoint).
+// informer caches it: managedFields, kubectl's last-applied copy and owner
+// references. With thousands of Services they are a large share of the
+// cache.
 func stripUnused(obj any) (any, error) {
+	if _, ok := obj.(*Slice); ok {
+		return obj, nil
+	}
 	if o, err := meta.Accessor(obj); err == nil {
 		o.SetManagedFields(nil)
 		o.SetOwnerReferences(nil)
@@ -90,16 +104,6 @@ func stripUnused(obj any) (any, error) {
 			delete(a, lastApplied)
 			o.SetAnnotations(a)
 		}
-	}
-	if es, ok := obj.(*discovery.EndpointSlice); ok {
-		for i := range es.Endpoints {
-			e := &es.Endpoints[i]
-			e.TargetRef, e.Hostname, e.DeprecatedTopology = nil, nil, nil
-		}
-		// The decoder grows the list by appending, so 10 endpoints sit in
-		// room for 16; at 96 bytes each that was 3 MB of empty room at
-		// 5,000 slices.
-		es.Endpoints = slices.Clone(es.Endpoints)
 	}
 	return obj, nil
 }
@@ -136,8 +140,8 @@ func serviceHandler(t *Tracker, notify func()) cache.ResourceEventHandler {
 
 func sliceHandler(t *Tracker, notify func()) cache.ResourceEventHandler {
 	on := func(obj any, deleted bool) {
-		if es, ok := unwrap(obj).(*discovery.EndpointSlice); ok {
-			t.OnEndpointSlice(es, deleted)
+		if s, ok := unwrap(obj).(*Slice); ok { // see transform
+			t.OnSlice(s, deleted)
 			notify()
 		}
 	}

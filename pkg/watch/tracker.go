@@ -1,7 +1,9 @@
 package watch
 
 import (
+	"maps"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,7 +26,7 @@ type Tracker struct {
 
 	mu       sync.Mutex
 	services map[types.NamespacedName]*v1.Service
-	slices   map[types.NamespacedName]map[string]*discovery.EndpointSlice
+	slices   map[types.NamespacedName]map[string]*Slice
 	node     *v1.Node
 
 	dirty       map[types.NamespacedName]bool
@@ -46,7 +48,7 @@ func NewTracker(nodeName string) *Tracker {
 		nodeName:    nodeName,
 		start:       time.Now(),
 		services:    map[types.NamespacedName]*v1.Service{},
-		slices:      map[types.NamespacedName]map[string]*discovery.EndpointSlice{},
+		slices:      map[types.NamespacedName]map[string]*Slice{},
 		dirty:       map[types.NamespacedName]bool{},
 		triggerTime: map[types.NamespacedName]time.Time{},
 		ports:       map[types.NamespacedName]map[ServicePortName]*ServicePort{},
@@ -82,14 +84,20 @@ func (t *Tracker) OnService(name types.NamespacedName, svc *v1.Service) {
 	t.svcEvents++
 }
 
-// OnEndpointSlice records the current state of a slice; nil deletes it.
-// Slices without the service-name label belong to no Service and are ignored.
-func (t *Tracker) OnEndpointSlice(slice *discovery.EndpointSlice, deleted bool) {
-	svcName, ok := slice.Labels[discovery.LabelServiceName]
-	if !ok || svcName == "" {
+// OnEndpointSlice records the current state of an EndpointSlice, converted
+// for this node; deleted removes it.
+func (t *Tracker) OnEndpointSlice(es *discovery.EndpointSlice, deleted bool) {
+	t.OnSlice(ConvertSlice(es, t.nodeName), deleted)
+}
+
+// OnSlice records the current state of a slice; deleted removes it.
+// Slices without the service-name label belong to no Service and are
+// ignored.
+func (t *Tracker) OnSlice(slice *Slice, deleted bool) {
+	if slice.Service == "" {
 		return
 	}
-	name := types.NamespacedName{Namespace: slice.Namespace, Name: svcName}
+	name := types.NamespacedName{Namespace: slice.Namespace, Name: slice.Service}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	bySlice := t.slices[name]
@@ -100,23 +108,18 @@ func (t *Tracker) OnEndpointSlice(slice *discovery.EndpointSlice, deleted bool) 
 		}
 	} else {
 		if bySlice == nil {
-			bySlice = map[string]*discovery.EndpointSlice{}
+			bySlice = map[string]*Slice{}
 			t.slices[name] = bySlice
 		}
 		bySlice[slice.Name] = slice
 	}
 	t.dirty[name] = true
 	t.epEvents++
-	t.noteTriggerTime(name, slice)
+	t.noteTriggerTime(name, slice.TriggerTime)
 }
 
-func (t *Tracker) noteTriggerTime(name types.NamespacedName, slice *discovery.EndpointSlice) {
-	raw, ok := slice.Annotations[v1.EndpointsLastChangeTriggerTime]
-	if !ok {
-		return
-	}
-	at, err := time.Parse(time.RFC3339Nano, raw)
-	if err != nil || !at.After(t.start) {
+func (t *Tracker) noteTriggerTime(name types.NamespacedName, at time.Time) {
+	if !at.After(t.start) {
 		return
 	}
 	if prev, ok := t.triggerTime[name]; !ok || at.Before(prev) {
@@ -210,11 +213,12 @@ func (t *Tracker) refreshService(name types.NamespacedName) bool {
 	}
 	var eps map[ServicePortName][]*Endpoint
 	if len(ports) > 0 {
-		var warnings []string
-		eps, warnings = sliceEndpoints(name, t.slices[name], t.nodeName)
-		for _, w := range warnings {
-			klog.InfoS("Skipping invalid part of EndpointSlice", "service", name, "problem", w)
-			t.report(t.services[name], "InvalidEndpoints", "Skipped by the service proxy: "+w)
+		eps = sliceEndpoints(name, t.slices[name])
+		for _, n := range slices.Sorted(maps.Keys(t.slices[name])) {
+			for _, w := range t.slices[name][n].Warnings {
+				klog.InfoS("Skipping invalid part of EndpointSlice", "service", name, "problem", w)
+				t.report(t.services[name], "InvalidEndpoints", "Skipped by the service proxy: "+w)
+			}
 		}
 	}
 	changed := !reflect.DeepEqual(ports, t.ports[name]) || !reflect.DeepEqual(eps, t.endpoints[name])

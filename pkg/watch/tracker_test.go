@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 )
@@ -650,14 +652,15 @@ func TestTrackerReportsInvalidInput(t *testing.T) {
 	}
 }
 
-func TestStripUnused(t *testing.T) {
+func TestTransform(t *testing.T) {
+	tr := transform("n1")
 	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{
 		Name: "web", Namespace: "ns",
 		Annotations:   map[string]string{lastApplied: `{"big":"copy"}`, "keep": "me"},
 		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
 		Labels:        map[string]string{LabelServiceProxyName: "x"},
 	}}
-	out, err := stripUnused(svc)
+	out, err := tr(svc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -665,35 +668,49 @@ func TestStripUnused(t *testing.T) {
 	if got.ManagedFields != nil || got.Annotations[lastApplied] != "" || got.Annotations["keep"] != "me" || got.Labels[LabelServiceProxyName] != "x" {
 		t.Fatalf("stripped object = %+v", got.ObjectMeta)
 	}
-	// A slice keeps what endpoint selection reads (addresses, conditions,
-	// node, zone, hints, the trigger-time annotation) and loses the rest.
+	// A slice becomes a Slice with what endpoint selection reads
+	// (addresses, conditions, node, zone, hints, the trigger time) and
+	// what the informer keys and compares objects by.
 	node, zone, host := "n1", "z1", "pod-1"
 	slice := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "ns",
+		ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "ns", ResourceVersion: "42",
+			Labels:          map[string]string{discovery.LabelServiceName: "web"},
 			Annotations:     map[string]string{v1.EndpointsLastChangeTriggerTime: "2026-01-01T00:00:00Z"},
 			OwnerReferences: []metav1.OwnerReference{{Kind: "Service", Name: "web"}}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8080))}},
 		Endpoints: []discovery.Endpoint{{
 			Addresses: []string{"10.0.0.1"}, NodeName: &node, Zone: &zone, Hostname: &host,
+			Conditions:         discovery.EndpointConditions{Ready: ptr.To(false), Terminating: ptr.To(true)},
 			TargetRef:          &v1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "pod-1"},
 			DeprecatedTopology: map[string]string{"k": "v"},
 			Hints:              &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: "z1"}}},
 		}},
 	}
-	out, _ = stripUnused(slice)
-	e := out.(*discovery.EndpointSlice).Endpoints[0]
-	if e.TargetRef != nil || e.Hostname != nil || e.DeprecatedTopology != nil || slice.OwnerReferences != nil {
-		t.Errorf("slice kept unused fields: %+v, owners %v", e, slice.OwnerReferences)
+	out, err = tr(slice)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if e.Addresses[0] != "10.0.0.1" || *e.NodeName != "n1" || *e.Zone != "z1" || e.Hints == nil || slice.Annotations[v1.EndpointsLastChangeTriggerTime] == "" {
-		t.Errorf("slice lost fields the proxy reads: %+v", e)
+	s, ok := out.(*Slice)
+	if !ok {
+		t.Fatalf("slice transformed into %T", out)
 	}
-	// The endpoint list loses the room the decoder's appends left.
-	roomy := &discovery.EndpointSlice{Endpoints: make([]discovery.Endpoint, 10, 16)}
-	if out, _ := stripUnused(roomy); cap(out.(*discovery.EndpointSlice).Endpoints) > 10 {
-		t.Errorf("endpoint list kept capacity %d for 10 endpoints", cap(out.(*discovery.EndpointSlice).Endpoints))
+	key, err := cache.MetaNamespaceKeyFunc(s)
+	if err != nil || key != "ns/web-1" || s.GetResourceVersion() != "42" {
+		t.Errorf("informer key %q (%v), resourceVersion %q", key, err, s.GetResourceVersion())
+	}
+	want := &Endpoint{Addr: netip.MustParseAddr("10.0.0.1"), Port: 8080, NodeName: "n1", Zone: "z1", IsLocal: true,
+		ZoneHints: []string{"z1"}, Serving: true, Terminating: true}
+	if s.Service != "web" || s.TriggerTime.IsZero() || len(s.Ports) != 1 || s.Ports[0].Name != "http" ||
+		s.Ports[0].Protocol != v1.ProtocolTCP || len(s.Ports[0].Endpoints) != 1 || !reflect.DeepEqual(s.Ports[0].Endpoints[0], want) {
+		t.Errorf("Slice = %+v, port %+v", s, s.Ports)
+	}
+	// client-go may pass an object through again; it must come out as is.
+	if again, err := tr(s); err != nil || again != any(s) {
+		t.Errorf("transforming a Slice again gave %v, %v", again, err)
 	}
 	// Tombstones and other non-objects pass through untouched.
-	if v, err := stripUnused("not an object"); err != nil || v != "not an object" {
+	if v, err := tr("not an object"); err != nil || v != "not an object" {
 		t.Fatalf("non-object: %v, %v", v, err)
 	}
 }
