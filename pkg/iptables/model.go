@@ -99,6 +99,9 @@ type Ruleset struct {
 	// name alone, with the name strings of the rules' own maps: at 5,000
 	// Services it has 55,000 entries, and a ChainKey-to-key map was 6 MB
 	// at the proxy's peak (a full sync), this one about a third of that.
+	// Names are unique across tables: every per-Service chain is a hash of
+	// the Service port (and endpoint) under a family prefix, and all of
+	// them live in nat; serviceChain still checks the table.
 	owners map[string]*ServiceRules
 }
 

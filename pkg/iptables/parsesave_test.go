@@ -96,14 +96,29 @@ func TestChainReader(t *testing.T) {
 -A KUBE-SVC-TWICE -j KUBE-SEP-B
 COMMIT
 `)
+	// The filter table is read into the same map, as a full sync does. It
+	// has no kubelet canary, so its KUBE-FIREWALL is ours; a chain named
+	// like a planned nat chain is not planned there, so never in place.
+	filterSave := []byte(`*filter
+:KUBE-SERVICES - [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-SVC-SAME - [0:0]
+-A KUBE-SVC-SAME -d 10.0.0.1/32 -m comment --comment ns/a -j KUBE-SEP-B
+COMMIT
+`)
 	out := KernelChains{}
-	r := newChainReader(rs, TableNAT, out)
-	eachSavedLine(save, r.line)
-	r.done()
+	for table, dump := range map[string][]byte{TableNAT: save, TableFilter: filterSave} {
+		r := newChainReader(rs, table, out)
+		eachSavedLine(dump, r.line)
+		r.done()
+	}
 	wantExist := map[ChainKey]bool{}
 	// KUBE-FIREWALL is kubelet's where its canary exists; FOREIGN is not ours.
 	for _, n := range []string{"KUBE-SERVICES", "KUBE-SVC-SAME", "KUBE-SVC-MORE", "KUBE-SVC-SPLIT", "KUBE-SVC-TWICE", "KUBE-SEP-EMPTY", "KUBE-SEP-GONE"} {
 		wantExist[nat(n)] = true
+	}
+	for _, n := range []string{"KUBE-SERVICES", "KUBE-FIREWALL", "KUBE-SVC-SAME"} {
+		wantExist[ChainKey{TableFilter, n}] = true
 	}
 	exist, inPlace := map[ChainKey]bool{}, map[ChainKey]bool{}
 	for k := range out {

@@ -132,7 +132,8 @@ func jumpTarget(rule []byte) ([]byte, bool) {
 }
 
 // KernelChains is what a full sync reads of the chains this proxy owns:
-// every key is a chain the kernel has, and its state says whether a
+// every key is one of ours that the kernel has (KUBE-FIREWALL only when
+// kubelet does not own it, see kubeletOwns), and its state says whether a
 // Service chain already holds what the ruleset plans. One map, with each
 // name stored once: at 5,000 Services a restart's dump declares 55,000
 // chains, and two maps with a name string each were 11 MB at the proxy's
@@ -153,7 +154,7 @@ const (
 // InPlace reports whether chain k is in the kernel as planned.
 func (kc KernelChains) InPlace(k ChainKey) bool { return kc[k]&ChainInPlace != 0 }
 
-// chainReader fills a kernelChains from one table's dump. A Service chain
+// chainReader fills a KernelChains from one table's dump. A Service chain
 // is in place when the kernel holds exactly the planned rules, in order,
 // compared in normalised form; a full sync leaves those alone, so after a
 // restart it rewrites only what differs (4 s instead of 22 at 5,000

@@ -127,8 +127,10 @@ func (p *payload) size() int {
 // with rules in place never leaves a Service unreachable.
 func FullPayloads(rs *Ruleset, existing map[ChainKey]bool, batchLines int) [][]byte {
 	kernel := KernelChains{}
-	for k := range existing {
-		kernel[k] = 0
+	for k, ok := range existing {
+		if ok {
+			kernel[k] = 0
+		}
 	}
 	return slices.Collect(FullPayloadSeq(rs, kernel, batchLines))
 }

@@ -195,12 +195,15 @@ func affinityTimeout(svc *v1.Service) int32 {
 // copy too). Each port's endpoints are sorted by "ip:port" string, as
 // kube-proxy's endpointsMapFromEndpointInfo does, so the result depends
 // neither on event order nor on the order of endpoints inside a slice.
-// The lists point at the Slices' Endpoints; nothing is copied.
-func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*Slice) map[ServicePortName][]*Endpoint {
+// The lists point at the Slices' Endpoints; nothing is copied. The
+// Slices' warnings come back in the same order.
+func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*Slice) (map[ServicePortName][]*Endpoint, []string) {
 	out := map[ServicePortName][]*Endpoint{}
 	keys := map[ServicePortName][]string{}       // "ip:port" of each out[spn]
 	seen := map[ServicePortName]map[string]int{} // "ip:port" -> index in out[spn]
+	var warnings []string
 	for _, n := range slices.Sorted(maps.Keys(slicesByName)) {
+		warnings = append(warnings, slicesByName[n].Warnings...)
 		for _, port := range slicesByName[n].Ports {
 			spn := ServicePortName{NamespacedName: svc, Port: port.Name, Protocol: port.Protocol}
 			if seen[spn] == nil {
@@ -223,7 +226,7 @@ func sliceEndpoints(svc types.NamespacedName, slicesByName map[string]*Slice) ma
 	for spn, eps := range out {
 		sortByKey(eps, keys[spn])
 	}
-	return out
+	return out, warnings
 }
 
 // sortByKey sorts eps by their "ip:port" strings (kube-proxy's order),

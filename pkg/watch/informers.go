@@ -140,8 +140,12 @@ func serviceHandler(t *Tracker, notify func()) cache.ResourceEventHandler {
 
 func sliceHandler(t *Tracker, notify func()) cache.ResourceEventHandler {
 	on := func(obj any, deleted bool) {
-		if s, ok := unwrap(obj).(*Slice); ok { // see transform
+		switch s := unwrap(obj).(type) {
+		case *Slice: // see transform
 			t.OnSlice(s, deleted)
+			notify()
+		case *discovery.EndpointSlice: // an informer without the transform
+			t.OnEndpointSlice(s, deleted)
 			notify()
 		}
 	}

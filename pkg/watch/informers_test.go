@@ -3,6 +3,7 @@ package watch
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -41,5 +42,41 @@ func TestWatchSyncedAfterHandlers(t *testing.T) {
 	}
 	if got := len(tracker.Snapshot().Services); got != n {
 		t.Errorf("at sync the tracker holds %d Service ports, want %d", got, n)
+	}
+}
+
+// TestWatchSlices: EndpointSlices reach the tracker through the informer's
+// transform (cached as Slices), and a deleted slice takes its endpoints
+// away.
+func TestWatchSlices(t *testing.T) {
+	svc := service("ns", "web", "172.30.0.1", tcp("p", 80))
+	slice := endpointSlice("ns", "web", "web-1", "p", 8080, endpoint("10.0.0.1", "node"), endpoint("10.0.0.2", ""))
+	client := fake.NewClientset(svc, slice)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tracker := NewTracker("node")
+	changed := make(chan struct{}, 100)
+	synced := Watch(ctx, tracker, InformerOptions{Client: client, NodeName: "node", OnChange: func() { changed <- struct{}{} }})
+	select {
+	case <-synced:
+	case <-ctx.Done():
+		t.Fatal("never synced")
+	}
+	name := spn("ns", "web", "p")
+	if got := endpointStrings(tracker.Snapshot(), name); !slices.Equal(got, []string{"10.0.0.1:8080@local", "10.0.0.2:8080"}) {
+		t.Fatalf("endpoints after sync = %v", got)
+	}
+	if err := client.DiscoveryV1().EndpointSlices("ns").Delete(ctx, "web-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			t.Fatal("the deleted slice's endpoints never went away")
+		}
+		if got := endpointStrings(tracker.Snapshot(), name); len(got) == 0 {
+			return
+		}
 	}
 }

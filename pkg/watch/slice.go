@@ -2,11 +2,13 @@ package watch
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 )
 
 // Slice is what the proxy keeps of one EndpointSlice: its endpoints per
@@ -19,6 +21,10 @@ import (
 //
 // A Slice is never modified once made.
 type Slice struct {
+	// TypeMeta is empty; with DeepCopyObject it makes *Slice a
+	// runtime.Object, which client-go's debugging aids (the cache mutation
+	// and watch-list consistency detectors) assume of cached objects.
+	metav1.TypeMeta
 	// ObjectMeta holds the name, namespace and resourceVersion only: the
 	// informer keys and compares cached objects by them.
 	metav1.ObjectMeta
@@ -82,4 +88,21 @@ func triggerTime(es *discovery.EndpointSlice) time.Time {
 		return time.Time{}
 	}
 	return at
+}
+
+// DeepCopyObject returns a copy sharing nothing with s.
+func (s *Slice) DeepCopyObject() runtime.Object {
+	c := *s
+	s.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	c.Warnings = slices.Clone(s.Warnings)
+	c.Ports = make([]SlicePort, len(s.Ports))
+	for i, p := range s.Ports {
+		c.Ports[i] = SlicePort{Name: p.Name, Protocol: p.Protocol, Endpoints: make([]*Endpoint, len(p.Endpoints))}
+		for j, ep := range p.Endpoints {
+			e := *ep
+			e.ZoneHints, e.NodeHints = slices.Clone(ep.ZoneHints), slices.Clone(ep.NodeHints)
+			c.Ports[i].Endpoints[j] = &e
+		}
+	}
+	return &c
 }

@@ -1,7 +1,6 @@
 package watch
 
 import (
-	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -211,12 +210,11 @@ func (t *Tracker) refreshService(name types.NamespacedName) bool {
 	}
 	var eps map[ServicePortName][]*Endpoint
 	if len(ports) > 0 {
-		eps = sliceEndpoints(name, t.slices[name])
-		for _, n := range slices.Sorted(maps.Keys(t.slices[name])) {
-			for _, w := range t.slices[name][n].Warnings {
-				klog.InfoS("Skipping invalid part of EndpointSlice", "service", name, "problem", w)
-				t.report(t.services[name], "InvalidEndpoints", "Skipped by the service proxy: "+w)
-			}
+		var warnings []string
+		eps, warnings = sliceEndpoints(name, t.slices[name])
+		for _, w := range warnings {
+			klog.InfoS("Skipping invalid part of EndpointSlice", "service", name, "problem", w)
+			t.report(t.services[name], "InvalidEndpoints", "Skipped by the service proxy: "+w)
 		}
 	}
 	state := portStates(ports, eps)

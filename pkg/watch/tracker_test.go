@@ -16,6 +16,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -704,6 +705,12 @@ func TestTransform(t *testing.T) {
 	if s.Service != "web" || s.TriggerTime.IsZero() || len(s.Ports) != 1 || s.Ports[0].Name != "http" ||
 		s.Ports[0].Protocol != v1.ProtocolTCP || len(s.Ports[0].Endpoints) != 1 || !reflect.DeepEqual(s.Ports[0].Endpoints[0], want) {
 		t.Errorf("Slice = %+v, port %+v", s, s.Ports)
+	}
+	// A Slice is a runtime.Object whose copy is equal and separate.
+	var obj runtime.Object = s
+	cp := obj.DeepCopyObject().(*Slice)
+	if !reflect.DeepEqual(cp, s) || cp.Ports[0].Endpoints[0] == s.Ports[0].Endpoints[0] {
+		t.Errorf("DeepCopyObject = %+v, want an equal Slice with its own Endpoints", cp)
 	}
 	// client-go may pass an object through again; it must come out as is.
 	if again, err := tr(s); err != nil || again != any(s) {
