@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -18,9 +19,9 @@ import (
 )
 
 // newBackends returns one backend per IP family the node can program.
-func newBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Backend, error) {
+func newBackends(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Backend, error) {
 	if cfg.Mode == config.ModeIPVS {
-		return newIPVSBackends(cfg, node)
+		return newIPVSBackends(ctx, cfg, node)
 	}
 	if cfg.Mode != config.ModeIPTables {
 		return nil, fmt.Errorf("mode %q is not implemented; use %q or %q", cfg.Mode, config.ModeIPTables, config.ModeIPVS)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
@@ -24,7 +25,7 @@ const reapInterval = 2 * time.Second
 // kernel interfaces (one serialised netlink handle, kube-ipvs0, the ipset
 // table); each writes its helper iptables rules through its own family's
 // iptables.Proxier.
-func newIPVSBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Backend, error) {
+func newIPVSBackends(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Backend, error) {
 	ipBackend := iptables.DetectBackend()
 	klog.InfoS("Using iptables backend for the IPVS helper rules", "backend", ipBackend)
 	fams, err := iptablesFamilies(cfg, node, ipBackend)
@@ -39,7 +40,7 @@ func newIPVSBackends(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]pro
 		iptOpts := f.opts
 		iptOpts.LocalhostNodePorts = false
 		p := ipvs.NewProxier(kernel, f.kernel, iptOpts, opts)
-		go reapLoop(p)
+		go reapLoop(ctx, p)
 		out = append(out, &ipvsBackend{family: f.family, proxier: p})
 	}
 	return out, nil
@@ -67,9 +68,17 @@ func ipvsOptions(cfg *v1alpha1.KubeProxyConfiguration, f iptablesFamily) ipvs.Op
 	}
 }
 
-// reapLoop deletes drained real servers every few seconds, between syncs.
-func reapLoop(p *ipvs.Proxier) {
-	for range time.Tick(reapInterval) {
+// reapLoop deletes drained real servers every few seconds, between syncs,
+// until ctx is done.
+func reapLoop(ctx context.Context, p *ipvs.Proxier) {
+	ticker := time.NewTicker(reapInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
 		if err := p.Reap(); err != nil {
 			klog.ErrorS(err, "Deleting drained IPVS real servers", "family", p.Family())
 		}

@@ -43,7 +43,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 	syncPeriod, minSyncPeriod := config.SyncPeriods(cfg)
 	klog.InfoS("Starting svcproxy", "version", version, "mode", cfg.Mode, "node", nodeName, "syncPeriod", syncPeriod, "minSyncPeriod", minSyncPeriod)
 
-	backends, err := newBackends(cfg, node)
+	backends, err := newBackends(ctx, cfg, node)
 	if err != nil {
 		return err
 	}

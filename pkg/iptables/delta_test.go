@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
@@ -228,8 +227,6 @@ func TestFullSyncBatches(t *testing.T) {
 		}
 	}
 }
-
-var _ = discovery.AddressTypeIPv4
 
 func TestCleanupRemovesOnlyOurs(t *testing.T) {
 	c := newCluster(t, 3)

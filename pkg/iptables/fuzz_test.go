@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
@@ -70,5 +69,3 @@ func applyChange(tr *watch.Tracker, op, a, b byte) {
 		tr.OnEndpointSlice(slice("fz", name, name+"-1", 8080, "p", eps...), false)
 	}
 }
-
-var _ = discovery.AddressTypeIPv4
