@@ -233,9 +233,11 @@ func localAddrs() []netip.Addr {
 	return out
 }
 
-// healthCheckIPs are the addresses health-check NodePorts listen on.
+// healthCheckIPs are the addresses health-check NodePorts listen on: nil
+// for every address, empty when nodePortAddresses match none of the node's
+// (then, as in kube-proxy, no health-check port is opened).
 func healthCheckIPs(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []net.IP {
-	var out []net.IP
+	out := []net.IP{}
 	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
 		addrs := nodePortAddresses(cfg, node, fam)
 		if addrs == nil {
@@ -244,6 +246,9 @@ func healthCheckIPs(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []net.I
 		for _, a := range addrs {
 			out = append(out, net.IP(a.AsSlice()))
 		}
+	}
+	if len(out) == 0 {
+		klog.InfoS("nodePortAddresses match no address of this node: health-check NodePorts will not be opened", "nodePortAddresses", cfg.NodePortAddresses)
 	}
 	return out
 }

@@ -13,6 +13,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
+
+	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
 // ProxyHealthChecker is what the Service health checks need from the proxy
@@ -26,8 +28,10 @@ var _ ProxyHealthChecker = (*ProxyHealthServer)(nil)
 
 // ServiceHealthServerOptions configures a ServiceHealthServer.
 type ServiceHealthServerOptions struct {
-	// NodeIPs are the node addresses to listen on, typically resolved from
-	// the nodePortAddresses CIDRs. Empty means all addresses (":port").
+	// NodeIPs are the node addresses to listen on, resolved from the
+	// nodePortAddresses CIDRs. Nil means every address (":port"); an empty,
+	// non-nil list means none: as in kube-proxy, nodePortAddresses that
+	// match no address of the node open no health-check port at all.
 	NodeIPs []net.IP
 	// IPFamily, when set, restricts listening to that family (tcp4/tcp6, and
 	// 0.0.0.0 / [::] when NodeIPs is empty), so one server per family can
@@ -54,13 +58,16 @@ type hcInstance struct {
 	port      uint16
 	servers   []*http.Server
 	listeners []net.Listener
-	endpoints int // local endpoints of the Service on this node
+	endpoints watch.FamilyCount // local ready endpoints of the Service on this node
 }
 
 // NewServiceHealthServer returns a server with no Services; call
 // SyncServices to open ports.
 func NewServiceHealthServer(opts ServiceHealthServerOptions) *ServiceHealthServer {
 	network, hosts := listenTargets(opts.IPFamily, opts.NodeIPs)
+	if len(hosts) == 0 {
+		klog.V(2).InfoS("Health-check NodePorts listen on no address")
+	}
 	return &ServiceHealthServer{
 		network:  network,
 		hosts:    hosts,
@@ -78,7 +85,7 @@ func listenTargets(family v1.IPFamily, ips []net.IP) (string, []string) {
 	case v1.IPv6Protocol:
 		network, wildcard = "tcp6", net.IPv6zero.String()
 	}
-	if len(ips) == 0 {
+	if ips == nil {
 		return network, []string{wildcard}
 	}
 	hosts := make([]string, 0, len(ips))
@@ -177,28 +184,38 @@ func (hci *hcInstance) closeAll() {
 	hci.servers, hci.listeners = nil, nil
 }
 
-// SyncEndpoints sets the number of local endpoints per Service. Services
-// missing from newEndpoints have none; entries for Services without an open
-// health port are ignored.
-func (s *ServiceHealthServer) SyncEndpoints(newEndpoints map[types.NamespacedName]int) error {
+// SyncEndpoints sets the number of local ready endpoints per Service and IP
+// family (see watch.HealthChecksOf). Services missing from newEndpoints have
+// none; entries for Services without an open health port are ignored.
+func (s *ServiceHealthServer) SyncEndpoints(newEndpoints map[types.NamespacedName]watch.FamilyCount) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for nsn, hci := range s.services {
 		hci.endpoints = newEndpoints[nsn]
-		klog.V(3).InfoS("Reporting endpoints for healthcheck", "endpointCount", hci.endpoints, "service", nsn)
+		klog.V(3).InfoS("Reporting endpoints for healthcheck", "IPv4", hci.endpoints.IPv4, "IPv6", hci.endpoints.IPv6, "service", nsn)
 	}
 	return nil
 }
 
-// localEndpoints returns the endpoint count of nsn and whether it is served.
-func (s *ServiceHealthServer) localEndpoints(nsn types.NamespacedName) (int, bool) {
+// localEndpoints returns the endpoint counts of nsn and whether it is served.
+func (s *ServiceHealthServer) localEndpoints(nsn types.NamespacedName) (watch.FamilyCount, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	hci, ok := s.services[nsn]
 	if !ok {
-		return 0, false
+		return watch.FamilyCount{}, false
 	}
 	return hci.endpoints, true
+}
+
+// probedFamily is the IP family of the address a probe was sent to: it
+// answers with that family's endpoints, as kube-proxy's per-family servers
+// do. One listener may serve both families, so the address decides.
+func probedFamily(r *http.Request) v1.IPFamily {
+	if addr, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok && addr.IP.To4() == nil {
+		return v1.IPv6Protocol
+	}
+	return v1.IPv4Protocol
 }
 
 // proxyHealthy reports the proxy-wide health that gates every Service.
@@ -230,14 +247,15 @@ type serviceRef struct {
 
 // ServeHTTP returns 200 only if the Service has local endpoints and the proxy
 // is healthy, so load balancers skip nodes that would drop its traffic.
-func (h hcHandler) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	count, ok := h.s.localEndpoints(h.nsn)
+func (h hcHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	counts, ok := h.s.localEndpoints(h.nsn)
 	if !ok {
 		// Raced with the Service being closed; it has no traffic to take here.
 		klog.ErrorS(nil, "Received request for closed healthcheck", "service", h.nsn)
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
+	count := counts.Of(probedFamily(r))
 	healthy := h.s.proxyHealthy()
 
 	w.Header().Set("Content-Type", "application/json")

@@ -12,6 +12,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
 // fakeChecker lets tests flip proxy health.
@@ -41,11 +43,12 @@ func freePort(t *testing.T) uint16 {
 }
 
 type hcResponse struct {
-	code   int
-	weight string
-	ctype  string
-	raw    string
-	body   serviceHealthBody
+	code    int
+	weight  string
+	ctype   string
+	nosniff string
+	raw     string
+	body    serviceHealthBody
 }
 
 func getHC(t *testing.T, port uint16) hcResponse {
@@ -60,10 +63,11 @@ func getHC(t *testing.T, port uint16) hcResponse {
 		t.Fatal(err)
 	}
 	r := hcResponse{
-		code:   resp.StatusCode,
-		weight: resp.Header.Get("X-Load-Balancing-Endpoint-Weight"),
-		ctype:  resp.Header.Get("Content-Type"),
-		raw:    string(raw),
+		code:    resp.StatusCode,
+		weight:  resp.Header.Get("X-Load-Balancing-Endpoint-Weight"),
+		ctype:   resp.Header.Get("Content-Type"),
+		nosniff: resp.Header.Get("X-Content-Type-Options"),
+		raw:     string(raw),
 	}
 	if err := json.Unmarshal(raw, &r.body); err != nil {
 		t.Fatalf("body %q: %v", raw, err)
@@ -79,8 +83,8 @@ func expectHC(t *testing.T, port uint16, code int, endpoints int, proxyHealthy b
 		t.Errorf("port %d: code=%d weight=%q body=%s; want code=%d endpoints=%d healthy=%v",
 			port, r.code, r.weight, r.raw, code, endpoints, proxyHealthy)
 	}
-	if r.ctype != "application/json" {
-		t.Errorf("Content-Type = %q", r.ctype)
+	if r.ctype != "application/json" || r.nosniff != "nosniff" {
+		t.Errorf("Content-Type = %q, X-Content-Type-Options = %q; want kube-proxy's application/json and nosniff", r.ctype, r.nosniff)
 	}
 	return r
 }
@@ -105,7 +109,7 @@ func TestServiceHealthResponses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = s.SyncServices(nil) }()
-	if err := s.SyncEndpoints(map[types.NamespacedName]int{a: 2}); err != nil {
+	if err := s.SyncEndpoints(map[types.NamespacedName]watch.FamilyCount{a: {IPv4: 2}}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -125,7 +129,7 @@ func TestServiceHealthResponses(t *testing.T) {
 	checker.unhealthy.Store(false)
 
 	// Services missing from SyncEndpoints drop to zero.
-	if err := s.SyncEndpoints(map[types.NamespacedName]int{b: 1}); err != nil {
+	if err := s.SyncEndpoints(map[types.NamespacedName]watch.FamilyCount{b: {IPv4: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	expectHC(t, portA, http.StatusServiceUnavailable, 0, true)
@@ -142,7 +146,7 @@ func TestServiceHealthSyncServices(t *testing.T) {
 	if err := s.SyncServices(map[types.NamespacedName]uint16{a: portA, b: portB}); err != nil {
 		t.Fatal(err)
 	}
-	_ = s.SyncEndpoints(map[types.NamespacedName]int{a: 1, b: 1})
+	_ = s.SyncEndpoints(map[types.NamespacedName]watch.FamilyCount{a: {IPv4: 1}, b: {IPv4: 1}})
 
 	// b goes away, a moves port; unchanged Services keep their endpoint count.
 	if err := s.SyncServices(map[types.NamespacedName]uint16{a: portA2}); err != nil {
@@ -151,7 +155,7 @@ func TestServiceHealthSyncServices(t *testing.T) {
 	expectClosed(t, portA)
 	expectClosed(t, portB)
 	expectHC(t, portA2, http.StatusServiceUnavailable, 0, true) // reopened: no count yet
-	_ = s.SyncEndpoints(map[types.NamespacedName]int{a: 3})
+	_ = s.SyncEndpoints(map[types.NamespacedName]watch.FamilyCount{a: {IPv4: 3}})
 	expectHC(t, portA2, http.StatusOK, 3, true)
 
 	if err := s.SyncServices(nil); err != nil {
@@ -178,7 +182,7 @@ func TestServiceHealthPortConflict(t *testing.T) {
 	if err := s.SyncServices(svcs); err == nil {
 		t.Fatal("SyncServices with a busy port returned nil, want error")
 	}
-	_ = s.SyncEndpoints(map[types.NamespacedName]int{good: 1, bad: 1})
+	_ = s.SyncEndpoints(map[types.NamespacedName]watch.FamilyCount{good: {IPv4: 1}, bad: {IPv4: 1}})
 	expectHC(t, goodPort, http.StatusOK, 1, true)
 
 	// Once the port is free the next sync opens it.
@@ -186,7 +190,7 @@ func TestServiceHealthPortConflict(t *testing.T) {
 	if err := s.SyncServices(svcs); err != nil {
 		t.Fatalf("retry SyncServices: %v", err)
 	}
-	_ = s.SyncEndpoints(map[types.NamespacedName]int{good: 1, bad: 1})
+	_ = s.SyncEndpoints(map[types.NamespacedName]watch.FamilyCount{good: {IPv4: 1}, bad: {IPv4: 1}})
 	expectHC(t, uint16(busyPort), http.StatusOK, 1, true)
 }
 
@@ -200,7 +204,7 @@ func TestServiceHealthWithProxyHealthServer(t *testing.T) {
 	if err := s.SyncServices(map[types.NamespacedName]uint16{svc: port}); err != nil {
 		t.Fatal(err)
 	}
-	_ = s.SyncEndpoints(map[types.NamespacedName]int{svc: 1})
+	_ = s.SyncEndpoints(map[types.NamespacedName]watch.FamilyCount{svc: {IPv4: 1}})
 	expectHC(t, port, http.StatusOK, 1, true)
 
 	hs.QueuedUpdate(v1.IPv4Protocol)
@@ -219,10 +223,12 @@ func TestListenTargets(t *testing.T) {
 		{"IPv4", nil, "tcp4", []string{"0.0.0.0"}},
 		{"IPv6", nil, "tcp6", []string{"::"}},
 		{"", []net.IP{net.ParseIP("10.0.0.1"), net.ParseIP("fd00::1")}, "tcp", []string{"10.0.0.1", "fd00::1"}},
+		// nodePortAddresses that match no address: listen nowhere.
+		{"", []net.IP{}, "tcp", []string{}},
 	}
 	for _, tc := range cases {
 		network, hosts := listenTargets(v1.IPFamily(tc.family), tc.ips)
-		if network != tc.wantNetwork || len(hosts) != len(tc.wantHosts) {
+		if network != tc.wantNetwork || len(hosts) != len(tc.wantHosts) || (hosts == nil) != (tc.wantHosts == nil) {
 			t.Errorf("%q %v: got %s %q", tc.family, tc.ips, network, hosts)
 			continue
 		}
@@ -231,5 +237,46 @@ func TestListenTargets(t *testing.T) {
 				t.Errorf("%q %v: hosts %q, want %q", tc.family, tc.ips, hosts, tc.wantHosts)
 			}
 		}
+	}
+}
+
+// TestServiceHealthNoMatchingAddress: with nodePortAddresses matching no
+// address of the node, kube-proxy opens no health-check port; neither do we.
+func TestServiceHealthNoMatchingAddress(t *testing.T) {
+	s := NewServiceHealthServer(ServiceHealthServerOptions{NodeIPs: []net.IP{}})
+	defer func() { _ = s.SyncServices(nil) }()
+	svc := types.NamespacedName{Namespace: "ns", Name: "a"}
+	port := freePort(t)
+	if err := s.SyncServices(map[types.NamespacedName]uint16{svc: port}); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SyncEndpoints(map[types.NamespacedName]watch.FamilyCount{svc: {IPv4: 1}})
+	expectClosed(t, port)
+}
+
+// TestServiceHealthPerFamily: one listener on both families answers each
+// probe with the endpoints of the family it was sent to.
+func TestServiceHealthPerFamily(t *testing.T) {
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	_ = ln.Close()
+	s := NewServiceHealthServer(ServiceHealthServerOptions{NodeIPs: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}})
+	defer func() { _ = s.SyncServices(nil) }()
+	svc := types.NamespacedName{Namespace: "ns", Name: "a"}
+	port := freePort(t)
+	if err := s.SyncServices(map[types.NamespacedName]uint16{svc: port}); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SyncEndpoints(map[types.NamespacedName]watch.FamilyCount{svc: {IPv4: 2, IPv6: 0}})
+	expectHC(t, port, http.StatusOK, 2, true)
+	resp, err := http.Get("http://[::1]:" + strconv.Itoa(int(port)) + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Load-Balancing-Endpoint-Weight") != "0" {
+		t.Errorf("IPv6 probe: %d weight %q, want 503 weight 0 (no IPv6 endpoints)", resp.StatusCode, resp.Header.Get("X-Load-Balancing-Endpoint-Weight"))
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	"svcproxy.dev/svcproxy/pkg/health"
@@ -243,20 +242,11 @@ func (d *Daemon) syncHealthChecks(snap *watch.Snapshot) {
 	if d.opts.SvcHealth == nil {
 		return
 	}
-	ports := map[types.NamespacedName]uint16{}
-	local := map[types.NamespacedName]int{}
-	for name, port := range snap.Services {
-		if port.HealthCheckNodePort == 0 {
-			continue
-		}
-		ports[name.NamespacedName] = uint16(port.HealthCheckNodePort)
-		sel := watch.Select(port, snap.Endpoints[name], snap.Node)
-		local[name.NamespacedName] = max(local[name.NamespacedName], len(sel.Local))
-	}
-	if err := d.opts.SvcHealth.SyncServices(ports); err != nil {
+	hc := watch.HealthChecksOf(snap)
+	if err := d.opts.SvcHealth.SyncServices(hc.Ports); err != nil {
 		klog.ErrorS(err, "Opening health-check NodePorts")
 	}
-	if err := d.opts.SvcHealth.SyncEndpoints(local); err != nil {
+	if err := d.opts.SvcHealth.SyncEndpoints(hc.LocalReady); err != nil {
 		klog.ErrorS(err, "Updating health-check NodePorts")
 	}
 }

@@ -1,0 +1,57 @@
+package watch
+
+import (
+	"testing"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+func TestHealthChecksOf(t *testing.T) {
+	web := types.NamespacedName{Namespace: "ns", Name: "web"}
+	plain := types.NamespacedName{Namespace: "ns", Name: "plain"}
+	draining := types.NamespacedName{Namespace: "ns", Name: "draining"}
+	port := func(svc types.NamespacedName, name string, hc int32) (ServicePortName, *ServicePort) {
+		p := selPort(nodePortPort, true, false)
+		p.Name = ServicePortName{NamespacedName: svc, Port: name, Protocol: p.Protocol}
+		p.HealthCheckNodePort = hc
+		return p.Name, p
+	}
+	eps := func(specs ...epSpec) []*Endpoint {
+		var out []*Endpoint
+		for _, s := range specs {
+			out = append(out, s.endpoint())
+		}
+		return out
+	}
+	snap := &Snapshot{Services: map[ServicePortName]*ServicePort{}, Endpoints: map[ServicePortName][]*Endpoint{}}
+	add := func(svc types.NamespacedName, name string, hc int32, specs ...epSpec) {
+		n, p := port(svc, name, hc)
+		snap.Services[n] = p
+		snap.Endpoints[n] = eps(specs...)
+	}
+	// web: the same two local pods behind two ports count once each; a
+	// remote, a not-ready and a terminating pod do not count; one IPv6 pod.
+	add(web, "http", 30001,
+		epSpec{ip: "10.0.0.1", local: true}, epSpec{ip: "10.0.0.2", local: true},
+		epSpec{ip: "10.9.0.1"}, epSpec{ip: "10.0.0.3", local: true, notReady: true, notServing: true},
+		servingTerm("10.0.0.4", true), epSpec{ip: "fd00::1", local: true})
+	add(web, "https", 30001, epSpec{ip: "10.0.0.1", local: true}, epSpec{ip: "10.0.0.2", local: true})
+	// draining: only terminating (still serving) local endpoints.
+	add(draining, "http", 30002, servingTerm("10.0.1.1", true), servingTerm("10.0.1.2", true))
+	// plain: no health-check port, so not served at all.
+	add(plain, "http", 0, epSpec{ip: "10.0.2.1", local: true})
+
+	hc := HealthChecksOf(snap)
+	if len(hc.Ports) != 2 || hc.Ports[web] != 30001 || hc.Ports[draining] != 30002 {
+		t.Errorf("ports %v", hc.Ports)
+	}
+	if got := hc.LocalReady[web]; got != (FamilyCount{IPv4: 2, IPv6: 1}) {
+		t.Errorf("web: %+v, want 2 IPv4 and 1 IPv6 (distinct local ready addresses)", got)
+	}
+	if got, ok := hc.LocalReady[draining]; ok {
+		t.Errorf("draining: %+v, want no entry: terminating endpoints are not ready", got)
+	}
+	if _, ok := hc.LocalReady[plain]; ok {
+		t.Error("plain has no health-check port but was counted")
+	}
+}
