@@ -43,6 +43,9 @@ test: deps tools vm build lint unit acceptance-examples e2e-ipvs
 # Under `make test` the VM is prepared, so a VM test that cannot boot it
 # fails instead of skipping quietly.
 test: export SVCPROXY_VM := 1
+# ... and a test whose prerequisites (root, tools, binaries, the shared
+# examples beside the repository) are missing fails instead of skipping.
+test: export SVCPROXY_REQUIRE := 1
 
 unit:
 	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 -timeout 30m ./...

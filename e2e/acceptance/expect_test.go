@@ -3,6 +3,7 @@ package acceptance
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -206,5 +207,31 @@ kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="IPv4"} 11
 	}
 	if _, ok := ParseSyncState(strings.NewReader("other_metric 1\n")); ok {
 		t.Error("missing metric reported as found")
+	}
+}
+
+func TestHTTPGetCheck(t *testing.T) {
+	h := &HTTPGet{
+		ExpectStatus:  503,
+		ExpectHeaders: map[string]string{"X-Content-Type-Options": "nosniff"},
+		ExpectJSON:    map[string]any{"localEndpoints": float64(0), "serviceProxyHealthy": true},
+	}
+	hdr := http.Header{}
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	ok := HTTPResponse{Status: 503, Header: hdr, Body: []byte(`{"service": {"namespace": "a", "name": "b"}, "localEndpoints": 0, "serviceProxyHealthy": true}`)}
+	if why := h.Check(ok); why != "" {
+		t.Errorf("matching response refused: %s", why)
+	}
+	bad := map[string]HTTPResponse{
+		"status":  {Status: 200, Header: hdr, Body: ok.Body},
+		"header":  {Status: 503, Header: http.Header{}, Body: ok.Body},
+		"count":   {Status: 503, Header: hdr, Body: []byte(`{"localEndpoints": 1, "serviceProxyHealthy": true}`)},
+		"missing": {Status: 503, Header: hdr, Body: []byte(`{"localEndpoints": 0}`)},
+		"no json": {Status: 503, Header: hdr, Body: []byte(`ok`)},
+	}
+	for name, resp := range bad {
+		if why := h.Check(resp); why == "" {
+			t.Errorf("%s: a wrong response passed", name)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -212,9 +213,15 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// HTTPStatus does one HTTP GET of path on dst from the client and returns
-// the status code.
-func (c Client) HTTPStatus(ctx context.Context, dst netip.AddrPort, path string, timeout time.Duration) (int, error) {
+// HTTPResponse is what one HTTP GET returned.
+type HTTPResponse struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// HTTPGet does one HTTP GET of path on dst from the client.
+func (c Client) HTTPGet(ctx context.Context, dst netip.AddrPort, path string, timeout time.Duration) (HTTPResponse, error) {
 	tr := &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -228,14 +235,18 @@ func (c Client) HTTPStatus(ctx context.Context, dst netip.AddrPort, path string,
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+dst.String()+path, nil)
 	if err != nil {
-		return 0, err
+		return HTTPResponse{}, err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, err
+		return HTTPResponse{}, err
 	}
-	resp.Body.Close()
-	return resp.StatusCode, nil
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	if err != nil {
+		return HTTPResponse{}, err
+	}
+	return HTTPResponse{Status: resp.StatusCode, Header: resp.Header, Body: body}, nil
 }
 
 // Conntrack reads connection tracking entries of one namespace, to tell

@@ -4,11 +4,14 @@
 package acceptance
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -197,9 +200,53 @@ type Flow struct {
 }
 
 // HTTPGet asks for an HTTP probe instead of raw connections.
+//
+// Beyond the format's path and expect_status, a flow may name what the
+// response must carry: expect_headers (each header's exact value) and
+// expect_json (top-level fields of a JSON body and their exact values), for
+// example a health-check NodePort's localEndpoints count.
 type HTTPGet struct {
-	Path         string `json:"path"`
-	ExpectStatus int    `json:"expect_status"`
+	Path          string            `json:"path"`
+	ExpectStatus  int               `json:"expect_status"`
+	ExpectHeaders map[string]string `json:"expect_headers,omitempty"`
+	ExpectJSON    map[string]any    `json:"expect_json,omitempty"`
+}
+
+// Check returns why resp does not match, or "" when it does.
+func (h *HTTPGet) Check(resp HTTPResponse) string {
+	if resp.Status != h.ExpectStatus {
+		return fmt.Sprintf("status %d, expected %d", resp.Status, h.ExpectStatus)
+	}
+	for _, name := range slices.Sorted(maps.Keys(h.ExpectHeaders)) {
+		if got, want := resp.Header.Get(name), h.ExpectHeaders[name]; got != want {
+			return fmt.Sprintf("header %s: %q, expected %q", name, got, want)
+		}
+	}
+	if len(h.ExpectJSON) == 0 {
+		return ""
+	}
+	var body map[string]any
+	if err := json.Unmarshal(resp.Body, &body); err != nil {
+		return fmt.Sprintf("body is not a JSON object (%v): %q", err, resp.Body)
+	}
+	for _, field := range slices.Sorted(maps.Keys(h.ExpectJSON)) {
+		got, ok := body[field]
+		if !ok {
+			return fmt.Sprintf("body has no field %q: %s", field, resp.Body)
+		}
+		if !jsonEqual(got, h.ExpectJSON[field]) {
+			return fmt.Sprintf("body field %q is %v, expected %v", field, got, h.ExpectJSON[field])
+		}
+	}
+	return ""
+}
+
+// jsonEqual compares two decoded JSON values; the YAML side may hold whole
+// numbers as int64 where the body's decoder gives float64.
+func jsonEqual(a, b any) bool {
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	return errA == nil && errB == nil && bytes.Equal(ja, jb)
 }
 
 // Override replaces a flow's expect and/or masquerade for one mode.

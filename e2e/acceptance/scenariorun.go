@@ -541,16 +541,16 @@ func (sr *scenarioRun) annotateSNAT(protocol string, dst netip.AddrPort, atts []
 }
 
 // runHTTP checks an http_get flow: a few GETs must all return the expected
-// status.
+// status (and headers and JSON fields, when the flow names them).
 func (sr *scenarioRun) runHTTP(ctx context.Context, f Flow, cl Client, dst netip.AddrPort) (string, string) {
 	for i := 0; i < 3; i++ {
-		code, err := cl.HTTPStatus(ctx, dst, f.HTTPGet.Path, sr.r.opts.AttemptTimeout)
+		resp, err := cl.HTTPGet(ctx, dst, f.HTTPGet.Path, sr.r.opts.AttemptTimeout)
 		if err != nil {
 			a := errAttempt(err)
 			return "fail", fmt.Sprintf("http_get %s%s: %s (%s)", dst, f.HTTPGet.Path, a.Label(), shortErr(err))
 		}
-		if code != f.HTTPGet.ExpectStatus {
-			return "fail", fmt.Sprintf("http_get %s%s: status %d, expected %d", dst, f.HTTPGet.Path, code, f.HTTPGet.ExpectStatus)
+		if why := f.HTTPGet.Check(resp); why != "" {
+			return "fail", fmt.Sprintf("http_get %s%s: %s", dst, f.HTTPGet.Path, why)
 		}
 	}
 	return "pass", ""

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"svcproxy.dev/svcproxy/e2e/controlplane"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // proxyForSelfTest returns the proxy binary the self-test runs:
@@ -24,12 +26,12 @@ func proxyForSelfTest(t *testing.T) string {
 	case "":
 		root, err := controlplane.RepoRoot()
 		if err != nil {
-			t.Skip(err)
+			testenv.Missing(t, "%v", err)
 		}
 		p = filepath.Join(root, "bin", "proxy")
 	}
 	if _, err := os.Stat(p); err != nil {
-		t.Skipf("no proxy binary (%v): build it or set SVCPROXY_PROXY (\"reference\" for kube-proxy)", err)
+		testenv.Missing(t, "no proxy binary (%v): build it or set SVCPROXY_PROXY (\"reference\" for kube-proxy)", err)
 	}
 	return p
 }

@@ -10,6 +10,8 @@ import (
 
 	"svcproxy.dev/svcproxy/e2e/controlplane"
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // TestCleanupRemovesEverythingOurs programs a full ruleset (a golden plan,
@@ -18,7 +20,7 @@ import (
 // KUBE-* chain and jump is gone while the other rules stay.
 func TestCleanupRemovesEverythingOurs(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
+		testenv.Missing(t, "needs root for a network namespace")
 	}
 	root, err := controlplane.RepoRoot()
 	if err != nil {
@@ -29,7 +31,7 @@ func TestCleanupRemovesEverythingOurs(t *testing.T) {
 		proxy = filepath.Join(root, "bin", "proxy")
 	}
 	if _, err := os.Stat(proxy); err != nil {
-		t.Skipf("no proxy binary (%v); run make build", err)
+		testenv.Missing(t, "no proxy binary (%v); run make build", err)
 	}
 	ns := nsutil.Name("cleanup")
 	if err := nsutil.Add(ns); err != nil {

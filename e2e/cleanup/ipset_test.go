@@ -9,6 +9,8 @@ import (
 
 	"svcproxy.dev/svcproxy/e2e/controlplane"
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // TestCleanupIPVSModeSets runs `proxy --cleanup` over IPVS-mode iptables
@@ -18,7 +20,7 @@ import (
 // runs on the host (TestCleanupVM covers the whole thing in the guest).
 func TestCleanupIPVSModeSets(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
+		testenv.Missing(t, "needs root for a network namespace")
 	}
 	proxy := os.Getenv("SVCPROXY_PROXY")
 	if proxy == "" {
@@ -29,7 +31,7 @@ func TestCleanupIPVSModeSets(t *testing.T) {
 		proxy = filepath.Join(root, "bin", "proxy")
 	}
 	if _, err := os.Stat(proxy); err != nil {
-		t.Skipf("no proxy binary (%v); run make build", err)
+		testenv.Missing(t, "no proxy binary (%v); run make build", err)
 	}
 	ns := nsutil.Name("cleanset")
 	if err := nsutil.Add(ns); err != nil {

@@ -33,6 +33,8 @@ import (
 	"svcproxy.dev/svcproxy/e2e/controlplane"
 	"svcproxy.dev/svcproxy/e2e/nsutil"
 	"svcproxy.dev/svcproxy/e2e/vm"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 const (
@@ -48,7 +50,7 @@ func proxyBin(t *testing.T) string {
 	}
 	root, err := controlplane.RepoRoot()
 	if err != nil {
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 	return filepath.Join(root, "bin", "proxy")
 }

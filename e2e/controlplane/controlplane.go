@@ -27,6 +27,8 @@ import (
 	"k8s.io/client-go/rest"
 
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // Fixed addresses of the API server. 169.254.250.1 lives on the loopback of
@@ -85,23 +87,7 @@ var DefaultServiceCIDRs = []string{"172.30.0.0/16", "fd00:172:30::/112"}
 
 // RepoRoot finds the main module's root by walking up from the working
 // directory to the go.mod of svcproxy.dev/svcproxy.
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(b), "module svcproxy.dev/svcproxy\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("repository root (go.mod of svcproxy.dev/svcproxy) not found above the working directory")
-		}
-		dir = parent
-	}
-}
+func RepoRoot() (string, error) { return testenv.RepoRoot() }
 
 // DefaultBinDir returns $SVCPROXY_BIN_DIR or <repo>/.cache/bin.
 func DefaultBinDir() string {

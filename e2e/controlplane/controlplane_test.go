@@ -12,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // skipUnlessReady skips when the test cannot run here: it needs root (for
@@ -19,11 +21,11 @@ import (
 func skipUnlessReady(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
+		testenv.Missing(t, "needs root to create network namespaces")
 	}
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(DefaultBinDir(), b)); err != nil {
-			t.Skipf("binary %s missing in %s: run e2e/build-tools.sh", b, DefaultBinDir())
+			testenv.Missing(t, "binary %s missing in %s: run e2e/build-tools.sh", b, DefaultBinDir())
 		}
 	}
 }

@@ -31,6 +31,8 @@ import (
 	"svcproxy.dev/svcproxy/e2e/controlplane"
 	"svcproxy.dev/svcproxy/e2e/nsutil"
 	"svcproxy.dev/svcproxy/pkg/explain"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 const (
@@ -46,16 +48,16 @@ func skipUnlessReady(t *testing.T) {
 		t.Skip("starts a real kube-apiserver, etcd and proxy; skipped in -short mode")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces and iptables")
+		testenv.Missing(t, "needs root: network namespaces and iptables")
 	}
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(controlplane.DefaultBinDir(), b)); err != nil {
-			t.Skipf("binary %s missing in %s: run e2e/build-tools.sh", b, controlplane.DefaultBinDir())
+			testenv.Missing(t, "binary %s missing in %s: run e2e/build-tools.sh", b, controlplane.DefaultBinDir())
 		}
 	}
 	for _, b := range []string{"iptables-nft-restore", "iptables-nft-save", "iptables-nft"} {
 		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s not installed", b)
+			testenv.Missing(t, "%s not installed", b)
 		}
 	}
 }
@@ -285,7 +287,7 @@ func TestExplainLayers(t *testing.T) {
 	})
 	t.Run("diff payload repairs", func(t *testing.T) {
 		if payload == "" {
-			t.Skip("no payload")
+			t.Fatal("the diff step before this one gave no payload to apply")
 		}
 		cmd := nsutil.Exec(e.node, "iptables-nft-restore", "--noflush")
 		cmd.Stdin = strings.NewReader(payload)

@@ -26,6 +26,8 @@ import (
 	"svcproxy.dev/svcproxy/e2e/acceptance"
 	"svcproxy.dev/svcproxy/e2e/controlplane"
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // Addresses every bed uses (the acceptance examples' plan).
@@ -72,16 +74,16 @@ func requireRoot(t *testing.T) {
 		t.Skip("fault tests start a real control plane and proxy; skipped in -short mode")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, iptables")
+		testenv.Missing(t, "needs root: network namespaces, iptables")
 	}
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(controlplane.DefaultBinDir(), b)); err != nil {
-			t.Skipf("binary %s missing in %s: run e2e/build-tools.sh (or set SVCPROXY_BIN_DIR)", b, controlplane.DefaultBinDir())
+			testenv.Missing(t, "binary %s missing in %s: run e2e/build-tools.sh (or set SVCPROXY_BIN_DIR)", b, controlplane.DefaultBinDir())
 		}
 	}
 	for _, b := range []string{"iptables-nft", "iptables-nft-save", "iptables-nft-restore", "iptables-legacy", "iptables-legacy-restore", "flock", "ss", "conntrack"} {
 		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s not installed (apt-get install iptables util-linux iproute2 conntrack)", b)
+			testenv.Missing(t, "%s not installed (apt-get install iptables util-linux iproute2 conntrack)", b)
 		}
 	}
 	controlplane.ProxyBinary(t)

@@ -12,6 +12,8 @@ import (
 
 	"svcproxy.dev/svcproxy/e2e/acceptance"
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // TestRestoreFailures puts a broken iptables-nft-restore first in the
@@ -25,7 +27,7 @@ func TestRestoreFailures(t *testing.T) {
 	requireRoot(t)
 	realRestore, err := exec.LookPath("iptables-nft-restore")
 	if err != nil {
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 	wrapDir := t.TempDir()
 	flag := filepath.Join(wrapDir, "fail")

@@ -30,6 +30,8 @@ import (
 
 	"svcproxy.dev/svcproxy/e2e/controlplane"
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // The objects the e2e test creates besides the manifests.
@@ -49,22 +51,22 @@ const (
 func skipUnlessE2E(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces and kernel rules")
+		testenv.Missing(t, "needs root for network namespaces and kernel rules")
 	}
 	bin := controlplane.DefaultBinDir()
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
-			t.Skipf("binary %s missing in %s: run e2e/build-tools.sh", b, bin)
+			testenv.Missing(t, "binary %s missing in %s: run e2e/build-tools.sh", b, bin)
 		}
 	}
 	for _, tool := range []string{"ip", "iptables-nft-save"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed: run hack/install-deps.sh", tool)
+			testenv.Missing(t, "%s not installed: run hack/install-deps.sh", tool)
 		}
 	}
 	b, err := os.ReadFile(proxyBinary(t))
 	if err != nil {
-		t.Skipf("no proxy binary (%v): run make build", err)
+		testenv.Missing(t, "no proxy binary (%v): run make build", err)
 	}
 	// A private copy, so a rebuild of bin/proxy while the test runs
 	// cannot swap the binary between the proxy run and its --cleanup.

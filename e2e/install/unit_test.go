@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 const (
@@ -71,7 +73,7 @@ func TestSystemdUnit(t *testing.T) {
 func TestSystemdAnalyzeVerify(t *testing.T) {
 	sa, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		t.Skip("systemd-analyze not installed (Debian package: systemd); cannot verify config/svcproxy.service")
+		testenv.Missing(t, "systemd-analyze not installed (Debian package: systemd); cannot verify config/svcproxy.service")
 	}
 	text, _ := readUnit(t)
 	dir := t.TempDir()
@@ -79,7 +81,7 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 	src := proxyBinary(t)
 	b, err := os.ReadFile(src)
 	if err != nil {
-		t.Skipf("no proxy binary to stand in for %s (%v); run make build", unitBinary, err)
+		testenv.Missing(t, "no proxy binary to stand in for %s (%v); run make build", unitBinary, err)
 	}
 	if err := os.WriteFile(bin, b, 0o755); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"svcproxy.dev/svcproxy/e2e/controlplane"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // TestVMAPIServer keeps etcd and kube-apiserver on the host (in their netns,
@@ -24,7 +26,7 @@ func TestVMAPIServer(t *testing.T) {
 	requireVM(t)
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(controlplane.DefaultBinDir(), b)); err != nil {
-			t.Skipf("%s missing in %s: run e2e/build-tools.sh", b, controlplane.DefaultBinDir())
+			testenv.Missing(t, "%s missing in %s: run e2e/build-tools.sh", b, controlplane.DefaultBinDir())
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"svcproxy.dev/svcproxy/e2e/controlplane"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // RequireHost skips a host-side test that boots a guest where that cannot
@@ -30,11 +32,11 @@ func RequireHost(t testing.TB, proxy string) {
 		t.Skip("boots a QEMU guest; SVCPROXY_VM=1 runs it in -short mode")
 	}
 	if _, err := os.Stat(proxy); err != nil {
-		t.Skipf("proxy binary: %v (make build)", err)
+		testenv.Missing(t, "proxy binary: %v (make build)", err)
 	}
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(controlplane.DefaultBinDir(), b)); err != nil {
-			t.Skipf("%s missing: run e2e/build-tools.sh", b)
+			testenv.Missing(t, "%s missing: run e2e/build-tools.sh", b)
 		}
 	}
 }

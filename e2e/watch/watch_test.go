@@ -30,6 +30,8 @@ import (
 
 	"svcproxy.dev/svcproxy/e2e/controlplane"
 	"svcproxy.dev/svcproxy/pkg/watch"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 const (
@@ -46,11 +48,11 @@ func skipUnlessReady(t *testing.T) {
 		t.Skip("starts a real kube-apiserver and etcd; skipped in -short mode")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: the control plane runs in a network namespace of its own")
+		testenv.Missing(t, "needs root: the control plane runs in a network namespace of its own")
 	}
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(controlplane.DefaultBinDir(), b)); err != nil {
-			t.Skipf("binary %s missing in %s: run e2e/build-tools.sh (or set SVCPROXY_BIN_DIR)", b, controlplane.DefaultBinDir())
+			testenv.Missing(t, "binary %s missing in %s: run e2e/build-tools.sh (or set SVCPROXY_BIN_DIR)", b, controlplane.DefaultBinDir())
 		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // fakeChecker lets tests flip proxy health.
@@ -259,7 +261,7 @@ func TestServiceHealthNoMatchingAddress(t *testing.T) {
 func TestServiceHealthPerFamily(t *testing.T) {
 	ln, err := net.Listen("tcp6", "[::1]:0")
 	if err != nil {
-		t.Skipf("no IPv6 loopback here: %v", err)
+		testenv.Missing(t, "no IPv6 loopback here: %v", err)
 	}
 	_ = ln.Close()
 	s := NewServiceHealthServer(ServiceHealthServerOptions{NodeIPs: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}})

@@ -3,7 +3,6 @@ package iptables
 import (
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +13,8 @@ import (
 
 	"svcproxy.dev/svcproxy/e2e/acceptance"
 	"svcproxy.dev/svcproxy/pkg/watch"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // TestTraceScenarios plans every iptables scenario of the acceptance
@@ -23,11 +24,11 @@ import (
 func TestTraceScenarios(t *testing.T) {
 	path := os.Getenv("SVCPROXY_SCENARIOS")
 	if path == "" {
-		path = filepath.Join("..", "..", "..", "shared", "acceptance", "examples.yaml")
+		path = testenv.SharedFile(t, "acceptance", "examples.yaml")
 	}
 	scenarios, _, err := acceptance.LoadFile(path)
 	if err != nil {
-		t.Skipf("no scenario file: %v", err)
+		t.Fatal(err)
 	}
 	for _, sc := range scenarios {
 		if !sc.HasMode("iptables") {
