@@ -53,14 +53,20 @@ unit:
 acceptance: deps tools build
 	$(BIN)/acceptance --mode $(MODE) --file $(FILE) $(if $(RUN),--run '$(RUN)') --proxy $(or $(PROXY),$(BIN)/proxy)
 
+# Scenario files of this repository, in the examples' format, that `make
+# test` runs in both modes beside the shared examples.
+OWN_SCENARIOS := $(CURDIR)/e2e/scenarios/healthcheck.yaml
+
 # The acceptance examples in iptables mode on the host kernel.
 acceptance-examples: deps tools build
 	$(BIN)/acceptance --mode iptables --file $(FILE) --proxy $(BIN)/proxy
+	@for f in $(OWN_SCENARIOS); do echo "$(BIN)/acceptance --mode iptables --file $$f"; $(BIN)/acceptance --mode iptables --file $$f --proxy $(BIN)/proxy || exit 1; done
 
 # The acceptance examples in ipvs mode, in the VM (the host kernel has no
 # IPVS); `make acceptance MODE=ipvs FILE=...` runs any file there.
 e2e-ipvs: deps tools vm build
 	$(BIN)/acceptance --mode ipvs --file $(FILE) --proxy $(BIN)/proxy
+	@for f in $(OWN_SCENARIOS); do echo "$(BIN)/acceptance --mode ipvs --file $$f"; $(BIN)/acceptance --mode ipvs --file $$f --proxy $(BIN)/proxy || exit 1; done
 
 demo: deps tools build
 	$(BIN)/acceptance --mode iptables --file $(CURDIR)/e2e/demo/demo.yaml --proxy $(BIN)/proxy --verbose
