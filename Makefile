@@ -14,7 +14,7 @@ STATICCHECK_VERSION := v0.8.2
 
 export SVCPROXY_BIN_DIR := $(TOOLS_BIN)
 
-.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo bench bench-vm soak lint clean
+.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo demo-intro bench bench-vm soak lint clean
 
 all: build
 
@@ -68,8 +68,16 @@ e2e-ipvs: deps tools vm build
 	$(BIN)/acceptance --mode ipvs --file $(FILE) --proxy $(BIN)/proxy
 	@for f in $(OWN_SCENARIOS); do echo "$(BIN)/acceptance --mode ipvs --file $$f"; $(BIN)/acceptance --mode ipvs --file $$f --proxy $(BIN)/proxy || exit 1; done
 
-demo: deps tools build
-	$(BIN)/acceptance --mode iptables --file $(CURDIR)/e2e/demo/demo.yaml --proxy $(BIN)/proxy --verbose
+# The demo: a throwaway control plane, svcproxy in a node namespace, real
+# traffic through it, a scale-down and `proxy explain`, each shown as it
+# happens (e2e/demo). MODE=ipvs runs it in the QEMU guest.
+demo: demo-intro deps tools $(if $(filter ipvs,$(MODE)),vm) build
+	$(BIN)/acceptance --mode $(MODE) --file $(CURDIR)/e2e/demo/demo.yaml --proxy $(BIN)/proxy --demo
+
+demo-intro:
+	@echo "svcproxy demo ($(MODE) mode). First it installs missing Debian packages and builds etcd, kube-apiserver and the"
+	@echo "reference kube-proxy from the pinned k8s.io/kubernetes module into .cache/bin: about 10 minutes the first time on"
+	@echo "2 cores, cached afterwards$(if $(filter ipvs,$(MODE)),; MODE=ipvs also prepares a Debian kernel for the QEMU guest in .cache/vm)."
 
 # svcproxy vs the reference kube-proxy, side by side on this machine (see
 # bench/README.md): writes bench/results/bench.md, bench.json, bench.png.

@@ -17,9 +17,18 @@ if [[ $need -eq 0 ]]; then
   exit 0
 fi
 mkdir -p "$bin"
-echo "building etcd, kube-apiserver, kube-proxy into $bin" >&2
+echo "building etcd, kube-apiserver, kube-proxy into $bin (about 10 minutes the first time; cached afterwards)" >&2
 cd "$root/e2e/tools"
-go build -o "$bin/" ./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-proxy
+# One component at a time, so each gets a progress line; the Go build
+# cache shares what they have in common.
+i=0
+for pkg in ./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-proxy; do
+  i=$((i + 1))
+  start=$SECONDS
+  echo "  [$i/3] ${pkg##*/} ..." >&2
+  go build -o "$bin/" "$pkg"
+  echo "  [$i/3] ${pkg##*/} built in $((SECONDS - start)) s" >&2
+done
 # go build leaves the mtime of an up-to-date binary alone; touch so the
 # staleness check above holds after a go.mod edit that changed nothing.
 touch "$bin/etcd" "$bin/kube-apiserver" "$bin/kube-proxy"

@@ -41,6 +41,12 @@ type Options struct {
 	Kubeconfig string
 	// ServiceCIDRs are the external API server's service CIDRs.
 	ServiceCIDRs []string
+	// Observer, when set, is called at fixed points of every scenario
+	// (see Observer); `make demo` shows what the proxy did through one.
+	Observer Observer
+	// GuestFlags are extra flags for the guest side of a VM run, so the
+	// guest can build the same Observer (e.g. --demo).
+	GuestFlags []string
 }
 
 // Result is the verdict on one flow.

@@ -26,6 +26,7 @@ type scenarioRun struct {
 	topo      *Topology
 	proxy     *nsutil.Proc
 	proxyLog  string
+	cfgPath   string
 	endpoints map[netip.Addr]bool
 	hcPorts   map[uint16]bool
 	failed    bool
@@ -46,17 +47,30 @@ func (r *Runner) runScenario(ctx context.Context, s *Scenario, selected map[stri
 		sr.failAll(s.AllFlows(), err.Error())
 		return
 	}
+	obs, scene := r.opts.Observer, &Scene{sr: sr}
+	if obs != nil {
+		obs.Synced(ctx, scene, 0)
+	}
 	sr.runFlows(ctx, s.Flows)
 	for i, st := range s.Steps {
 		if err := sr.applyStep(ctx, st); err != nil {
 			sr.failAll(st.Flows, fmt.Sprintf("step %d: %v", i+1, err))
 			continue
 		}
+		if obs != nil {
+			obs.StepApplied(ctx, scene, i+1)
+		}
 		if err := sr.waitSync(ctx); err != nil {
 			sr.failAll(st.Flows, fmt.Sprintf("step %d: %v", i+1, err))
 			continue
 		}
+		if obs != nil {
+			obs.Synced(ctx, scene, i+1)
+		}
 		sr.runFlows(ctx, st.Flows)
+	}
+	if obs != nil {
+		obs.Done(ctx, scene)
 	}
 	r.logf("%s: done in %s", s.Name, time.Since(start).Round(time.Millisecond))
 }
@@ -314,12 +328,12 @@ func (sr *scenarioRun) startProxy() error {
 	if err != nil {
 		return err
 	}
-	cfgPath := filepath.Join(sr.dir, "proxy-config.yaml")
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
+	sr.cfgPath = filepath.Join(sr.dir, "proxy-config.yaml")
+	if err := os.WriteFile(sr.cfgPath, cfg, 0o600); err != nil {
 		return err
 	}
 	sr.proxyLog = filepath.Join(sr.dir, "proxy.log")
-	sr.proxy, err = StartProxy(sr.r.opts.Proxy, sr.topo.Node, cfgPath, sr.s.Node.Name, sr.proxyLog)
+	sr.proxy, err = StartProxy(sr.r.opts.Proxy, sr.topo.Node, sr.cfgPath, sr.s.Node.Name, sr.proxyLog)
 	return err
 }
 
@@ -480,10 +494,14 @@ func (sr *scenarioRun) runFlow(ctx context.Context, f Flow) (string, string) {
 		atts = append(atts, more...)
 		v = check.Evaluate(atts)
 	}
+	status, reason := "fail", v.Reason
 	if v.Pass {
-		return "pass", ""
+		status, reason = "pass", ""
 	}
-	return "fail", v.Reason
+	if obs := sr.r.opts.Observer; obs != nil {
+		obs.FlowChecked(&Scene{sr: sr}, f, atts, status)
+	}
+	return status, reason
 }
 
 // attempts makes n new connections: one after the other for sticky flows

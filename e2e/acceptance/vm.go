@@ -40,6 +40,10 @@ type VMOptions struct {
 	Timeout time.Duration
 	// Memory and CPUs of the guest (defaults: 4096 MiB, 2).
 	Memory, CPUs int
+	// Transcript prints every line the guest reported (an Observer's
+	// output as well as results), in order, once the guest is done,
+	// instead of streaming result lines only.
+	Transcript bool
 }
 
 // GuestArgs are the guest side's flags for a run (without the program).
@@ -52,7 +56,7 @@ func GuestArgs(o Options, file, kubeconfig, responder string, cidrs []string) []
 	if o.Verbose {
 		args = append(args, "--verbose")
 	}
-	return args
+	return append(args, o.GuestFlags...)
 }
 
 // RunInVM runs the scenario file in a guest and returns the summary of the
@@ -137,6 +141,10 @@ func RunInVM(ctx context.Context, o VMOptions) (*Summary, error) {
 	args := GuestArgs(o.Options, file, kubeconfig, responder, cp.ServiceCIDRs)
 	logf("booting the guest: %s %s", exe, strings.Join(args, " "))
 	col := &resultCollector{out: o.Out, seen: map[string]bool{}}
+	if o.Transcript {
+		fmt.Fprintln(o.Out, "(running in the QEMU guest; its report follows when it is done)")
+		col.out = io.Discard
+	}
 	var console io.Writer = col
 	if o.Verbose {
 		console = io.MultiWriter(col, &prefixWriter{w: o.Log, prefix: "guest| "})
@@ -161,6 +169,9 @@ func RunInVM(ctx context.Context, o VMOptions) (*Summary, error) {
 	// The console may have mangled a line; the output file has them all.
 	col.Write([]byte(res.Output))
 	col.flush()
+	if o.Transcript {
+		printTranscript(o.Out, res.Output)
+	}
 	logf("guest ran %s (boot %s)", time.Since(start).Round(time.Second), res.Boot.Round(time.Millisecond))
 	sum := col.summary()
 	if runErr != nil {
@@ -276,6 +287,16 @@ func (c *resultCollector) line(line string) {
 	r.Scenario, r.Flow, _ = strings.Cut(m[1], "/")
 	c.results = append(c.results, r)
 	fmt.Fprintln(c.out, line)
+}
+
+// printTranscript prints every marked line of the guest's output, in order.
+func printTranscript(out io.Writer, output string) {
+	for _, line := range strings.Split(output, "\n") {
+		line = strings.TrimRight(line, "\r")
+		if i := strings.Index(line, ResultMarker); i >= 0 {
+			fmt.Fprintln(out, line[i+len(ResultMarker):])
+		}
+	}
 }
 
 func (c *resultCollector) summary() *Summary {

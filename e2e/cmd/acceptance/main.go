@@ -1,7 +1,7 @@
 // Command acceptance runs an acceptance scenario file against a service
 // proxy binary on a real control plane, in network namespaces of its own:
 //
-//	go run ./e2e/cmd/acceptance --mode iptables --file /abs/scenarios.yaml [--run REGEXP] [--proxy PATH|reference] [--verbose]
+//	go run ./e2e/cmd/acceptance --mode iptables --file /abs/scenarios.yaml [--run REGEXP] [--proxy PATH|reference] [--verbose] [--demo]
 //
 // It prints one line per flow ("scenario/flow: pass|fail: why|skip: why")
 // and a closing "N passed, N failed, N skipped"; it exits 0 only when no
@@ -23,6 +23,7 @@ import (
 
 	"svcproxy.dev/svcproxy/e2e/acceptance"
 	"svcproxy.dev/svcproxy/e2e/controlplane"
+	"svcproxy.dev/svcproxy/e2e/demo"
 )
 
 func main() {
@@ -35,6 +36,7 @@ func run() int {
 	runRE := flag.String("run", "", "only scenarios or scenario/flow names matching this regexp")
 	proxy := flag.String("proxy", "", `proxy binary (default <repo>/bin/proxy; "reference" = .cache/bin/kube-proxy)`)
 	verbose := flag.Bool("verbose", false, "print setup details and the proxy logs of failed scenarios")
+	demoMode := flag.Bool("demo", false, "show what the proxy did at each stage (make demo; for e2e/demo/demo.yaml)")
 	// Internal: the side of an ipvs run inside the VM guest (see
 	// acceptance.RunInVM), against the host's API server.
 	inVM := flag.Bool("in-vm", false, "internal: run the scenarios here against --kubeconfig (the guest side of --mode ipvs)")
@@ -67,6 +69,10 @@ func run() int {
 		return 2
 	}
 	opts.ResponderBin = *responder
+	if *demoMode {
+		opts.Observer = demo.New()
+		opts.GuestFlags = []string{"--demo"}
+	}
 	if *inVM {
 		opts.Kubeconfig = *kubeconfig
 		opts.ServiceCIDRs = strings.Split(*cidrs, ",")
@@ -75,7 +81,7 @@ func run() int {
 		opts.SyncTimeout, opts.AttemptTimeout = 3*time.Minute, 3*time.Second
 	} else if *mode == "ipvs" && os.Getenv("SVCPROXY_VM_GUEST") == "" {
 		// The host kernel has no IPVS: run the scenarios in a VM guest.
-		return runInVM(opts)
+		return runInVM(opts, *demoMode)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -137,7 +143,7 @@ func proxyPath(p string) (string, error) {
 }
 
 // runInVM runs the file in an IPVS-capable guest (acceptance.RunInVM).
-func runInVM(opts acceptance.Options) int {
+func runInVM(opts acceptance.Options, transcript bool) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sig := make(chan os.Signal, 1)
@@ -147,7 +153,7 @@ func runInVM(opts acceptance.Options) int {
 		fmt.Fprintln(os.Stderr, "acceptance: interrupted, stopping the guest")
 		cancel()
 	}()
-	sum, err := acceptance.RunInVM(ctx, acceptance.VMOptions{Options: opts})
+	sum, err := acceptance.RunInVM(ctx, acceptance.VMOptions{Options: opts, Transcript: transcript})
 	if sum != nil {
 		fmt.Println(sum.Line())
 	}
