@@ -43,6 +43,9 @@ func (o *Observer) Synced(ctx context.Context, sc *acceptance.Scene, stage int) 
 		n := sc.Scenario().Node
 		sc.Printf("svcproxy (%s mode) runs on node %s (%s), a network namespace of this machine, against a throwaway etcd and kube-apiserver; pods and clients are namespaces too, and every connection below is a real one.\n",
 			sc.Mode(), n.Name, strings.Join(n.IPs, ", "))
+		if sc.Mode() == "ipvs" {
+			sc.Printf("(IPVS needs a kernel this machine lacks: the node runs in a QEMU guest without KVM, so its times are several times a real node's.)\n")
+		}
 		heading(sc, "The Services and their endpoints, as the API server has them")
 		showObjects(ctx, sc)
 		heading(sc, "What svcproxy wrote into the kernel")
@@ -51,7 +54,7 @@ func (o *Observer) Synced(ctx context.Context, sc *acceptance.Scene, stage int) 
 		sc.Report("first-sync-metrics", err == nil && m.syncs > 0, errText(err))
 		if err == nil {
 			sc.Printf("first sync: %d sync(s), %s in total; restore payload %s; %s\n",
-				m.syncs, ms(m.syncSeconds), bytesText(m.restoreBytes), rulesText(m))
+				m.syncs, ms(m.syncSeconds), bytesText(m.restoreBytes), rulesText(m, sc.Mode()))
 		}
 		o.before = m
 		heading(sc, "Traffic, with real packets")
@@ -64,7 +67,10 @@ func (o *Observer) Synced(ctx context.Context, sc *acceptance.Scene, stage int) 
 	}
 	d := m.minus(o.before)
 	sc.Printf("the delta svcproxy wrote for it: %d sync(s) (%d full), %s; restore payload %s; %s\n",
-		d.syncs, d.fullSyncs, ms(d.syncSeconds), bytesText(d.restoreBytes), rulesText(m))
+		d.syncs, d.fullSyncs, ms(d.syncSeconds), bytesText(d.restoreBytes), rulesText(m, sc.Mode()))
+	if sc.Mode() == "ipvs" {
+		showVirtualServer(sc, sc.Scenario().Services[0])
+	}
 	sc.Report(fmt.Sprintf("step-%d-partial-sync", stage), d.syncs > 0 && d.fullSyncs == 0,
 		fmt.Sprintf("%d syncs, %d full: a one-endpoint change should be written as a delta", d.syncs, d.fullSyncs))
 	o.before = m

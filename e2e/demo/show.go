@@ -239,9 +239,28 @@ func (m metricsSample) minus(prev metricsSample) metricsSample {
 	}
 }
 
-func rulesText(m metricsSample) string {
-	return fmt.Sprintf("the last sync wrote %v nat and %v filter rules (svcproxy owns %v nat and %v filter rules in all)",
-		m.rulesLast["nat"], m.rulesLast["filter"], m.rulesTotal["nat"], m.rulesTotal["filter"])
+// rulesText says how many iptables rules the last sync wrote; in IPVS mode
+// those are only the helper rules beside the virtual servers.
+func rulesText(m metricsSample, mode string) string {
+	kind := ""
+	if mode == "ipvs" {
+		kind = "helper "
+	}
+	return fmt.Sprintf("the last sync wrote %v nat and %v filter %srules (svcproxy owns %v nat and %v filter rules in all)",
+		m.rulesLast["nat"], m.rulesLast["filter"], kind, m.rulesTotal["nat"], m.rulesTotal["filter"])
+}
+
+// showVirtualServer prints the ClusterIP virtual server of a Service's
+// first port: after a scale-down the removed real server stays at weight 0
+// until its connections drain (graceful termination).
+func showVirtualServer(sc *acceptance.Scene, svc acceptance.Service) {
+	if svc.ClusterIP == "" || len(svc.Ports) == 0 {
+		return
+	}
+	vs := fmt.Sprintf("%s:%d", svc.ClusterIP, svc.Ports[0].Port)
+	out, err := sc.NodeCommand("ipvsadm", "-Ln", "-t", vs)
+	sc.Report("virtual-server-after-change", err == nil, fmt.Sprintf("ipvsadm -Ln -t %s: %v: %s", vs, err, out))
+	sc.Printf("$ ipvsadm -Ln -t %s   # a removed real server stays at weight 0 until its connections drain\n%s", vs, indent(string(out)))
 }
 
 func ms(seconds float64) string { return fmt.Sprintf("%.0f ms", seconds*1000) }
