@@ -99,6 +99,13 @@ type RunOptions struct {
 	// KeepCtl keeps the per-run control directory (params, cmd.sh, output,
 	// console log) and names it in Result.CtlDir.
 	KeepCtl bool
+	// Systemd boots the host's systemd as PID 1 on a writable view of the
+	// host root (a tmpfs overlay over the read-only share, gone with the
+	// guest) instead of running the command in a chroot: the command runs
+	// as the unit svcvm-run.service once basic.target is reached (journald
+	// and the rest of early boot are up), so it can install, start and
+	// inspect units with systemctl and journalctl.
+	Systemd bool
 }
 
 // Forward is one guest-to-host TCP forward; see RunOptions.Forwards.
@@ -455,8 +462,12 @@ func writeCtl(ctl string, p Paths, share string, opts RunOptions) error {
 	if opts.ShareCache {
 		shareCache = "loose"
 	}
-	params := fmt.Sprintf("KDIR=%s\nSHARE=%s\nTEE=%s\nROOTCACHE=%s\nSHARECACHE=%s\nKEEP=%s\n",
-		shellQuote(p.KernelDir), shellQuote(share), tee, rootCache, shareCache, shellQuote(strings.Join(keepVisible(p), " ")))
+	systemd := "0"
+	if opts.Systemd {
+		systemd = "1"
+	}
+	params := fmt.Sprintf("KDIR=%s\nSHARE=%s\nTEE=%s\nROOTCACHE=%s\nSHARECACHE=%s\nKEEP=%s\nSYSTEMD=%s\n",
+		shellQuote(p.KernelDir), shellQuote(share), tee, rootCache, shareCache, shellQuote(strings.Join(keepVisible(p), " ")), systemd)
 	var script strings.Builder
 	script.WriteString("# run by the guest's /init, chrooted in the host's /\n")
 	env := []string{

@@ -15,8 +15,63 @@
 #    use the same;
 # 4. runs /run/svcvm/cmd.sh chrooted in /host, output to /ctl/output, exit
 #    code to /ctl/rc, then powers off.
+# With SYSTEMD=1 in /ctl/params, the host root is instead a writable overlay
+# (the read-only 9p mount under a tmpfs upper layer), and after step 3 the
+# guest switches root to it and boots the host's systemd as PID 1 into
+# svcvm.target: basic.target plus svcvm-run.service, which runs cmd.sh as
+# in step 4 and powers off.
 # No network device is configured here: the guest has none unless the run asked
 # for one (then /ctl/net.sh sets it up inside the chroot).
+
+# boot_systemd hands the guest to the host's systemd (SYSTEMD=1): units that
+# run the command and power off, no fstab (the host's names disks the guest
+# lacks), the kernel's module helper inside the new root, then switch_root.
+boot_systemd() {
+	etc=/host/etc/systemd/system
+	mkdir -p "$etc"
+	cat >"$etc/svcvm.target" <<-'EOF'
+		[Unit]
+		Description=svcvm test run
+		Requires=basic.target
+		After=basic.target
+		Wants=svcvm-run.service
+		AllowIsolate=yes
+	EOF
+	cat >"$etc/svcvm-run.service" <<-'EOF'
+		[Unit]
+		Description=svcvm command (/run/svcvm/cmd.sh)
+		After=basic.target
+		[Service]
+		Type=simple
+		ExecStart=/bin/sh /run/svcvm/systemd-run.sh
+	EOF
+	ln -sf svcvm.target "$etc/default.target"
+	: >/host/etc/fstab
+	cat >/run-systemd.sh <<-'EOF'
+		up() { read -r u _ </proc/uptime; echo "$1 $u" >>/run/svcvm/times; }
+		. /run/svcvm/params
+		up start
+		if [ "$TEE" = 1 ]; then
+			{
+				/bin/sh /run/svcvm/cmd.sh </dev/null 2>&1
+				echo $? >/run/svcvm/rc.tmp
+			} | tee /run/svcvm/output >/dev/console
+		else
+			/bin/sh /run/svcvm/cmd.sh </dev/null >/run/svcvm/output 2>&1
+			echo $? >/run/svcvm/rc.tmp
+		fi
+		up end
+		mv /run/svcvm/rc.tmp /run/svcvm/rc
+		sync
+		systemctl poweroff --force --force
+	EOF
+	cp /run-systemd.sh /ctl/systemd-run.sh || die "cannot write the systemd run script"
+	printf '#!/bin/sh\nexec /usr/sbin/modprobe -d "%s" "$@"\n' "$KDIR" >/host/sbin/svcvm-modprobe
+	chmod 755 /host/sbin/svcvm-modprobe
+	up switch-root
+	exec switch_root /host /sbin/init
+	die "switch_root to systemd failed"
+}
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /ctl /host
 /bin/busybox --install -s /bin
@@ -45,12 +100,24 @@ up init
 . /ctl/params
 [ -n "$KDIR" ] || die "KDIR not set in /ctl/params"
 
-mount -t 9p -o "$opts,ro,cache=${ROOTCACHE:-none}" hostroot /host || die "cannot mount hostroot"
-# A second view of the host root, so directories under the tmpfs-covered
-# /tmp, /run and /var/tmp that the guest needs (KEEP: a checkout under /tmp)
-# can be bound back.
 mkdir -p /hostroot
-mount -o bind /host /hostroot || die "cannot bind the host root"
+if [ "$SYSTEMD" = 1 ]; then
+	# systemd writes all over /etc, /var and the like: give it a writable
+	# root whose writes go to guest memory and vanish with the guest.
+	mkdir -p /lower /ovl
+	mount -t 9p -o "$opts,ro,cache=${ROOTCACHE:-none}" hostroot /lower || die "cannot mount hostroot"
+	mount -t tmpfs -o mode=755 tmpfs /ovl || die "tmpfs for the overlay"
+	mkdir -p /ovl/upper /ovl/work
+	mount -t overlay -o lowerdir=/lower,upperdir=/ovl/upper,workdir=/ovl/work overlay /host ||
+		die "cannot mount the writable overlay over the host root"
+	mount -o bind /lower /hostroot || die "cannot bind the host root"
+else
+	mount -t 9p -o "$opts,ro,cache=${ROOTCACHE:-none}" hostroot /host || die "cannot mount hostroot"
+	# A second view of the host root, so directories under the tmpfs-covered
+	# /tmp, /run and /var/tmp that the guest needs (KEEP: a checkout under
+	# /tmp) can be bound back.
+	mount -o bind /host /hostroot || die "cannot bind the host root"
+fi
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || die "tmpfs /tmp"
 mount -t tmpfs -o mode=755 tmpfs /host/run || die "tmpfs /run"
 [ -d /host/var/tmp ] && mount -t tmpfs -o mode=1777 tmpfs /host/var/tmp
@@ -101,6 +168,10 @@ up modules
 if [ -f /ctl/net.sh ]; then
 	chroot /host /bin/sh /run/svcvm/net.sh >>/ctl/setup.log 2>&1 ||
 		echo "svcvm: warning: network setup failed" | tee -a /ctl/setup.log >/dev/console
+fi
+
+if [ "$SYSTEMD" = 1 ]; then
+	boot_systemd
 fi
 
 up start

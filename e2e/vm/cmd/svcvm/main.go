@@ -46,6 +46,7 @@ func main() {
 	flag.IntVar(&opts.CPUs, "smp", 0, "guest CPUs (default 2)")
 	flag.DurationVar(&opts.Timeout, "timeout", 0, "bound on the whole run (default 10m)")
 	flag.BoolVar(&opts.KeepCtl, "keep", false, "keep the control directory")
+	flag.BoolVar(&opts.Systemd, "systemd", false, "boot systemd as PID 1 on a writable overlay of the host root; the command runs as a unit")
 	flag.Var(&fw, "forward", "GUESTADDR=HOSTADDR guest-to-host TCP forward (repeatable), HOSTADDR ip:port or unix:/path")
 	flag.Var(&env, "e", "KEY=VALUE for the command's environment (repeatable)")
 	flag.Parse()
