@@ -69,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg, err := f.configuration(fs)
 	if err != nil {
 		fmt.Fprintln(stderr, "error:", err)
-		return 1
+		return exitConfigError
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

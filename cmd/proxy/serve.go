@@ -39,6 +39,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 	if err != nil {
 		return err
 	}
+	notifyReady("waiting for Node " + nodeName)
 	node := waitForNode(ctx, client, nodeName)
 	syncPeriod, minSyncPeriod := config.SyncPeriods(cfg)
 	klog.InfoS("Starting svcproxy", "version", version, "mode", cfg.Mode, "node", nodeName, "syncPeriod", syncPeriod, "minSyncPeriod", minSyncPeriod)

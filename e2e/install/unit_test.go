@@ -38,6 +38,11 @@ func TestSystemdUnit(t *testing.T) {
 		{"Service", "ExecStart"}:  unitExec,
 		{"Service", "Restart"}:    "on-failure",
 		{"Service", "KillSignal"}: "SIGTERM",
+		// cmd/proxy: sd_notify READY once the config loaded; exit 78 on a
+		// config that does not; SIGHUP re-reads the file.
+		{"Service", "Type"}:                     "notify",
+		{"Service", "RestartPreventExitStatus"}: "78",
+		{"Service", "ExecReload"}:               "/bin/kill -HUP $MAINPID",
 	}
 	for k, v := range want {
 		if got, _ := u.Get(k[0], k[1]); got != v {
