@@ -63,54 +63,11 @@ func proxyBin(t *testing.T) string {
 func TestCleanupVM(t *testing.T) {
 	proxy := proxyBin(t)
 	vm.RequireHost(t, proxy)
-	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
-	defer cancel()
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cp.Stop()
-
-	share := t.TempDir()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, self, filepath.Join(share, "cleanup.test"), 0o755)
-	copyFile(t, cp.KubeconfigPath, filepath.Join(share, "kubeconfig"), 0o644)
-	if strings.HasPrefix(proxy, "/tmp/") { // the guest has its own /tmp
-		copyFile(t, proxy, filepath.Join(share, "proxy"), 0o755)
-		proxy = filepath.Join(share, "proxy")
-	}
-	res, err := vm.Run(ctx, vm.RunOptions{
-		Command:    []string{"./cleanup.test", "-test.run", "^TestGuestCleanup$", "-test.v", "-test.count=1"},
-		Env:        []string{"KUBECONFIG=" + filepath.Join(share, "kubeconfig"), "SVCPROXY_PROXY=" + proxy, "SERVICE_CIDRS=" + strings.Join(cp.ServiceCIDRs, ",")},
-		Dir:        share,
-		ShareDir:   share,
-		ShareCache: true,
-		Network:    vm.APINetwork,
-		Forwards:   []vm.Forward{vm.APIForward(cp)},
-		Timeout:    11 * time.Minute,
+	vm.RunGuestTest(t, vm.GuestTest{
+		Name:    "TestGuestCleanup",
+		Proxy:   proxy,
+		Timeout: 11 * time.Minute,
 	})
-	t.Logf("guest: boot %v, command %v, exit %d", res.Boot.Round(time.Millisecond), res.CommandTime.Round(time.Millisecond), res.ExitCode)
-	t.Logf("guest output:\n%s", res.Output)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.ExitCode != 0 {
-		t.Fatalf("guest test failed (exit %d); setup log:\n%s", res.ExitCode, res.SetupLog)
-	}
-}
-
-func copyFile(t *testing.T, from, to string, mode os.FileMode) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, mode); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestGuestCleanup runs inside the guest (see TestCleanupVM).

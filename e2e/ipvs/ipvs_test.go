@@ -67,46 +67,11 @@ func runGuest(t *testing.T, guestTest string, env ...string) (share string) {
 	t.Helper()
 	proxy := proxyBin(t)
 	vm.RequireHost(t, proxy)
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cp.Stop()
-
-	share = t.TempDir()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, self, filepath.Join(share, "ipvs.test"), 0o755)
-	copyFile(t, cp.KubeconfigPath, filepath.Join(share, "kubeconfig"), 0o644)
-	// A copy, not the repository's binary: the guest's view of the host's
-	// / is cached, and a rebuild of bin/proxy on the host during the run
-	// would leave the guest exec-ing a mix of old and new pages (seen:
-	// "invalid pc-encoded table" crashes).
-	copyFile(t, proxy, filepath.Join(share, "proxy"), 0o755)
-	proxy = filepath.Join(share, "proxy")
-	res, err := vm.Run(ctx, vm.RunOptions{
-		Command:    []string{"./ipvs.test", "-test.run", "^" + guestTest + "$", "-test.v", "-test.count=1"},
-		Env:        append([]string{"KUBECONFIG=" + filepath.Join(share, "kubeconfig"), "SVCPROXY_PROXY=" + proxy, "SERVICE_CIDRS=" + strings.Join(cp.ServiceCIDRs, ",")}, env...),
-		Dir:        share,
-		ShareDir:   share,
-		ShareCache: true,
-		Network:    vm.APINetwork,
-		Forwards:   []vm.Forward{vm.APIForward(cp)},
-		Timeout:    7 * time.Minute,
+	return vm.RunGuestTest(t, vm.GuestTest{
+		Name:  guestTest,
+		Proxy: proxy,
+		Env:   env,
 	})
-	t.Logf("guest: boot %v, command %v, exit %d", res.Boot.Round(time.Millisecond), res.CommandTime.Round(time.Millisecond), res.ExitCode)
-	t.Logf("guest output:\n%s", res.Output)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.ExitCode != 0 {
-		t.Fatalf("guest test failed (exit %d); setup log:\n%s", res.ExitCode, res.SetupLog)
-	}
-	return share
 }
 
 func copyFile(t *testing.T, from, to string, mode os.FileMode) {
