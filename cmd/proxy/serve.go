@@ -75,7 +75,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 			conntrackWork.offer(snap)
 		},
 	})
-	runner = watch.NewRunner(daemon.Sync, watch.RunnerOptions{MinInterval: minSyncPeriod, MaxInterval: syncPeriod, Burst: 2})
+	runner = watch.NewRunner(daemon.Sync, watch.RunnerOptions{MinInterval: minSyncPeriod, MaxInterval: syncPeriod, Burst: 2, Gather: daemon.GatherDelay})
 	go daemon.RunDriftChecks(ctx)
 	rl := &reloader{path: src.path, load: src.load, running: cfg, poll: configPollInterval,
 		apply: func(c *v1alpha1.KubeProxyConfiguration) {

@@ -75,6 +75,27 @@ type Daemon struct {
 
 	syncPeriod    atomic.Int64 // time.Duration; a reloaded config changes it
 	periodChanged chan struct{}
+	// lastPartial is how long the last partial sync of every backend took
+	// (time.Duration): the cost of writing a change, which GatherDelay
+	// keeps a small fraction of.
+	lastPartial atomic.Int64
+}
+
+// Gathering a change's companions (a Service's EndpointSlice) before a
+// sync costs at most this share of the last partial sync, and never more
+// than maxGather.
+const (
+	gatherShare = 10
+	maxGather   = 50 * time.Millisecond
+)
+
+// GatherDelay is how long a change that arrives after a quiet spell waits
+// for others to join its sync (watch.RunnerOptions.Gather): a tenth of the
+// last partial sync, at most 50 ms. A Service and its EndpointSlice arrive
+// a few milliseconds apart, and where a sync costs little, writing them
+// apart costs little too.
+func (d *Daemon) GatherDelay() time.Duration {
+	return min(time.Duration(d.lastPartial.Load())/gatherShare, maxGather)
 }
 
 // New returns a Daemon.
@@ -121,10 +142,16 @@ func (d *Daemon) Sync(ctx context.Context) error {
 	}
 
 	var errs []error
+	start, full := time.Now(), false
 	for _, b := range d.opts.Backends {
-		if err := d.syncBackend(b, snap); err != nil {
+		wasFull, err := d.syncBackend(b, snap)
+		if err != nil {
 			errs = append(errs, err)
 		}
+		full = full || wasFull
+	}
+	if len(errs) == 0 && !full {
+		d.lastPartial.Store(int64(time.Since(start)))
 	}
 	d.failed = len(errs) > 0
 	if d.failed {
@@ -141,7 +168,9 @@ func (d *Daemon) Sync(ctx context.Context) error {
 	return nil
 }
 
-func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) error {
+// syncBackend syncs one backend and records the outcome; it reports
+// whether the sync was a full one.
+func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) (bool, error) {
 	fam := string(b.Family())
 	start := time.Now()
 	res, err := b.Sync(snap)
@@ -149,7 +178,7 @@ func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) error {
 	if err != nil {
 		metrics.SyncProxyRulesSyncFailuresTotal.WithLabelValues(fam).Inc()
 		klog.ErrorS(err, "Sync failed; previous rules stay in place and the next sync rewrites everything", "family", fam)
-		return fmt.Errorf("%s: %w", fam, err)
+		return false, fmt.Errorf("%s: %w", fam, err)
 	}
 	metrics.SyncProxyRulesLatency.WithLabelValues(fam).Observe(elapsed)
 	if res.Full {
@@ -176,7 +205,7 @@ func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) error {
 		d.opts.Health.Updated(b.Family())
 	}
 	klog.V(2).InfoS("Synced", "family", fam, "full", res.Full, "bytes", res.PayloadBytes, "took", time.Since(start))
-	return nil
+	return res.Full, nil
 }
 
 // SetSyncPeriod changes how often the kernel is checked for drift (a

@@ -22,6 +22,15 @@ type RunnerOptions struct {
 	// EndpointSlice, written a moment apart, then cost one MinInterval
 	// instead of two. 0 means 1.
 	Burst int
+	// Gather, when set, says how long a change that arrives after a quiet
+	// spell waits for others to join its sync. A Service and its
+	// EndpointSlice are written a few milliseconds apart; without the wait
+	// the Service is synced alone (a REJECT rule) and its endpoints in a
+	// second sync, two kernel commits where one would do. The wait counts
+	// from the first change, and never adds to a sync that MinInterval
+	// holds back anyway. The daemon sizes it from the last sync's
+	// duration, so it stays a small fraction of a commit.
+	Gather func() time.Duration
 	// InitialBackoff is the first retry delay after a failed sync; it
 	// doubles on each further failure, up to MaxInterval. A retry still
 	// waits at least MinInterval.
@@ -108,7 +117,7 @@ func (r *Runner) Run(ctx context.Context, ready <-chan struct{}) {
 		}
 		st.last = r.opts.Clock.Now()
 		st.ran = true
-		st.pending = false
+		st.pending, st.firstChange = false, time.Time{}
 		st.take(st.last, r.options())
 		if err := r.sync(ctx); err != nil {
 			st.backoff = r.nextBackoff(st.backoff)
@@ -136,7 +145,9 @@ func (r *Runner) sleep(ctx context.Context, st *runnerState) bool {
 			timer.Stop()
 		case <-r.trigger:
 			timer.Stop()
-			st.pending = true
+			if !st.pending {
+				st.pending, st.firstChange = true, r.opts.Clock.Now()
+			}
 		case <-timer.C():
 			return true
 		}
@@ -147,6 +158,8 @@ type runnerState struct {
 	ran     bool
 	last    time.Time
 	pending bool
+	// firstChange is when the pending sync was first asked for.
+	firstChange time.Time
 	backoff time.Duration // non-zero after a failure
 
 	// tat is the token bucket as a "theoretical arrival time" (GCRA): a
@@ -182,10 +195,20 @@ func (r *Runner) wait(st *runnerState) time.Duration {
 		next = st.last.Add(max(st.backoff, opts.MinInterval))
 	case st.pending:
 		next = st.nextToken(opts)
+		if opts.Gather != nil && !st.firstChange.IsZero() {
+			next = later(next, st.firstChange.Add(opts.Gather()))
+		}
 	default:
 		next = st.last.Add(opts.MaxInterval)
 	}
 	return max(next.Sub(r.opts.Clock.Now()), 0)
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func (r *Runner) nextBackoff(prev time.Duration) time.Duration {

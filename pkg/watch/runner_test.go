@@ -377,3 +377,37 @@ func TestRunnerBurst(t *testing.T) {
 	h.runner.Trigger()
 	h.expectSync(12 * time.Second)
 }
+
+// TestRunnerGathersAfterQuietSpell: a change after a quiet spell waits
+// Gather (counted from that first change) for companions, which join its
+// sync; a sync that MinInterval holds back anyway waits no longer for it.
+func TestRunnerGathersAfterQuietSpell(t *testing.T) {
+	gather := 20 * time.Millisecond
+	h := startRunner(t, RunnerOptions{MinInterval: time.Millisecond, MaxInterval: time.Minute, Burst: 2,
+		Gather: func() time.Duration { return gather }})
+	close(h.ready)
+	h.expectSync(0)
+	h.expectTimer(time.Minute)
+
+	h.step(5 * time.Second) // quiet spell; the periodic timer has not fired
+	h.runner.Trigger()      // the Service
+	h.expectTimer(gather)
+	h.step(5 * time.Millisecond)
+	h.runner.Trigger() // its EndpointSlice, 5 ms later
+	h.expectTimer(15 * time.Millisecond)
+	h.step(15 * time.Millisecond)
+	h.expectSync(5*time.Second + gather) // one sync for both
+	h.expectTimer(time.Minute)
+
+	// MinInterval holds the next sync back longer than Gather: no extra wait.
+	h2 := startRunner(t, RunnerOptions{MinInterval: time.Second, MaxInterval: time.Minute,
+		Gather: func() time.Duration { return gather }})
+	close(h2.ready)
+	h2.expectSync(0)
+	h2.expectTimer(time.Minute)
+	h2.step(100 * time.Millisecond)
+	h2.runner.Trigger()
+	h2.expectTimer(900 * time.Millisecond)
+	h2.step(900 * time.Millisecond)
+	h2.expectSync(time.Second)
+}
