@@ -258,6 +258,7 @@ func (g *guest) install(t *testing.T, mode string) {
 	waitSynced(t, started, 3*time.Minute)
 	g.waitTraffic(t, time.Minute)
 	run(t, "systemctl", "status", "--no-pager", "svcproxy")
+	checkHardening(t)
 	if mode == "ipvs" {
 		out := mustRun(t, "ipvsadm", "-Ln", "-t", service.String())
 		if !strings.Contains(out, backend.String()) {
@@ -304,6 +305,23 @@ func waitNoIPTablesServices(t *testing.T) {
 			t.Fatalf("iptables mode's Service chains still there a minute after the switch:\n%s", out)
 		}
 		time.Sleep(time.Second)
+	}
+}
+
+// checkHardening shows the unit's sandbox as systemd applied it to the
+// running process, and fails on any permission error in the proxy's log
+// (the sandbox must not keep it from writing iptables, ipsets, IPVS,
+// conntrack or sysctls).
+func checkHardening(t *testing.T) {
+	t.Helper()
+	run(t, "systemctl", "show", "-p", "CapabilityBoundingSet", "-p", "ProtectSystem", "-p", "NoNewPrivileges", "-p", "RestrictAddressFamilies", "svcproxy")
+	run(t, "grep", "^Cap", "/proc/"+show(t, "MainPID")+"/status")
+	out, _ := exec.Command("journalctl", "-u", "svcproxy", "--no-pager", "-o", "cat").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		l := strings.ToLower(line)
+		if strings.Contains(l, "permission denied") || strings.Contains(l, "operation not permitted") || strings.Contains(l, "read-only file system") {
+			t.Errorf("the sandbox got in the way: %s", line)
+		}
 	}
 }
 
