@@ -23,8 +23,16 @@ type Floor struct {
 	OnePayloadS  float64 // one payload, plain restore (tables flushed: they are empty)
 	BatchedS     float64 // chain declarations, then rule batches with --noflush
 	Batches      int
-	Err          string `json:",omitempty"`
+	// CommitS is the median of commitSamples one-change commits into a
+	// namespace holding the same ruleset: a new chain with one rule and a
+	// jump to it from KUBE-SERVICES, one `iptables-nft-restore --noflush`
+	// each, what a new Service with one endpoint costs at the least.
+	CommitS float64 `json:",omitempty"`
+	Err     string  `json:",omitempty"`
 }
+
+// commitSamples is how many one-change commits the commit floor takes.
+const commitSamples = 10
 
 // Best is the faster of the two loads.
 func (f *Floor) Best() float64 {
@@ -71,7 +79,49 @@ func measureFloor(dump []byte) Floor {
 		return f
 	}
 	f.BatchedS = b.Seconds()
+	if f.CommitS, err = commitFloor(dump); err != nil {
+		f.Err = err.Error()
+	}
 	return f
+}
+
+// commitFloor loads dump into a fresh namespace, then times commitSamples
+// one-change commits into it and returns their median in seconds.
+func commitFloor(dump []byte) (float64, error) {
+	ns := nsutil.Name("floor")
+	if err := nsutil.Add(ns); err != nil {
+		return 0, err
+	}
+	defer func() { _ = nsutil.Delete(ns) }()
+	if err := restoreIn(ns, dump, false); err != nil {
+		return 0, err
+	}
+	var samples []float64
+	for i := range commitSamples {
+		payload := fmt.Sprintf("*nat\n:BENCH-FLOOR-%[1]d - [0:0]\n-A BENCH-FLOOR-%[1]d -j RETURN\n-A KUBE-SERVICES -d 172.31.255.%[1]d/32 -p tcp -m tcp --dport 80 -j BENCH-FLOOR-%[1]d\nCOMMIT\n", i+1)
+		start := time.Now()
+		if err := restoreIn(ns, []byte(payload), true); err != nil {
+			return 0, fmt.Errorf("commit floor: %w", err)
+		}
+		samples = append(samples, time.Since(start).Seconds())
+	}
+	return percentile(samples, 50), nil
+}
+
+// restoreIn feeds one payload to iptables-nft-restore in the namespace.
+func restoreIn(ns string, payload []byte, noflush bool) error {
+	var args []string
+	if noflush {
+		args = append(args, "--noflush")
+	}
+	cmd := nsutil.Exec(ns, "iptables-nft-restore", args...)
+	cmd.Stdin = bytes.NewReader(payload)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("iptables-nft-restore in %s: %v: %s", ns, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
 }
 
 // timedRestore creates an empty namespace, feeds it the payloads one after

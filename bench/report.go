@@ -290,6 +290,18 @@ func (rep *Report) rows() []row {
 			}
 			return value{v: r.Floor.BatchedS, text: fmt.Sprintf("%s (%d payloads)", secs(r.Floor.BatchedS), r.Floor.Batches)}
 		}, true},
+		{"Floor: one-change commit (a new chain, its rule and a jump from KUBE-SERVICES, `--noflush` into the same ruleset; median of 10)", secs, func(r *Run) value {
+			if r.Floor == nil || r.Floor.CommitS <= 0 {
+				return none("n/a")
+			}
+			return num(r.Floor.CommitS)
+		}, true},
+		{"Latency p50 (minSyncPeriod " + fast + ") / one-change commit floor", func(v float64) string { return fmt.Sprintf("%.2fx", v) }, func(r *Run) value {
+			if r.Floor == nil || r.Floor.CommitS <= 0 || r.LatFast == nil || r.LatFast.P50 <= 0 {
+				return none("n/a")
+			}
+			return num(r.LatFast.P50 / 1000 / r.Floor.CommitS)
+		}, true},
 		{"Cold start serving / floor (faster of the two)", func(v float64) string { return fmt.Sprintf("%.2fx", v) }, func(r *Run) value {
 			if r.Floor == nil || r.Floor.Best() <= 0 || r.Cold.ServingS < 0 {
 				return none("n/a")
@@ -434,6 +446,11 @@ func (rep *Report) targets() [][3]string {
 		L := sp.LatFast
 		out = append(out, [3]string{fmt.Sprintf("%s x 10: latency p50 <= 100 ms, p99 <= 300 ms (minSyncPeriod %s)", thousands(n), L.MinSync),
 			fmt.Sprintf("p50 %s, p99 %s", ms(L.P50), ms(L.P99)), yes(L.P50 <= 100 && L.P99 <= 300)})
+		if sp.Floor != nil && sp.Floor.CommitS > 0 {
+			x := L.P50 / 1000 / sp.Floor.CommitS
+			out = append(out, [3]string{fmt.Sprintf("%s x 10: latency p50 <= 1.3x the one-change commit floor", thousands(n)),
+				fmt.Sprintf("p50 %s vs floor %s: %.2fx", ms(L.P50), secs(sp.Floor.CommitS), x), yes(x <= 1.3)})
+		}
 		if kp != nil && kp.LatFast != nil && len(kp.LatFast.Samples) > 0 {
 			r50, r99 := kp.LatFast.P50/L.P50, kp.LatFast.P99/L.P99
 			out = append(out, [3]string{fmt.Sprintf("%s x 10: latency >= 10x better than kube-proxy", thousands(n)),
