@@ -50,7 +50,8 @@ test: export SVCPROXY_REQUIRE := 1
 unit:
 	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 -timeout 30m ./...
 	@echo "the tests that read ../shared/acceptance/examples.yaml, by name (a skip would show as SKIP):"
-	@$(GO) test -count=1 -v -run '^(TestTraceScenarios|TestParseExamplesFile)$$' ./pkg/iptables ./e2e/acceptance | grep -E '^(--- |ok|FAIL)'
+	@out=$$($(GO) test -count=1 -v -run '^(TestTraceScenarios|TestParseExamplesFile)$$' ./pkg/iptables ./e2e/acceptance 2>&1); rc=$$?; \
+	echo "$$out" | grep -E '^(--- |ok|FAIL)'; exit $$rc
 
 acceptance: deps tools build
 	$(BIN)/acceptance --mode $(MODE) --file $(FILE) $(if $(RUN),--run '$(RUN)') --proxy $(or $(PROXY),$(BIN)/proxy)

@@ -28,8 +28,8 @@ func TestBadConfigExits(t *testing.T) {
 				t.Fatal(err)
 			}
 			var stdout, stderr bytes.Buffer
-			if code := run([]string{"--config", path}, &stdout, &stderr); code == 0 {
-				t.Fatal("proxy accepted a bad config file")
+			if code := run([]string{"--config", path}, &stdout, &stderr); code != exitConfigError {
+				t.Fatalf("exit %d for a bad config file, want %d (EX_CONFIG, which the systemd unit does not retry)", code, exitConfigError)
 			}
 			for _, w := range tc.want {
 				if !strings.Contains(stderr.String(), w) {

@@ -124,8 +124,8 @@ func (r *reloader) reload(trigger string) {
 		klog.InfoS("Configuration change needs a restart to take effect; running with the old value until then",
 			"field", c.Path, "running", c.Old, "file", c.New, "trigger", trigger)
 	}
+	klog.V(2).InfoS("Configuration re-read", "trigger", trigger, "changes", len(changes), "applied", live)
 	if live == 0 {
-		klog.V(2).InfoS("Configuration re-read", "trigger", trigger, "changes", len(changes))
 		return
 	}
 	r.running = config.WithLive(r.running, next)

@@ -100,7 +100,14 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 }
 
 func applyConntrackSettings(cfg *v1alpha1.KubeProxyConfiguration) {
-	if err := conntrack.Apply(conntrack.Sysctl{Root: "/proc/sys"}, conntrack.SettingsFrom(cfg.Conntrack), conntrack.InHostNetns()); err != nil {
+	inHost, err := conntrack.InHostNetns()
+	if err != nil {
+		// Most likely the host's namespace (a node agent under a
+		// capability bounding set): try, and let the write say otherwise.
+		klog.V(2).InfoS("Cannot tell whether this is the host's network namespace; raising nf_conntrack_max if needed anyway", "err", err)
+		inHost = true
+	}
+	if err := conntrack.Apply(conntrack.Sysctl{Root: "/proc/sys"}, conntrack.SettingsFrom(cfg.Conntrack), inHost); err != nil {
 		klog.ErrorS(err, "Applying conntrack settings; going on with the kernel's")
 	}
 }

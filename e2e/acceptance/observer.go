@@ -17,6 +17,8 @@ import (
 // fixed points, and it may look at the node, the proxy and the traffic
 // through the Scene it is given. `make demo` uses one to show what svcproxy
 // did; a run without one (Options.Observer nil) behaves exactly as before.
+// A scenario whose setup or first sync fails reports its flows as failed
+// and calls no Observer method.
 type Observer interface {
 	// Synced is called once the proxy has synced a stage, before that
 	// stage's flows: stage 0 is the scenario's own objects, stage i the

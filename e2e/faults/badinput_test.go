@@ -250,8 +250,8 @@ func TestBadConfigFile(t *testing.T) {
 			start := time.Now()
 			err := cmd.Run()
 			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.ExitCode() == 0 {
-				t.Fatalf("proxy with a bad config: %v (want a non-zero exit)\n%s", err, out.String())
+			if !errors.As(err, &exit) || exit.ExitCode() != 78 {
+				t.Fatalf("proxy with a bad config: %v (want exit 78, EX_CONFIG)\n%s", err, out.String())
 			}
 			msg := strings.TrimSpace(out.String())
 			for _, w := range tc.want {

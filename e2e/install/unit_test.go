@@ -41,7 +41,7 @@ func TestSystemdUnit(t *testing.T) {
 		// cmd/proxy: sd_notify READY once the config loaded; exit 78 on a
 		// config that does not; SIGHUP re-reads the file.
 		{"Service", "Type"}:                     "notify",
-		{"Service", "RestartPreventExitStatus"}: "78",
+		{"Service", "RestartPreventExitStatus"}: "2 78",
 		{"Service", "ExecReload"}:               "/bin/kill -HUP $MAINPID",
 	}
 	for k, v := range want {

@@ -469,7 +469,7 @@ func writeCtl(ctl string, p Paths, share string, opts RunOptions) error {
 	params := fmt.Sprintf("KDIR=%s\nSHARE=%s\nTEE=%s\nROOTCACHE=%s\nSHARECACHE=%s\nKEEP=%s\nSYSTEMD=%s\n",
 		shellQuote(p.KernelDir), shellQuote(share), tee, rootCache, shareCache, shellQuote(strings.Join(keepVisible(p), " ")), systemd)
 	var script strings.Builder
-	script.WriteString("# run by the guest's /init, chrooted in the host's /\n")
+	script.WriteString("# run by the guest's /init chrooted in the host's /, or with Systemd by svcvm-run.service\n")
 	env := []string{
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOME=/root", "TERM=dumb", "SVCPROXY_VM_GUEST=1",

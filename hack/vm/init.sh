@@ -44,6 +44,8 @@ boot_systemd() {
 		[Service]
 		Type=simple
 		ExecStart=/bin/sh /run/svcvm/systemd-run.sh
+		# Power off rather than leave the host waiting for its timeout.
+		FailureAction=poweroff-force
 	EOF
 	ln -sf svcvm.target "$etc/default.target"
 	: >/host/etc/fstab
@@ -68,9 +70,9 @@ boot_systemd() {
 	cp /run-systemd.sh /ctl/systemd-run.sh || die "cannot write the systemd run script"
 	printf '#!/bin/sh\nexec /usr/sbin/modprobe -d "%s" "$@"\n' "$KDIR" >/host/sbin/svcvm-modprobe
 	chmod 755 /host/sbin/svcvm-modprobe
+	[ -x /host/lib/systemd/systemd ] || die "no /lib/systemd/systemd in the host root (Debian package systemd)"
 	up switch-root
-	exec switch_root /host /sbin/init
-	die "switch_root to systemd failed"
+	exec switch_root /host /lib/systemd/systemd
 }
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /ctl /host

@@ -116,9 +116,19 @@ func raise(sys Sysctl, name string, want int) error {
 	return sys.set(name, want)
 }
 
-// InHostNetns reports whether this process shares PID 1's network namespace.
-func InHostNetns() bool {
-	self, err1 := os.Readlink("/proc/self/ns/net")
-	host, err2 := os.Readlink("/proc/1/ns/net")
-	return err1 == nil && err2 == nil && self == host
+// InHostNetns reports whether this process shares PID 1's network
+// namespace, or an error when it cannot tell: reading PID 1's namespace
+// link needs every capability PID 1 has (or CAP_SYS_PTRACE), which a
+// process under a capability bounding set, such as the systemd unit's,
+// lacks.
+func InHostNetns() (bool, error) {
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return false, err
+	}
+	host, err := os.Readlink("/proc/1/ns/net")
+	if err != nil {
+		return false, err
+	}
+	return self == host, nil
 }

@@ -256,15 +256,17 @@ func TestServiceHealthNoMatchingAddress(t *testing.T) {
 	expectClosed(t, port)
 }
 
-// TestServiceHealthPerFamily: one listener on both families answers each
-// probe with the endpoints of the family it was sent to.
+// TestServiceHealthPerFamily: the one wildcard listener (nodePortAddresses
+// unset) serves both families, IPv4 probes arriving as IPv4-mapped IPv6
+// addresses, and answers each probe with the endpoints of the family of
+// the address it was sent to.
 func TestServiceHealthPerFamily(t *testing.T) {
 	ln, err := net.Listen("tcp6", "[::1]:0")
 	if err != nil {
 		testenv.Missing(t, "no IPv6 loopback here: %v", err)
 	}
 	_ = ln.Close()
-	s := NewServiceHealthServer(ServiceHealthServerOptions{NodeIPs: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}})
+	s := NewServiceHealthServer(ServiceHealthServerOptions{NodeIPs: nil})
 	defer func() { _ = s.SyncServices(nil) }()
 	svc := types.NamespacedName{Namespace: "ns", Name: "a"}
 	port := freePort(t)

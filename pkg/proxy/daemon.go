@@ -75,9 +75,9 @@ type Daemon struct {
 
 	syncPeriod    atomic.Int64 // time.Duration; a reloaded config changes it
 	periodChanged chan struct{}
-	// lastPartial is how long the last partial sync of every backend took
-	// (time.Duration): the cost of writing a change, which GatherDelay
-	// keeps a small fraction of.
+	// lastPartial is how long the last partial sync that wrote a change
+	// took, all backends together (time.Duration): the cost of writing a
+	// change, which GatherDelay keeps a small fraction of.
 	lastPartial atomic.Int64
 }
 
@@ -150,7 +150,10 @@ func (d *Daemon) Sync(ctx context.Context) error {
 		}
 		full = full || wasFull
 	}
-	if len(errs) == 0 && !full {
+	// Only a sync that wrote a change says what a change costs: the
+	// periodic one with nothing to write takes microseconds, and after a
+	// quiet spell it would leave GatherDelay at nothing.
+	if len(errs) == 0 && !full && (len(snap.Changed) > 0 || snap.NodeChanged) {
 		d.lastPartial.Store(int64(time.Since(start)))
 	}
 	d.failed = len(errs) > 0

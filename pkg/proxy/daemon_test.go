@@ -1,8 +1,15 @@
 package proxy
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
 func TestGatherDelay(t *testing.T) {
@@ -17,5 +24,48 @@ func TestGatherDelay(t *testing.T) {
 		if got := d.GatherDelay(); got != tc.want {
 			t.Errorf("last partial sync %v: gather %v, want %v", tc.lastPartial, got, tc.want)
 		}
+	}
+}
+
+// slowBackend takes a fixed time per sync and never does a full one.
+type slowBackend struct{ took time.Duration }
+
+func (b *slowBackend) Family() v1.IPFamily { return v1.IPv4Protocol }
+func (b *slowBackend) Sync(*watch.Snapshot) (Result, error) {
+	time.Sleep(b.took)
+	return Result{}, nil
+}
+func (b *slowBackend) Verify() (string, string, error) { return "", "", nil }
+func (b *slowBackend) ForceFull()                      {}
+
+// TestGatherDelayFollowsSyncsThatWrote: a sync that wrote a change sets
+// the wait; the periodic sync with nothing to write (after a quiet spell)
+// leaves it alone.
+func TestGatherDelayFollowsSyncsThatWrote(t *testing.T) {
+	tr := watch.NewTracker("node-a")
+	b := &slowBackend{took: 100 * time.Millisecond}
+	d := New(Options{Tracker: tr, Backends: []Backend{b}})
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: v1.ServiceSpec{ClusterIP: "172.30.0.1", ClusterIPs: []string{"172.30.0.1"}, Type: v1.ServiceTypeClusterIP,
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	}
+	if err := d.Sync(context.Background()); err != nil { // the first sync
+		t.Fatal(err)
+	}
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "web"}, svc)
+	if err := d.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	wrote := d.GatherDelay()
+	if wrote < 10*time.Millisecond || wrote > maxGather {
+		t.Fatalf("gather after a 100 ms sync that wrote a Service: %v, want about 10 ms", wrote)
+	}
+	b.took = time.Millisecond
+	if err := d.Sync(context.Background()); err != nil { // nothing changed
+		t.Fatal(err)
+	}
+	if got := d.GatherDelay(); got != wrote {
+		t.Errorf("a sync with nothing to write changed the gather wait from %v to %v", wrote, got)
 	}
 }

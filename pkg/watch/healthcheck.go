@@ -39,8 +39,8 @@ type HealthChecks struct {
 //     check fails so that load balancers drain it while the pods shut down;
 //   - endpoints are counted by address across all of the Service's ports,
 //     so a pod serving ports 80 and 443 counts once;
-//   - each family is counted on its own, as kube-proxy runs one proxier and
-//     one health server per family.
+//   - each family is counted on its own, and only the Service's families,
+//     as kube-proxy runs one proxier and one health server per family.
 func HealthChecksOf(snap *Snapshot) HealthChecks {
 	hc := HealthChecks{
 		Ports:      map[types.NamespacedName]uint16{},
@@ -56,6 +56,9 @@ func HealthChecksOf(snap *Snapshot) HealthChecks {
 		for _, ep := range snap.Endpoints[name] {
 			if !ep.IsLocal || !ep.Ready || seen[svc][ep.Addr] {
 				continue
+			}
+			if _, ok := port.ClusterIP(FamilyOf(ep.Addr)); !ok {
+				continue // a family the Service does not have
 			}
 			if seen[svc] == nil {
 				seen[svc] = map[netip.Addr]bool{}

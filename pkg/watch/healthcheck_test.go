@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"net/netip"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -10,6 +11,7 @@ func TestHealthChecksOf(t *testing.T) {
 	web := types.NamespacedName{Namespace: "ns", Name: "web"}
 	plain := types.NamespacedName{Namespace: "ns", Name: "plain"}
 	draining := types.NamespacedName{Namespace: "ns", Name: "draining"}
+	v4only := types.NamespacedName{Namespace: "ns", Name: "v4only"}
 	port := func(svc types.NamespacedName, name string, hc int32) (ServicePortName, *ServicePort) {
 		p := selPort(nodePortPort, true, false)
 		p.Name = ServicePortName{NamespacedName: svc, Port: name, Protocol: p.Protocol}
@@ -26,6 +28,9 @@ func TestHealthChecksOf(t *testing.T) {
 	snap := &Snapshot{Services: map[ServicePortName]*ServicePort{}, Endpoints: map[ServicePortName][]*Endpoint{}}
 	add := func(svc types.NamespacedName, name string, hc int32, specs ...epSpec) {
 		n, p := port(svc, name, hc)
+		if svc.Name == "web" {
+			p.ClusterIPs = append(p.ClusterIPs, netip.MustParseAddr("fd00:172:30::10"))
+		}
 		snap.Services[n] = p
 		snap.Endpoints[n] = eps(specs...)
 	}
@@ -38,11 +43,17 @@ func TestHealthChecksOf(t *testing.T) {
 	add(web, "https", 30001, epSpec{ip: "10.0.0.1", local: true}, epSpec{ip: "10.0.0.2", local: true})
 	// draining: only terminating (still serving) local endpoints.
 	add(draining, "http", 30002, servingTerm("10.0.1.1", true), servingTerm("10.0.1.2", true))
+	// v4only: an IPv6 endpoint of a Service without an IPv6 cluster IP
+	// does not count (kube-proxy's IPv6 proxier never sees the Service).
+	add(v4only, "http", 30003, epSpec{ip: "10.0.3.1", local: true}, epSpec{ip: "fd00::3", local: true})
 	// plain: no health-check port, so not served at all.
 	add(plain, "http", 0, epSpec{ip: "10.0.2.1", local: true})
 
 	hc := HealthChecksOf(snap)
-	if len(hc.Ports) != 2 || hc.Ports[web] != 30001 || hc.Ports[draining] != 30002 {
+	if got := hc.LocalReady[v4only]; got != (FamilyCount{IPv4: 1}) {
+		t.Errorf("v4only: %+v, want 1 IPv4 and no IPv6", got)
+	}
+	if len(hc.Ports) != 3 || hc.Ports[web] != 30001 || hc.Ports[draining] != 30002 {
 		t.Errorf("ports %v", hc.Ports)
 	}
 	if got := hc.LocalReady[web]; got != (FamilyCount{IPv4: 2, IPv6: 1}) {

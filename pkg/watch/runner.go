@@ -22,14 +22,15 @@ type RunnerOptions struct {
 	// EndpointSlice, written a moment apart, then cost one MinInterval
 	// instead of two. 0 means 1.
 	Burst int
-	// Gather, when set, says how long a change that arrives after a quiet
-	// spell waits for others to join its sync. A Service and its
+	// Gather, when set, says how long a change that could be synced at once
+	// (after a quiet spell, or with a token of the burst free) waits for
+	// others to join its sync. A Service and its
 	// EndpointSlice are written a few milliseconds apart; without the wait
 	// the Service is synced alone (a REJECT rule) and its endpoints in a
 	// second sync, two kernel commits where one would do. The wait counts
 	// from the first change, and never adds to a sync that MinInterval
-	// holds back anyway. The daemon sizes it from the last sync's
-	// duration, so it stays a small fraction of a commit.
+	// holds back anyway. The daemon sizes it from the last partial sync
+	// that wrote a change, so it stays a small fraction of a commit.
 	Gather func() time.Duration
 	// InitialBackoff is the first retry delay after a failed sync; it
 	// doubles on each further failure, up to MaxInterval. A retry still
@@ -160,7 +161,7 @@ type runnerState struct {
 	pending bool
 	// firstChange is when the pending sync was first asked for.
 	firstChange time.Time
-	backoff time.Duration // non-zero after a failure
+	backoff     time.Duration // non-zero after a failure
 
 	// tat is the token bucket as a "theoretical arrival time" (GCRA): a
 	// sync may start once now >= tat - (Burst-1) x MinInterval, and each
