@@ -134,19 +134,11 @@ func timedRestore(payloads [][]byte, noflush bool) (time.Duration, error) {
 	defer func() { _ = nsutil.Delete(ns) }()
 	var total time.Duration
 	for i, p := range payloads {
-		args := []string{}
-		if noflush {
-			args = append(args, "--noflush")
-		}
-		cmd := nsutil.Exec(ns, "iptables-nft-restore", args...)
-		cmd.Stdin = bytes.NewReader(p)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
 		start := time.Now()
-		err := cmd.Run()
+		err := restoreIn(ns, p, noflush)
 		total += time.Since(start)
 		if err != nil {
-			return total, fmt.Errorf("iptables-nft-restore payload %d/%d: %v: %s", i+1, len(payloads), err, strings.TrimSpace(stderr.String()))
+			return total, fmt.Errorf("payload %d/%d: %w", i+1, len(payloads), err)
 		}
 	}
 	return total, nil

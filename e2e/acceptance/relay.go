@@ -24,6 +24,17 @@ func clientFromKubeconfig(path string) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
+// APIFromKubeconfig is NewAPI for an API server that is already running,
+// reached through a kubeconfig (a guest test's, from the host), with its
+// service CIDRs.
+func APIFromKubeconfig(path string, ranges []string) (*API, error) {
+	c, err := clientFromKubeconfig(path)
+	if err != nil {
+		return nil, err
+	}
+	return NewAPI(c, ranges)
+}
+
 // apiServerAddr returns the host:port of a kubeconfig's server.
 func apiServerAddr(kubeconfig string) (netip.AddrPort, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)

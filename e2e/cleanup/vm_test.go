@@ -24,8 +24,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -97,15 +95,7 @@ func TestGuestCleanup(t *testing.T) {
 // one of them the node's own address (so its virtual server is not on
 // kube-ipvs0).
 func createObjects(t *testing.T, ctx context.Context, kc string) {
-	rc, err := clientcmd.BuildConfigFromFlags("", kc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := acceptance.NewAPI(client, strings.Split(os.Getenv("SERVICE_CIDRS"), ","))
+	api, err := acceptance.APIFromKubeconfig(kc, strings.Split(os.Getenv("SERVICE_CIDRS"), ","))
 	if err != nil {
 		t.Fatal(err)
 	}

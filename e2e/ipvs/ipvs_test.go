@@ -20,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -229,15 +227,8 @@ func (g *guest) setup() {
 func (g *guest) setupNode() {
 	t := g.t
 	kc := os.Getenv("KUBECONFIG")
-	rc, err := clientcmd.BuildConfigFromFlags("", kc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g.api, err = acceptance.NewAPI(client, strings.Split(os.Getenv("SERVICE_CIDRS"), ",")); err != nil {
+	var err error
+	if g.api, err = acceptance.APIFromKubeconfig(kc, strings.Split(os.Getenv("SERVICE_CIDRS"), ",")); err != nil {
 		t.Fatal(err)
 	}
 	node := acceptance.Node{Name: nodeName, IPs: []string{"192.168.0.2"}, ClusterCIDR: "10.0.0.0/8"}

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -123,15 +121,7 @@ func show(t *testing.T, prop string) string {
 
 func (g *guest) createObjects() {
 	t := g.t
-	rc, err := clientcmd.BuildConfigFromFlags("", filepath.Join(g.dir, "kubeconfig"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := acceptance.NewAPI(client, strings.Split(os.Getenv("SERVICE_CIDRS"), ","))
+	api, err := acceptance.APIFromKubeconfig(filepath.Join(g.dir, "kubeconfig"), strings.Split(os.Getenv("SERVICE_CIDRS"), ","))
 	if err != nil {
 		t.Fatal(err)
 	}
