@@ -16,6 +16,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	"svcproxy.dev/svcproxy/pkg/iptables"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 func TestNormalizeRewrites(t *testing.T) {
@@ -68,11 +70,11 @@ func TestNormalizeRewrites(t *testing.T) {
 func skipUnlessKernel(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
+		testenv.Missing(t, "needs root for a network namespace")
 	}
 	for _, b := range []string{"ip", "iptables-nft-restore", "iptables-nft-save", "ip6tables-nft-restore", "ip6tables-nft-save"} {
 		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s not installed", b)
+			testenv.Missing(t, "%s not installed", b)
 		}
 	}
 }

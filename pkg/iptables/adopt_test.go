@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // serviceChainsWritten lists the Service chains the payloads rewrite
@@ -66,10 +68,10 @@ func TestFullSyncAdoptsChainsInPlace(t *testing.T) {
 // restart rewrites everything.
 func TestRealRestartAdopts(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
+		testenv.Missing(t, "needs root for a network namespace")
 	}
 	if _, err := exec.LookPath("iptables-nft-restore"); err != nil {
-		t.Skip("iptables-nft not installed")
+		testenv.Missing(t, "iptables-nft not installed (Debian package iptables)")
 	}
 	for _, tc := range goldenCases() {
 		t.Run(tc.name, func(t *testing.T) {

@@ -14,6 +14,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 func TestParseSave(t *testing.T) {
@@ -154,10 +156,10 @@ func TestEachLineJoinsLongLines(t *testing.T) {
 // that Verify's reading of both agrees, on the real kernel.
 func TestRealSaveLines(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
+		testenv.Missing(t, "needs root for a network namespace")
 	}
 	if _, err := exec.LookPath("iptables-nft-save"); err != nil {
-		t.Skip("iptables-nft not installed")
+		testenv.Missing(t, "iptables-nft not installed (Debian package iptables)")
 	}
 	c := newCluster(t, 20)
 	ns := nsutil.Name("savelines")

@@ -14,6 +14,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // TestFakeIPVSValidates: the fake refuses what the kernel refuses.
@@ -81,10 +83,10 @@ func TestFakeIPSetsValidate(t *testing.T) {
 // compare members as strings.
 func TestRealIPSetRoundTrip(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
+		testenv.Missing(t, "needs root for a network namespace")
 	}
 	if _, err := exec.LookPath("ipset"); err != nil {
-		t.Skip("no ipset tool")
+		testenv.Missing(t, "no ipset tool (Debian package ipset)")
 	}
 	ns := nsutil.Name("ipsetrt")
 	if err := nsutil.Add(ns); err != nil {

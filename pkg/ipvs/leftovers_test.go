@@ -14,6 +14,8 @@ import (
 
 	"svcproxy.dev/svcproxy/e2e/nsutil"
 	"svcproxy.dev/svcproxy/pkg/iptables"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // TestRemoveLeftovers builds kube-proxy IPVS-mode leftovers (ipsets and the
@@ -21,7 +23,7 @@ import (
 // throwaway network namespace and checks that exactly ours go away.
 func TestRemoveLeftovers(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
+		testenv.Missing(t, "needs root for a network namespace")
 	}
 	ns := nsutil.Name("ipvsleft")
 	if err := nsutil.Add(ns); err != nil {
