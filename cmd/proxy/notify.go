@@ -21,3 +21,10 @@ func notifyReady(status string) {
 		klog.ErrorS(err, "Telling systemd the proxy is ready")
 	}
 }
+
+// notifyStatus updates the status line `systemctl status` shows.
+func notifyStatus(status string) {
+	if _, err := daemon.SdNotify(false, "STATUS="+status); err != nil {
+		klog.V(2).InfoS("Telling systemd the proxy's status", "err", err)
+	}
+}

@@ -41,6 +41,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 	}
 	notifyReady("waiting for Node " + nodeName)
 	node := waitForNode(ctx, client, nodeName)
+	notifyStatus("Node " + nodeName + " found; first sync pending")
 	syncPeriod, minSyncPeriod := config.SyncPeriods(cfg)
 	klog.InfoS("Starting svcproxy", "version", version, "mode", cfg.Mode, "node", nodeName, "syncPeriod", syncPeriod, "minSyncPeriod", minSyncPeriod)
 
@@ -71,7 +72,10 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 		OnSynced: func(_, snap *watch.Snapshot) {
 			// The other mode's state goes only once this mode's rules are
 			// complete, so Services keep answering through a mode switch.
-			leftovers.Do(func() { removeOtherModeLeftovers(backends) })
+			leftovers.Do(func() {
+				removeOtherModeLeftovers(backends)
+				notifyStatus(fmt.Sprintf("first sync done at %s; keeping %s rules in sync", time.Now().Format(time.TimeOnly), cfg.Mode))
+			})
 			conntrackWork.offer(snap)
 		},
 	})

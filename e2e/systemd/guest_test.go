@@ -263,6 +263,7 @@ func (g *guest) install(t *testing.T, mode string) {
 	}
 	// The rules of this process, not the ones a previous run left.
 	waitSynced(t, started, 3*time.Minute)
+	waitStatus(t, "first sync done")
 	g.waitTraffic(t, time.Minute)
 	run(t, "systemctl", "status", "--no-pager", "svcproxy")
 	checkHardening(t)
@@ -299,6 +300,24 @@ func waitSynced(t *testing.T, since time.Time, limit time.Duration) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no sync %v after the start (last %v, %v)", limit, ts, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// waitStatus waits until the unit's status line (sd_notify STATUS=, shown
+// by `systemctl status`) contains want.
+func waitStatus(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := show(t, "StatusText")
+		if strings.Contains(got, want) {
+			t.Logf("status: %s", got)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status %q, want it to contain %q", got, want)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
