@@ -42,11 +42,8 @@ func (sc *Scene) Scenario() *Scenario { return sc.sr.s }
 // Mode is the proxy mode of the run.
 func (sc *Scene) Mode() string { return sc.sr.r.opts.Mode }
 
-// Out is where the run's report lines go.
-func (sc *Scene) Out() io.Writer { return sc.sr.r.opts.Out }
-
-// ProxyBinary and ProxyConfig are the proxy's binary and config file, for
-// running its subcommands (explain, diff) the way the daemon plans.
+// ProxyBinary is the proxy's binary: with ProxyConfig, what runs its
+// subcommands (explain, diff) so that they plan as the daemon does.
 func (sc *Scene) ProxyBinary() string { return sc.sr.r.opts.Proxy }
 
 // ProxyConfig is the path of the running proxy's config file.
