@@ -65,9 +65,6 @@ type hcInstance struct {
 // SyncServices to open ports.
 func NewServiceHealthServer(opts ServiceHealthServerOptions) *ServiceHealthServer {
 	network, hosts := listenTargets(opts.IPFamily, opts.NodeIPs)
-	if len(hosts) == 0 {
-		klog.V(2).InfoS("Health-check NodePorts listen on no address")
-	}
 	return &ServiceHealthServer{
 		network:  network,
 		hosts:    hosts,
