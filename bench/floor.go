@@ -61,16 +61,15 @@ func dumpRules(netns string) ([]byte, error) {
 }
 
 // measureFloor loads dump into fresh empty namespaces, once as one payload
-// and once in batches, and times both.
+// (then times one-change commits into that copy) and once in batches.
 func measureFloor(dump []byte) Floor {
 	dump = nfacctMatch.ReplaceAll(dump, nil)
 	f := Floor{Bytes: len(dump), Lines: bytes.Count(dump, []byte("\n"))}
-	one, err := timedRestore([][]byte{dump}, false)
-	if err != nil {
+	var err error
+	if f.OnePayloadS, f.CommitS, err = loadAndCommit(dump); err != nil {
 		f.Err = err.Error()
 		return f
 	}
-	f.OnePayloadS = one.Seconds()
 	batches := splitBatches(dump, floorBatchLines)
 	f.Batches = len(batches)
 	b, err := timedRestore(batches, true)
@@ -79,33 +78,33 @@ func measureFloor(dump []byte) Floor {
 		return f
 	}
 	f.BatchedS = b.Seconds()
-	if f.CommitS, err = commitFloor(dump); err != nil {
-		f.Err = err.Error()
-	}
 	return f
 }
 
-// commitFloor loads dump into a fresh namespace, then times commitSamples
-// one-change commits into it and returns their median in seconds.
-func commitFloor(dump []byte) (float64, error) {
+// loadAndCommit times the load of dump into a fresh namespace as one
+// payload, then commitSamples one-change commits into that same ruleset,
+// and returns the load's seconds and the commits' median.
+func loadAndCommit(dump []byte) (loadS, commitS float64, err error) {
 	ns := nsutil.Name("floor")
 	if err := nsutil.Add(ns); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer func() { _ = nsutil.Delete(ns) }()
+	start := time.Now()
 	if err := restoreIn(ns, dump, false); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
+	loadS = time.Since(start).Seconds()
 	var samples []float64
 	for i := range commitSamples {
 		payload := fmt.Sprintf("*nat\n:BENCH-FLOOR-%[1]d - [0:0]\n-A BENCH-FLOOR-%[1]d -j RETURN\n-A KUBE-SERVICES -d 172.31.255.%[1]d/32 -p tcp -m tcp --dport 80 -j BENCH-FLOOR-%[1]d\nCOMMIT\n", i+1)
 		start := time.Now()
 		if err := restoreIn(ns, []byte(payload), true); err != nil {
-			return 0, fmt.Errorf("commit floor: %w", err)
+			return loadS, 0, fmt.Errorf("commit floor: %w", err)
 		}
 		samples = append(samples, time.Since(start).Seconds())
 	}
-	return percentile(samples, 50), nil
+	return loadS, percentile(samples, 50), nil
 }
 
 // restoreIn feeds one payload to iptables-nft-restore in the namespace.
