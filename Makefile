@@ -14,7 +14,7 @@ STATICCHECK_VERSION := v0.8.2
 
 export SVCPROXY_BIN_DIR := $(TOOLS_BIN)
 
-.PHONY: all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo demo-intro bench bench-vm soak lint clean
+.PHONY: cluster cluster-down conformance all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo demo-intro bench bench-vm soak lint clean
 
 all: build
 
@@ -81,6 +81,23 @@ demo-intro:
 	@echo "svcproxy demo ($(MODE) mode). First it installs missing Debian packages and builds etcd, kube-apiserver and the"
 	@echo "reference kube-proxy from the pinned k8s.io/kubernetes module into .cache/bin: about 10 minutes the first time on"
 	@echo "2 cores, cached afterwards$(if $(filter ipvs,$(MODE)),; MODE=ipvs also prepares a Debian kernel for the QEMU guest in .cache/vm)."
+
+# A real cluster on this machine (hack/cluster, e2e/conformance/README.md):
+# control plane, two kubelet nodes with containerd and bridge CNI, CoreDNS
+# and the proxy as a DaemonSet, in network namespaces. PROXY=reference runs
+# upstream kube-proxy instead of svcproxy. The first run builds the
+# components and images (about 30 minutes on 2 cores).
+cluster: deps tools
+	@hack/cluster/build.sh
+	@hack/cluster/up.sh $(or $(PROXY),svcproxy) $(MODE)
+
+cluster-down:
+	@hack/cluster/down.sh
+
+# The upstream e2e network suites (e2e/conformance/suite.yaml) against a
+# fresh cluster: writes e2e/conformance/results/$(MODE)-<proxy>.md and .xml.
+conformance: deps tools
+	@hack/cluster/conformance.sh $(MODE) $(or $(PROXY),svcproxy)
 
 # svcproxy vs the reference kube-proxy, side by side on this machine (see
 # bench/README.md): writes bench/results/bench.md, bench.json, bench.png.

@@ -1,0 +1,224 @@
+// Command report turns the JUnit XML of an e2e.test run into the results
+// file of make conformance: every selected test with passed, failed or
+// skipped and why, and a summary line.
+//
+//	report -junit junit_01.xml -suite suite.txt -header header.md -out results.md
+//
+// A test is selected when its name matches a focus line of the suite file.
+// Of those, the ones matching a skip line are listed as skipped with that
+// line's reason (the runner passed them to --ginkgo.skip); the others carry
+// the state e2e.test reported, with the skip message or the first line of
+// the failure.
+package main
+
+import (
+	"encoding/xml"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"svcproxy.dev/svcproxy/e2e/conformance/suite"
+)
+
+// testCase is one <testcase> of ginkgo's JUnit report.
+type testCase struct {
+	Name    string  `xml:"name,attr"`
+	Status  string  `xml:"status,attr"`
+	Time    float64 `xml:"time,attr"`
+	Skipped *struct {
+		Message string `xml:"message,attr"`
+	} `xml:"skipped"`
+	Failure *struct {
+		Message string `xml:"message,attr"`
+		Body    string `xml:",chardata"`
+	} `xml:"failure"`
+	Error *struct {
+		Message string `xml:"message,attr"`
+	} `xml:"error"`
+}
+
+type junit struct {
+	Suites []struct {
+		Cases []testCase `xml:"testcase"`
+	} `xml:"testsuite"`
+}
+
+// Result is the verdict on one selected test.
+type Result struct {
+	Name    string
+	State   string // passed, failed or skipped
+	Why     string
+	Seconds float64
+}
+
+func main() {
+	junitPath := flag.String("junit", "", "JUnit XML written by e2e.test --report-dir")
+	suitePath := flag.String("suite", "", "the suite file (focus and skip lines)")
+	header := flag.String("header", "", "markdown to put before the table (optional)")
+	trailer := flag.String("trailer", "", "markdown to put after the table (optional)")
+	out := flag.String("out", "", "results file to write")
+	print := flag.String("print", "", "print the suite's \"focus\" or \"skip\" regular expression and exit")
+	flag.Parse()
+	if *print != "" {
+		if err := printRegex(*suitePath, *print); err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(*junitPath, *suitePath, *header, *trailer, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+}
+
+func run(junitPath, suitePath, header, trailer, out string) error {
+	s, err := suite.Load(suitePath)
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(junitPath)
+	if err != nil {
+		return err
+	}
+	results, err := Classify(data, s)
+	if err != nil {
+		return fmt.Errorf("%s: %w", junitPath, err)
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := copyFile(f, header); err != nil {
+		return err
+	}
+	Write(f, results)
+	if err := copyFile(f, trailer); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func printRegex(suitePath, which string) error {
+	s, err := suite.Load(suitePath)
+	if err != nil {
+		return err
+	}
+	switch which {
+	case "focus":
+		fmt.Println(s.FocusRegex())
+	case "skip":
+		fmt.Println(s.SkipRegex())
+	default:
+		return fmt.Errorf("-print %q: want focus or skip", which)
+	}
+	return nil
+}
+
+func copyFile(w io.Writer, path string) error {
+	if path == "" {
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
+}
+
+// Classify picks the selected tests out of a JUnit report and gives each
+// its verdict, sorted by name.
+func Classify(data []byte, s *suite.Suite) ([]Result, error) {
+	var j junit
+	if err := xml.Unmarshal(data, &j); err != nil {
+		return nil, err
+	}
+	var results []Result
+	seen := map[string]bool{}
+	for _, ts := range j.Suites {
+		for _, tc := range ts.Cases {
+			name := strings.TrimSpace(strings.TrimPrefix(tc.Name, "[It] "))
+			if !s.Selected(name) || seen[name] {
+				continue
+			}
+			seen[name] = true
+			results = append(results, verdict(name, tc, s))
+		}
+	}
+	sort.Slice(results, func(i, j int) bool { return results[i].Name < results[j].Name })
+	return results, nil
+}
+
+func verdict(name string, tc testCase, s *suite.Suite) Result {
+	r := Result{Name: name, Seconds: tc.Time}
+	if reason, ok := s.SkipReason(name); ok {
+		r.State, r.Why = "skipped", reason
+		return r
+	}
+	switch {
+	case tc.Failure != nil || tc.Error != nil || tc.Status == "failed" || tc.Status == "panicked" ||
+		tc.Status == "timedout" || tc.Status == "interrupted" || tc.Status == "aborted":
+		r.State = "failed"
+		switch {
+		case tc.Failure != nil:
+			r.Why = firstLine(tc.Failure.Message)
+		case tc.Error != nil:
+			r.Why = firstLine(tc.Error.Message)
+		default:
+			r.Why = tc.Status
+		}
+	case tc.Skipped != nil || tc.Status == "skipped" || tc.Status == "pending":
+		r.State = "skipped"
+		r.Why = "e2e.test: " + strings.TrimPrefix(firstLine(skipMessage(tc)), "skipped - ")
+	default:
+		r.State = "passed"
+	}
+	return r
+}
+
+func skipMessage(tc testCase) string {
+	if tc.Skipped == nil {
+		return tc.Status
+	}
+	return tc.Skipped.Message
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return s
+}
+
+// Summary is the one line a reader looks for first.
+func Summary(results []Result) string {
+	n := map[string]int{}
+	for _, r := range results {
+		n[r.State]++
+	}
+	return fmt.Sprintf("%d passed, %d failed, %d skipped", n["passed"], n["failed"], n["skipped"])
+}
+
+// Write prints the summary line and the table of results.
+func Write(w io.Writer, results []Result) {
+	fmt.Fprintf(w, "**%s** (of %d selected tests)\n\n", Summary(results), len(results))
+	fmt.Fprintln(w, "| test | result | seconds | why |")
+	fmt.Fprintln(w, "| --- | --- | --- | --- |")
+	for _, r := range results {
+		fmt.Fprintf(w, "| %s | %s | %.0f | %s |\n", escape(r.Name), r.State, r.Seconds, escape(r.Why))
+	}
+	fmt.Fprintln(w)
+}
+
+func escape(s string) string {
+	return strings.NewReplacer("|", `\|`, "\n", " ").Replace(s)
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"svcproxy.dev/svcproxy/e2e/conformance/suite"
+)
+
+// A trimmed JUnit report in the shape ginkgo writes for e2e.test.
+const sampleJUnit = `<?xml version="1.0" encoding="UTF-8"?>
+<testsuites tests="5">
+  <testsuite name="Kubernetes e2e suite" tests="5">
+    <testcase name="[It] [sig-network] Services should serve a basic endpoint from pods [Conformance]" status="passed" time="12.5"></testcase>
+    <testcase name="[It] [sig-network] Services should be able to up and down services" status="failed" time="80">
+      <failure message="service is not reachable within 2m0s timeout on endpoint 10.96.4.7:80&#xA;more detail" type="failed">stack</failure>
+    </testcase>
+    <testcase name="[It] [sig-network] Services should have session affinity work for LoadBalancer service" status="skipped" time="0">
+      <skipped message="skipped"></skipped>
+    </testcase>
+    <testcase name="[It] [sig-network] Services should work with IPv6" status="skipped" time="0.1">
+      <skipped message="skipped - Only supported for providers [gce]"></skipped>
+    </testcase>
+    <testcase name="[It] [sig-node] Pods should be updated" status="skipped" time="0">
+      <skipped message="skipped"></skipped>
+    </testcase>
+  </testsuite>
+</testsuites>`
+
+func TestClassify(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "suite.yaml")
+	os.WriteFile(p, []byte("focus: ['\\[sig-network\\] Services ']\nskip:\n- match: LoadBalancer\n  why: no cloud provider here\n"), 0o644)
+	s, err := suite.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results, err := Classify([]byte(sampleJUnit), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Result{}
+	for _, r := range results {
+		got[r.Name] = r
+	}
+	if len(results) != 4 {
+		t.Fatalf("%d results, want the 4 selected tests: %+v", len(results), results)
+	}
+	check := func(name, state, why string) {
+		t.Helper()
+		r, ok := got[name]
+		if !ok || r.State != state || r.Why != why {
+			t.Errorf("%s: got %+v, want %s %q", name, r, state, why)
+		}
+	}
+	check("[sig-network] Services should serve a basic endpoint from pods [Conformance]", "passed", "")
+	check("[sig-network] Services should be able to up and down services", "failed", "service is not reachable within 2m0s timeout on endpoint 10.96.4.7:80")
+	check("[sig-network] Services should have session affinity work for LoadBalancer service", "skipped", "no cloud provider here")
+	check("[sig-network] Services should work with IPv6", "skipped", "e2e.test: Only supported for providers [gce]")
+	if got, want := Summary(results), "1 passed, 1 failed, 2 skipped"; got != want {
+		t.Errorf("Summary = %q, want %q", got, want)
+	}
+	var buf bytes.Buffer
+	Write(&buf, results)
+	if !strings.HasPrefix(buf.String(), "**1 passed, 1 failed, 2 skipped** (of 4 selected tests)") {
+		t.Errorf("table starts %q", buf.String()[:60])
+	}
+}

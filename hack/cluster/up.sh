@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# Brings up the cluster of lib.sh: network namespaces, a control plane,
+# two kubelet nodes with containerd and bridge CNI, CoreDNS and a service
+# proxy, installed as a user would (kubectl apply). Run build.sh first.
+#
+#   up.sh [svcproxy|reference] [iptables|ipvs]
+#
+# svcproxy (default) applies config/daemonset.yaml with its CHANGE ME values
+# filled in, as config/README.md tells a user; reference applies upstream
+# kube-proxy the way kubeadm deploys it (manifests/kube-proxy.yaml).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+here=$root/hack/cluster
+PROXY=${1:-svcproxy}
+MODE=${2:-iptables}
+[[ $(id -u) == 0 ]] || die "must run as root"
+[[ $PROXY == svcproxy || $PROXY == reference ]] || die "proxy \"$PROXY\": want svcproxy or reference"
+[[ $MODE == iptables || $MODE == ipvs ]] || die "mode \"$MODE\": want iptables or ipvs"
+[[ -f $images_tar ]] || die "$images_tar is missing: run hack/cluster/build.sh (make cluster does)"
+if ip netns list | grep -q '^svck-'; then
+	die "a cluster is already up (namespaces svck-*): make cluster-down first"
+fi
+rm -rf "$run"
+mkdir -p "$run"
+echo "$PROXY $MODE" > "$run/proxy"
+
+network() {
+	log "network namespaces: switch, control plane, ${NODES[*]}"
+	ip netns add "$(ns sw)"
+	inns sw ip link add br0 type bridge
+	inns sw ip link set br0 up
+	inns sw ip link set lo up
+	local name addr
+	for name in cp "${NODES[@]}"; do
+		[[ $name == cp ]] && addr=$CP_IP || addr=${NODE_IP[$name]}
+		ip netns add "$(ns "$name")"
+		ip link add "$name" netns "$(ns sw)" type veth peer name eth0 netns "$(ns "$name")"
+		inns sw ip link set "$name" master br0 up
+		inns "$name" ip link set lo up
+		inns "$name" ip addr add "$addr/24" dev eth0
+		inns "$name" ip link set eth0 up
+		# Every member reaches the pod CIDRs through the node that owns them.
+		local other
+		for other in "${NODES[@]}"; do
+			[[ $other == "$name" ]] || inns "$name" ip route add "${POD_CIDR[$other]}" via "${NODE_IP[$other]}"
+		done
+	done
+	for name in "${NODES[@]}"; do
+		# A default route, so that the node's own connections to Service
+		# IPs are routed at all (then DNAT'ed by the proxy); it leads only
+		# to the control plane's namespace.
+		inns "$name" ip route add default via "$CP_IP"
+		inns "$name" sysctl -qw net.ipv4.ip_forward=1
+		# Bridged pod-to-pod packets go through iptables, as on any node
+		# running bridge CNI (br_netfilter); the proxy's DNAT depends on it.
+		inns "$name" sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
+	done
+}
+
+certificates() {
+	log "certificates and tokens"
+	local d=$run/pki
+	mkdir -p "$d"
+	openssl genrsa -out "$d/ca.key" 2048 2>/dev/null
+	openssl req -x509 -new -key "$d/ca.key" -subj /CN=svck-ca -days 30 -out "$d/ca.crt" 2>/dev/null
+	openssl genrsa -out "$d/apiserver.key" 2048 2>/dev/null
+	openssl req -new -key "$d/apiserver.key" -subj /CN=kube-apiserver -out "$d/apiserver.csr" 2>/dev/null
+	printf 'subjectAltName=IP:%s,IP:%s,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost\n' \
+		"$CP_IP" "$KUBERNETES_SVC_IP" > "$d/apiserver.ext"
+	openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+		-days 30 -extfile "$d/apiserver.ext" -out "$d/apiserver.crt" 2>/dev/null
+	openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+	openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+	# One static token per client (--token-auth-file): user, uid, groups.
+	: > "$d/tokens.csv"
+	local id user group token
+	while IFS='|' read -r id user group; do
+		token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+		echo "$token,$user,$id,\"$group\"" >> "$d/tokens.csv"
+		kubeconfig "$id" "$token"
+	done <<-USERS
+		admin|admin|system:masters
+		kcm|system:kube-controller-manager|
+		scheduler|system:kube-scheduler|
+		node-a|system:node:node-a|system:nodes
+		node-b|system:node:node-b|system:nodes
+	USERS
+}
+
+kubeconfig() {
+	cat > "$run/$1.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: svck
+  cluster: {server: "$API", certificate-authority: "$run/pki/ca.crt"}
+users:
+- name: $1
+  user: {token: "$2"}
+contexts:
+- name: svck
+  context: {cluster: svck, user: $1}
+current-context: svck
+KC
+}
+
+control_plane() {
+	log "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler ($K8S_VERSION)"
+	local d=$run/pki
+	start etcd cp "$bin/etcd" --data-dir "$run/etcd" --listen-client-urls http://127.0.0.1:2379 \
+		--advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+		--initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster default=http://127.0.0.1:2380 \
+		--listen-metrics-urls "" --log-level warn --unsafe-no-fsync
+	start kube-apiserver cp "$bin/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
+		--bind-address=0.0.0.0 --secure-port=6443 --advertise-address="$CP_IP" \
+		--tls-cert-file="$d/apiserver.crt" --tls-private-key-file="$d/apiserver.key" --client-ca-file="$d/ca.crt" \
+		--service-cluster-ip-range="$SERVICE_CIDR" \
+		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+		--service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
+		--authorization-mode=Node,RBAC --token-auth-file="$d/tokens.csv" \
+		--enable-admission-plugins=NodeRestriction --allow-privileged=true \
+		--kubelet-preferred-address-types=InternalIP --cert-dir="$run/apiserver-certs" --v=1
+	wait_for "kube-apiserver /readyz" 120 kc get --raw /readyz
+	start kube-controller-manager cp "$bin/kube-controller-manager" --kubeconfig="$run/kcm.kubeconfig" \
+		--authentication-kubeconfig="$run/kcm.kubeconfig" --authorization-kubeconfig="$run/kcm.kubeconfig" \
+		--service-account-private-key-file="$d/sa.key" --root-ca-file="$d/ca.crt" \
+		--cluster-signing-cert-file="$d/ca.crt" --cluster-signing-key-file="$d/ca.key" \
+		--use-service-account-credentials=true --leader-elect=false --bind-address=127.0.0.1 \
+		--service-cluster-ip-range="$SERVICE_CIDR" --cluster-cidr="$CLUSTER_CIDR" --v=1
+	start kube-scheduler cp "$bin/kube-scheduler" --kubeconfig="$run/scheduler.kubeconfig" \
+		--authentication-kubeconfig="$run/scheduler.kubeconfig" --authorization-kubeconfig="$run/scheduler.kubeconfig" \
+		--leader-elect=false --bind-address=127.0.0.1 --v=1
+	wait_for "the default ServiceAccount" 120 kc -n default get serviceaccount default
+}
+
+# cgroup_root NODE: the node's kubelet cgroupRoot, in every v1 controller
+# (cpuset needs its cpus and mems before anything can join it).
+cgroup_root() {
+	local c
+	for c in /sys/fs/cgroup/*/; do
+		[[ -d $c && $c != */unified/ ]] || continue
+		mkdir -p "$c$1"
+	done
+	cat /sys/fs/cgroup/cpuset/cpuset.cpus > "/sys/fs/cgroup/cpuset/$1/cpuset.cpus"
+	cat /sys/fs/cgroup/cpuset/cpuset.mems > "/sys/fs/cgroup/cpuset/$1/cpuset.mems"
+}
+
+node() {
+	local n=$1 d=$run/$1
+	log "$n: containerd, images, kubelet"
+	mkdir -p "$d/cni" "$d/containerd"
+	cat > "$d/containerd.toml" <<TOML
+version = 2
+root = "$d/containerd/root"
+state = "$d/containerd/state"
+[grpc]
+  address = "$d/containerd/containerd.sock"
+[ttrpc]
+  address = "$d/containerd/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  # This machine lacks CAP_SYS_RESOURCE: a negative oom_score_adj fails.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$d/cni"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+TOML
+	cat > "$d/cni/10-bridge.conflist" <<CNI
+{
+  "cniVersion": "1.0.0",
+  "name": "svck",
+  "plugins": [
+    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "dataDir": "$d/cni-ipam", "ranges": [[{"subnet": "${POD_CIDR[$n]}"}]],
+              "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+CNI
+	start "containerd-$n" "$n" containerd --config "$d/containerd.toml"
+	wait_for "$n containerd" 60 test -S "$d/containerd/containerd.sock"
+	ctr --address "$d/containerd/containerd.sock" -n k8s.io images import --all-platforms "$images_tar" >"$run/logs/import-$n.log" 2>&1 ||
+		{ cat "$run/logs/import-$n.log"; die "$n: image import failed"; }
+	cgroup_root "svck-$n"
+	# Pods that use dnsPolicy: Default (CoreDNS itself) get this file; the
+	# name server is the control plane's namespace, where nothing answers
+	# DNS: names outside the cluster do not resolve, by design.
+	echo "nameserver $CP_IP" > "$d/resolv.conf"
+	cat > "$d/kubelet.yaml" <<KUBELET
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# The machine has a cgroup v1 (hybrid) hierarchy.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /svck-$n
+containerRuntimeEndpoint: unix://$d/containerd/containerd.sock
+address: ${NODE_IP[$n]}
+healthzBindAddress: 127.0.0.1
+readOnlyPort: 0
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+clusterDNS: [$DNS_IP]
+clusterDomain: cluster.local
+resolvConf: $d/resolv.conf
+podLogsDir: $d/pod-logs
+failSwapOn: false
+# Both nodes share this machine's disk: eviction thresholds low enough
+# that a busy disk does not evict test pods.
+evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2%}
+imageGCHighThresholdPercent: 100
+serializeImagePulls: false
+KUBELET
+	start "kubelet-$n" "$n" "$bin/kubelet" --config="$d/kubelet.yaml" --kubeconfig="$run/$n.kubeconfig" \
+		--root-dir="$d/kubelet" --cert-dir="$d/kubelet/pki" --hostname-override="$n" --node-ip="${NODE_IP[$n]}" --v=1
+}
+
+# The nodes' pod CIDRs are fixed (the CNI configuration above), so they
+# are written into the Node objects rather than allocated.
+pod_cidrs() {
+	local n
+	for n in "${NODES[@]}"; do
+		wait_for "node $n to register" 120 kc get node "$n"
+		kc patch node "$n" --type merge -p "{\"spec\":{\"podCIDR\":\"${POD_CIDR[$n]}\",\"podCIDRs\":[\"${POD_CIDR[$n]}\"]}}" >/dev/null
+	done
+}
+
+proxy() {
+	local cfg
+	if [[ $PROXY == svcproxy ]]; then
+		log "svcproxy ($MODE mode): kubectl apply config/daemonset.yaml, CHANGE ME values filled in"
+		cfg=$run/svcproxy-daemonset.yaml
+		sed -e "s|image: svcproxy:latest|image: $SVCPROXY_IMAGE|" \
+			-e "s|server: https://kube-apiserver.example.internal:6443|server: $API|" \
+			-e "s|clusterCIDR: 10.244.0.0/16|clusterCIDR: $CLUSTER_CIDR|" \
+			-e "s|^    mode: iptables|    mode: $MODE|" "$root/config/daemonset.yaml" > "$cfg"
+		kc apply --server-side -f "$cfg" >/dev/null
+		wait_for "svcproxy pods on both nodes" 180 ds_ready svcproxy
+	else
+		log "reference kube-proxy $K8S_VERSION ($MODE mode), as kubeadm deploys it"
+		cfg=$run/kube-proxy.yaml
+		sed -e "s|@IMAGE@|$KUBE_PROXY_IMAGE|" -e "s|@API@|$API|" -e "s|@CLUSTER_CIDR@|$CLUSTER_CIDR|" \
+			-e "s|@MODE@|$MODE|" "$here/manifests/kube-proxy.yaml" > "$cfg"
+		kc apply --server-side -f "$cfg" >/dev/null
+		wait_for "kube-proxy pods on both nodes" 180 ds_ready kube-proxy
+	fi
+}
+
+# ds_ready NAME: the DaemonSet's pods are ready on every node.
+ds_ready() {
+	local want ready
+	read -r want ready < <(kc -n kube-system get daemonset "$1" -o jsonpath='{.status.desiredNumberScheduled} {.status.numberReady}')
+	[[ $want == "${#NODES[@]}" && $ready == "$want" ]]
+}
+
+coredns() {
+	log "CoreDNS v1.14.6 as kubeadm deploys it (kube-dns Service at $DNS_IP)"
+	sed -e "s|@IMAGE@|$COREDNS_IMAGE|" -e "s|@DNS_IP@|$DNS_IP|" "$here/manifests/coredns.yaml" > "$run/coredns.yaml"
+	kc apply --server-side -f "$run/coredns.yaml" >/dev/null
+	wait_for "CoreDNS ready" 180 deploy_ready coredns
+}
+
+deploy_ready() {
+	local want ready
+	read -r want ready < <(kc -n kube-system get deployment "$1" -o jsonpath='{.spec.replicas} {.status.readyReplicas}')
+	[[ -n $want && $ready == "$want" ]]
+}
+
+# Both DaemonSets mount the host's /lib/modules (for modprobe). This
+# machine has none (its kernel has no loadable modules), and a missing
+# hostPath fails the pod: an empty directory stands in, removed by down.sh.
+if [[ ! -e /lib/modules ]]; then
+	mkdir /lib/modules
+	touch "$cache/made-lib-modules"
+fi
+network
+certificates
+control_plane
+for n in "${NODES[@]}"; do
+	node "$n"
+done
+pod_cidrs
+wait_for "nodes Ready" 180 bash -c "[[ \$(nsenter --net=/var/run/netns/$(ns cp) '$bin/kubectl' --kubeconfig '$run/admin.kubeconfig' get nodes --no-headers | grep -c ' Ready ') == ${#NODES[@]} ]]"
+proxy
+coredns
+kc get nodes -o wide
+kc get pods -A -o wide
+log "up: kubectl is \`nsenter --net=/var/run/netns/$(ns cp) $bin/kubectl --kubeconfig $run/admin.kubeconfig\`"
