@@ -9,7 +9,7 @@ bin="${SVCPROXY_BIN_DIR:-$root/.cache/bin}"
 stamp="$root/e2e/tools/go.mod"
 need=0
 for b in etcd kube-apiserver kube-proxy; do
-  if [[ ! -x "$bin/$b" || "$bin/$b" -ot "$stamp" ]]; then
+  if [[ ! -x "$bin/$b" || "$bin/$b" -ot "$stamp" || "$bin/$b" -ot "$root/e2e/tools/ldflags.sh" ]]; then
     need=1
   fi
 done
@@ -19,6 +19,7 @@ fi
 mkdir -p "$bin"
 echo "building etcd, kube-apiserver, kube-proxy into $bin (about 10 minutes the first time; cached afterwards)" >&2
 cd "$root/e2e/tools"
+ldflags=$(./ldflags.sh)
 # One component at a time, so each gets a progress line; the Go build
 # cache shares what they have in common.
 i=0
@@ -26,7 +27,7 @@ for pkg in ./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kub
   i=$((i + 1))
   start=$SECONDS
   echo "  [$i/3] ${pkg##*/} ..." >&2
-  go build -o "$bin/" "$pkg"
+  go build -ldflags "$ldflags" -o "$bin/" "$pkg"
   echo "  [$i/3] ${pkg##*/} built in $((SECONDS - start)) s" >&2
 done
 # go build leaves the mtime of an up-to-date binary alone; touch so the

@@ -31,20 +31,29 @@ fi
 # --- binaries ---------------------------------------------------------------
 "$root/e2e/build-tools.sh"
 mkdir -p "$bin" "$cache"
-stale() { [[ ! -x $1 || $1 -ot $2 ]]; }
+# stale BINARY INPUT...: the binary is missing or older than an input.
+stale() {
+	local b=$1 in
+	[[ -x $b ]] || return 0
+	shift
+	for in in "$@"; do [[ $b -ot $in ]] && return 0; done
+	return 1
+}
 k8s_stamp=$root/e2e/tools/go.mod
+k8s_ldflags=$root/e2e/tools/ldflags.sh
+ldflags=$("$root/e2e/tools/ldflags.sh")
 k8s=(cmd/kubelet cmd/kube-controller-manager cmd/kube-scheduler cmd/kubectl test/images/agnhost test/images/regression-issue-74839)
 for p in "${k8s[@]}"; do
 	b=$bin/${p##*/}
-	if stale "$b" "$k8s_stamp"; then
+	if stale "$b" "$k8s_stamp" "$k8s_ldflags"; then
 		log "building ${p##*/} (k8s.io/kubernetes $K8S_VERSION) ..."
-		(cd "$root/e2e/tools" && CGO_ENABLED=0 go build -o "$b" "k8s.io/kubernetes/$p")
+		(cd "$root/e2e/tools" && CGO_ENABLED=0 go build -ldflags "$ldflags" -o "$b" "k8s.io/kubernetes/$p")
 		touch "$b"
 	fi
 done
-if stale "$bin/e2e.test" "$k8s_stamp"; then
+if stale "$bin/e2e.test" "$k8s_stamp" "$k8s_ldflags"; then
 	log "building e2e.test (k8s.io/kubernetes $K8S_VERSION test/e2e; several minutes) ..."
-	(cd "$root/e2e/tools" && go test -c -o "$bin/e2e.test" k8s.io/kubernetes/test/e2e)
+	(cd "$root/e2e/tools" && go test -c -ldflags "$ldflags" -o "$bin/e2e.test" k8s.io/kubernetes/test/e2e)
 	touch "$bin/e2e.test"
 fi
 if stale "$bin/ginkgo" "$k8s_stamp"; then
@@ -57,7 +66,7 @@ if stale "$bin/coredns" "$root/e2e/tools/coredns/go.mod"; then
 	(cd "$root/e2e/tools/coredns" && CGO_ENABLED=0 go build -trimpath -o "$bin/coredns" github.com/coredns/coredns)
 	touch "$bin/coredns"
 fi
-if stale "$bin/image" "$root/e2e/tools/image/main.go" || stale "$bin/image" "$root/e2e/tools/image/go.mod"; then
+if stale "$bin/image" "$root/e2e/tools/image/main.go" "$root/e2e/tools/image/go.mod"; then
 	(cd "$root/e2e/tools/image" && go build -o "$bin/image" .)
 fi
 k8s_src=$(cd "$root/e2e/tools" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
@@ -73,20 +82,26 @@ version=$(git -C "$root" describe --always --dirty 2>/dev/null || echo dev)
 # One Debian bookworm minbase for every image: config/Dockerfile's runtime
 # packages (iptables ipset conntrack ipvsadm kmod) and what the e2e tests
 # run inside agnhost (its Dockerfile installs curl, nc, dig, ip, bash, socat
-# on Alpine; these are Debian's) and busybox.
+# on Alpine; these are Debian's), busybox, and nginx for the nginx image.
 rootfs=$cache/rootfs
-base_pkgs=bash,curl,netcat-openbsd,dnsutils,iproute2,iputils-ping,socat,procps,iptables,ipset,conntrack,ipvsadm,kmod,busybox
-if [[ ! -f $cache/base.tar || $(cat "$cache/base.pkgs" 2>/dev/null) != "$base_pkgs" ]]; then
+base_pkgs=bash,curl,netcat-openbsd,dnsutils,iproute2,iputils-ping,socat,procps,iptables,ipset,conntrack,ipvsadm,kmod,busybox,nginx-light
+# The recipe's name: a change here rebuilds the root file system.
+base_recipe="$base_pkgs; busybox applets for the rest"
+if [[ ! -f $cache/base.tar || $(cat "$cache/base.pkgs" 2>/dev/null) != "$base_recipe" ]]; then
 	log "debootstrap bookworm into $rootfs (a few minutes) ..."
 	rm -rf "$rootfs" "$rootfs.tmp"
 	debootstrap --variant=minbase --include="$base_pkgs" bookworm "$rootfs.tmp" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 ||
 		{ tail -20 "$cache/debootstrap.log"; die "debootstrap failed (log: $cache/debootstrap.log)"; }
 	rm -rf "$rootfs.tmp"/var/cache/apt/archives/*.deb "$rootfs.tmp"/var/lib/apt/lists/* \
 		"$rootfs.tmp"/usr/share/{doc,man,locale,info}
+	# Alpine, agnhost's upstream base, has busybox applets for what no
+	# package provides, and the tests use some (wget, for one): link every
+	# applet that has no command of its own.
+	chroot "$rootfs.tmp" /bin/sh -c 'for a in $(busybox --list); do command -v "$a" >/dev/null || ln -s /bin/busybox "/usr/local/bin/$a"; done'
 	mv "$rootfs.tmp" "$rootfs"
 	tar -C "$rootfs" --numeric-owner -cf "$cache/base.tar.tmp" .
 	mv "$cache/base.tar.tmp" "$cache/base.tar"
-	echo "$base_pkgs" > "$cache/base.pkgs"
+	echo "$base_recipe" > "$cache/base.pkgs"
 fi
 
 # --- images -------------------------------------------------------------------
@@ -102,6 +117,8 @@ cat > "$spec" <<JSON
   "entrypoint": ["/agnhost"], "cmd": ["pause"]},
  {"name": "$BUSYBOX_IMAGE", "base": "$cache/base.tar", "cmd": ["/bin/sh"]},
  {"name": "$DISTROLESS_IPTABLES_IMAGE", "base": "$cache/base.tar"},
+ {"name": "$GLIBC_DNS_IMAGE", "base": "$cache/base.tar", "files": {"/coredns": "$bin/coredns"}},
+ {"name": "$NGINX_IMAGE", "base": "$cache/base.tar", "entrypoint": ["nginx", "-g", "daemon off;"]},
  {"name": "$REGRESSION_IMAGE", "base": "$cache/base.tar",
   "files": {"/regression-issue-74839": "$bin/regression-issue-74839"}, "entrypoint": ["/regression-issue-74839"]},
  {"name": "$COREDNS_IMAGE", "base": "$cache/base.tar", "files": {"/coredns": "$bin/coredns"}, "entrypoint": ["/coredns"]},
@@ -109,6 +126,6 @@ cat > "$spec" <<JSON
  {"name": "$SVCPROXY_IMAGE", "base": "$cache/base.tar", "files": {"/usr/local/bin/proxy": "$cache/svcproxy"}, "entrypoint": ["/usr/local/bin/proxy"]}
 ]
 JSON
-log "writing $images_tar (8 images)"
+log "writing $images_tar (10 images)"
 "$bin/image" -spec "$spec" -out "$images_tar.tmp"
 mv "$images_tar.tmp" "$images_tar"
