@@ -83,11 +83,12 @@ demo-intro:
 	@echo "2 cores, cached afterwards$(if $(filter ipvs,$(MODE)),; MODE=ipvs also prepares a Debian kernel for the QEMU guest in .cache/vm)."
 
 # A real cluster on this machine (hack/cluster, e2e/conformance/README.md):
-# control plane, two kubelet nodes with containerd and bridge CNI, CoreDNS
+# control plane, three kubelet nodes with containerd and bridge CNI, CoreDNS
 # and the proxy as a DaemonSet, in network namespaces. PROXY=reference runs
-# upstream kube-proxy instead of svcproxy. The first run builds the
+# upstream kube-proxy instead of svcproxy; MODE=ipvs runs the nodes in
+# the QEMU guest (the host kernel has no IPVS). The first run builds the
 # components and images (about 30 minutes on 2 cores).
-cluster: deps tools
+cluster: deps tools $(if $(filter ipvs,$(MODE)),vm)
 	@hack/cluster/build.sh
 	@hack/cluster/up.sh $(or $(PROXY),svcproxy) $(MODE)
 
@@ -96,7 +97,7 @@ cluster-down:
 
 # The upstream e2e network suites (e2e/conformance/suite.yaml) against a
 # fresh cluster: writes e2e/conformance/results/$(MODE)-<proxy>.md and .xml.
-conformance: deps tools
+conformance: deps tools $(if $(filter ipvs,$(MODE)),vm)
 	@hack/cluster/conformance.sh $(MODE) $(or $(PROXY),svcproxy)
 
 # svcproxy vs the reference kube-proxy, side by side on this machine (see

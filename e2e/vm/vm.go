@@ -72,6 +72,13 @@ type RunOptions struct {
 	// host with the connection as stdin and stdout. Without Forwards the
 	// guest has no NIC at all. See ForwardTCP.
 	Forwards []Forward
+	// Tap, when set, gives the guest a virtio NIC (eth0, down and without
+	// an address: the command sets it up) on a TAP device of this name,
+	// which QEMU makes in the network namespace TapNetns (a name under
+	// /var/run/netns; required), never in the host's. The caller links the
+	// TAP there, to a bridge of its own, say. Excludes Forwards.
+	Tap      string
+	TapNetns string
 	// Network is the IPv4 network of that user network, default
 	// 10.0.2.0/24: the guest's eth0 gets host number 15 in it (no default
 	// route), QEMU's own virtual addresses take numbers 2 and 3, and every
@@ -350,9 +357,16 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	if share != "" {
 		args = append(args, "-virtfs", "local,path="+qemuEscape(share)+",mount_tag=share,security_model=none,multidevs=remap")
 	}
-	if len(opts.Forwards) == 0 {
+	switch {
+	case opts.Tap != "":
+		if len(opts.Forwards) > 0 || opts.TapNetns == "" {
+			return res, fmt.Errorf("vm: Tap %q needs TapNetns and excludes Forwards", opts.Tap)
+		}
+		args = append(args, "-netdev", "tap,id=n0,script=no,downscript=no,ifname="+qemuEscape(opts.Tap),
+			"-device", "virtio-net-pci,netdev=n0")
+	case len(opts.Forwards) == 0:
 		args = append(args, "-nic", "none")
-	} else {
+	default:
 		nw, err := userNetwork(opts.Network)
 		if err != nil {
 			return res, err
@@ -376,7 +390,12 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	qemu := []string{"qemu-system-x86_64"}
+	if opts.Tap != "" {
+		// QEMU makes the TAP in the namespace it runs in.
+		qemu = []string{"nsenter", "--net=/var/run/netns/" + opts.TapNetns, "qemu-system-x86_64"}
+	}
+	cmd := exec.CommandContext(ctx, qemu[0], append(qemu[1:], args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error {
 		// QEMU and the forward commands it spawned.
@@ -495,13 +514,15 @@ func writeCtl(ctl string, p Paths, share string, opts RunOptions) error {
 		mods = append(append([]string{}, mods...), opts.ExtraModules...)
 		files["modules"] = "# modules of this run\n" + strings.Join(mods, "\n") + "\n"
 	}
-	if len(opts.Forwards) > 0 {
-		files["net.sh"] = fmt.Sprintf(`set -e
+	if len(opts.Forwards) > 0 || opts.Tap != "" {
+		net := fmt.Sprintf(`set -e
 modprobe -d %s virtio_net
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
-ip link set eth0 up
-ip addr add %s dev eth0
-`, shellQuote(p.KernelDir), opts.Network)
+`, shellQuote(p.KernelDir))
+		if opts.Network != "" {
+			net += fmt.Sprintf("ip link set eth0 up\nip addr add %s dev eth0\n", opts.Network)
+		}
+		files["net.sh"] = net
 	}
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(ctl, name), []byte(text), 0o644); err != nil {

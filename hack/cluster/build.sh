@@ -69,6 +69,8 @@ fi
 if stale "$bin/image" "$root/e2e/tools/image/main.go" "$root/e2e/tools/image/go.mod"; then
 	(cd "$root/e2e/tools/image" && go build -o "$bin/image" .)
 fi
+# MODE=ipvs runs the nodes in the QEMU guest through svcvm.
+(cd "$root" && go build -o "$bin/svcvm" ./e2e/vm/cmd/svcvm)
 k8s_src=$(cd "$root/e2e/tools" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
 if stale "$bin/pause" "$k8s_stamp"; then
 	log "building pause (build/pause/linux/pause.c of k8s.io/kubernetes $K8S_VERSION)"
@@ -81,10 +83,12 @@ version=$(git -C "$root" describe --always --dirty 2>/dev/null || echo dev)
 # --- base root file system ------------------------------------------------------
 # One Debian bookworm minbase for every image: config/Dockerfile's runtime
 # packages (iptables ipset conntrack ipvsadm kmod) and what the e2e tests
-# run inside agnhost (its Dockerfile installs curl, nc, dig, ip, bash, socat
-# on Alpine; these are Debian's), busybox, and nginx for the nginx image.
+# run inside agnhost (its Dockerfile installs curl, nc, dig, ip, bash and
+# socat on Alpine, whose busybox adds wget; these are Debian's, with GNU
+# wget: Debian's busybox wget crashes), busybox, and nginx for the nginx
+# image.
 rootfs=$cache/rootfs
-base_pkgs=bash,curl,netcat-openbsd,dnsutils,iproute2,iputils-ping,socat,procps,iptables,ipset,conntrack,ipvsadm,kmod,busybox,nginx-light
+base_pkgs=bash,curl,wget,netcat-openbsd,dnsutils,iproute2,iputils-ping,socat,procps,iptables,ipset,conntrack,ipvsadm,kmod,busybox,nginx-light
 # The recipe's name: a change here rebuilds the root file system.
 base_recipe="$base_pkgs; busybox applets for the rest"
 if [[ ! -f $cache/base.tar || $(cat "$cache/base.pkgs" 2>/dev/null) != "$base_recipe" ]]; then

@@ -12,6 +12,12 @@ kill_pidfile() {
 	rm -f "$f"
 }
 
+# The QEMU guest (MODE=ipvs) stops its nodes and powers off when asked.
+if [[ -f $run/pids/guest ]]; then
+	touch "$run/guest-stop"
+	for _ in $(seq 60); do kill -0 "$(cat "$run/pids/guest")" 2>/dev/null || break; sleep 1; done
+	kill_pidfile guest
+fi
 # Kubelets first, so nothing restarts the containers killed next.
 for n in "${NODES[@]}"; do kill_pidfile "kubelet-$n"; done
 # Every process in a node's cgroups (pods), then the containerd shims,

@@ -5,7 +5,8 @@
 #   svck-cp      control plane: etcd, kube-apiserver, controller-manager,
 #                scheduler (10.99.0.2); e2e.test and kubectl run here too
 #   svck-node-a  kubelet + containerd of node-a (10.99.0.11, pods 10.244.1.0/24)
-#   svck-node-b  kubelet + containerd of node-b (10.99.0.12, pods 10.244.2.0/24)
+#   svck-node-b  the same for node-b (10.99.0.12, pods 10.244.2.0/24)
+#   svck-node-c  the same for node-c (10.99.0.13, pods 10.244.3.0/24)
 # None of them has a link to the host's interfaces.
 set -euo pipefail
 
@@ -15,9 +16,10 @@ cache=$root/.cache/cluster
 run=$cache/run            # state of the running cluster (removed by down.sh)
 images_tar=$cache/images.tar
 
-NODES=(node-a node-b)
-declare -A NODE_IP=([node-a]=10.99.0.11 [node-b]=10.99.0.12)
-declare -A POD_CIDR=([node-a]=10.244.1.0/24 [node-b]=10.244.2.0/24)
+# Three nodes: some Service tests need at least three schedulable nodes.
+NODES=(node-a node-b node-c)
+declare -A NODE_IP=([node-a]=10.99.0.11 [node-b]=10.99.0.12 [node-c]=10.99.0.13)
+declare -A POD_CIDR=([node-a]=10.244.1.0/24 [node-b]=10.244.2.0/24 [node-c]=10.244.3.0/24)
 CP_IP=10.99.0.2
 NET_CIDR=10.99.0.0/24
 CLUSTER_CIDR=10.244.0.0/16
@@ -51,11 +53,13 @@ die() { echo "cluster: $*" >&2; exit 1; }
 
 # start NAME NETNS CMD...: a daemon in NETNS, in its own session, with its
 # output in $run/logs/NAME.log and its pid in $run/pids/NAME.
+# CLUSTER_PIDS moves the pid files (the QEMU guest keeps its own).
 start() {
 	local name=$1 where=$2; shift 2
-	mkdir -p "$run/logs" "$run/pids"
+	local pids=${CLUSTER_PIDS:-$run/pids}
+	mkdir -p "$run/logs" "$pids"
 	setsid nsenter --net=/var/run/netns/"$(ns "$where")" "$@" >"$run/logs/$name.log" 2>&1 < /dev/null &
-	echo $! > "$run/pids/$name"
+	echo $! > "$pids/$name"
 }
 
 # wait_for WHAT SECONDS CMD...: retries CMD once a second.

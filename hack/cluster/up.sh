@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings up the cluster of lib.sh: network namespaces, a control plane,
-# two kubelet nodes with containerd and bridge CNI, CoreDNS and a service
+# three kubelet nodes with containerd and bridge CNI, CoreDNS and a service
 # proxy, installed as a user would (kubectl apply). Run build.sh first.
 #
 #   up.sh [svcproxy|reference] [iptables|ipvs]
@@ -10,11 +10,13 @@
 # kube-proxy the way kubeadm deploys it (manifests/kube-proxy.yaml).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 here=$root/hack/cluster
+source "$here/node.sh"
 PROXY=${1:-svcproxy}
 MODE=${2:-iptables}
 [[ $(id -u) == 0 ]] || die "must run as root"
 [[ $PROXY == svcproxy || $PROXY == reference ]] || die "proxy \"$PROXY\": want svcproxy or reference"
 [[ $MODE == iptables || $MODE == ipvs ]] || die "mode \"$MODE\": want iptables or ipvs"
+[[ $MODE == iptables || -x $bin/svcvm ]] || die "$bin/svcvm is missing: run hack/cluster/build.sh (make cluster MODE=ipvs does)"
 [[ -f $images_tar ]] || die "$images_tar is missing: run hack/cluster/build.sh (make cluster does)"
 if ip netns list | grep -q '^svck-'; then
 	die "a cluster is already up (namespaces svck-*): make cluster-down first"
@@ -24,36 +26,37 @@ mkdir -p "$run"
 echo "$PROXY $MODE" > "$run/proxy"
 
 network() {
-	log "network namespaces: switch, control plane, ${NODES[*]}"
+	log "network namespaces: switch, control plane$([[ $MODE == ipvs ]] || echo ", ${NODES[*]}")"
 	ip netns add "$(ns sw)"
 	inns sw ip link add br0 type bridge
 	inns sw ip link set br0 up
 	inns sw ip link set lo up
-	local name addr
-	for name in cp "${NODES[@]}"; do
-		[[ $name == cp ]] && addr=$CP_IP || addr=${NODE_IP[$name]}
-		ip netns add "$(ns "$name")"
-		ip link add "$name" netns "$(ns sw)" type veth peer name eth0 netns "$(ns "$name")"
-		inns sw ip link set "$name" master br0 up
-		inns "$name" ip link set lo up
-		inns "$name" ip addr add "$addr/24" dev eth0
-		inns "$name" ip link set eth0 up
-		# Every member reaches the pod CIDRs through the node that owns them.
-		local other
-		for other in "${NODES[@]}"; do
-			[[ $other == "$name" ]] || inns "$name" ip route add "${POD_CIDR[$other]}" via "${NODE_IP[$other]}"
-		done
+	member cp "$CP_IP" inns sw
+	[[ $MODE == ipvs ]] && return
+	local n
+	for n in "${NODES[@]}"; do
+		member "$n" "${NODE_IP[$n]}" inns sw
+		node_network "$n"
 	done
-	for name in "${NODES[@]}"; do
-		# A default route, so that the node's own connections to Service
-		# IPs are routed at all (then DNAT'ed by the proxy); it leads only
-		# to the control plane's namespace.
-		inns "$name" ip route add default via "$CP_IP"
-		inns "$name" sysctl -qw net.ipv4.ip_forward=1
-		# Bridged pod-to-pod packets go through iptables, as on any node
-		# running bridge CNI (br_netfilter); the proxy's DNAT depends on it.
-		inns "$name" sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
-	done
+}
+
+# guest: MODE=ipvs runs the nodes in the QEMU guest (hack/vm; this kernel
+# has no IPVS), its NIC a TAP on the cluster switch. See guest-nodes.sh.
+guest() {
+	log "QEMU guest for ${NODES[*]} (Debian kernel with IPVS, TCG emulation): hack/cluster/guest-nodes.sh"
+	mkdir -p "$run/logs" "$run/pids"
+	setsid "$bin/svcvm" -tap svck-vm -tap-netns "$(ns sw)" -share "$run" -m "${GUEST_MEMORY:-8192}" \
+		-timeout "${GUEST_TIMEOUT:-6h}" -- "$here/guest-nodes.sh" >"$run/logs/guest.log" 2>&1 < /dev/null &
+	echo $! > "$run/pids/guest"
+	wait_for "the guest's TAP in $(ns sw)" 60 inns sw ip link show svck-vm
+	inns sw ip link set svck-vm master br0 up
+	wait_for "the guest's kubelets (log: $run/logs/guest.log)" 1200 guest_ready
+}
+
+guest_ready() {
+	[[ -e $run/guest-ready ]] && return 0
+	kill -0 "$(cat "$run/pids/guest")" 2>/dev/null || { tail -20 "$run/logs/guest.log" >&2; die "the guest stopped"; }
+	return 1
 }
 
 certificates() {
@@ -77,13 +80,12 @@ certificates() {
 		token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 		echo "$token,$user,$id,\"$group\"" >> "$d/tokens.csv"
 		kubeconfig "$id" "$token"
-	done <<-USERS
-		admin|admin|system:masters
-		kcm|system:kube-controller-manager|
-		scheduler|system:kube-scheduler|
-		node-a|system:node:node-a|system:nodes
-		node-b|system:node:node-b|system:nodes
-	USERS
+	done < <(
+		echo "admin|admin|system:masters"
+		echo "kcm|system:kube-controller-manager|"
+		echo "scheduler|system:kube-scheduler|"
+		for n in "${NODES[@]}"; do echo "$n|system:node:$n|system:nodes"; done
+	)
 }
 
 kubeconfig() {
@@ -132,97 +134,6 @@ control_plane() {
 	wait_for "the default ServiceAccount" 120 kc -n default get serviceaccount default
 }
 
-# cgroup_root NODE: the node's kubelet cgroupRoot, in every v1 controller
-# (cpuset needs its cpus and mems before anything can join it).
-cgroup_root() {
-	local c
-	for c in /sys/fs/cgroup/*/; do
-		[[ -d $c && $c != */unified/ ]] || continue
-		mkdir -p "$c$1"
-	done
-	cat /sys/fs/cgroup/cpuset/cpuset.cpus > "/sys/fs/cgroup/cpuset/$1/cpuset.cpus"
-	cat /sys/fs/cgroup/cpuset/cpuset.mems > "/sys/fs/cgroup/cpuset/$1/cpuset.mems"
-}
-
-node() {
-	local n=$1 d=$run/$1
-	log "$n: containerd, images, kubelet"
-	mkdir -p "$d/cni" "$d/containerd"
-	cat > "$d/containerd.toml" <<TOML
-version = 2
-root = "$d/containerd/root"
-state = "$d/containerd/state"
-[grpc]
-  address = "$d/containerd/containerd.sock"
-[ttrpc]
-  address = "$d/containerd/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
-  # This machine lacks CAP_SYS_RESOURCE: a negative oom_score_adj fails.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$d/cni"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-TOML
-	cat > "$d/cni/10-bridge.conflist" <<CNI
-{
-  "cniVersion": "1.0.0",
-  "name": "svck",
-  "plugins": [
-    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "dataDir": "$d/cni-ipam", "ranges": [[{"subnet": "${POD_CIDR[$n]}"}]],
-              "routes": [{"dst": "0.0.0.0/0"}]}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-CNI
-	start "containerd-$n" "$n" containerd --config "$d/containerd.toml"
-	wait_for "$n containerd" 60 test -S "$d/containerd/containerd.sock"
-	ctr --address "$d/containerd/containerd.sock" -n k8s.io images import --all-platforms "$images_tar" >"$run/logs/import-$n.log" 2>&1 ||
-		{ cat "$run/logs/import-$n.log"; die "$n: image import failed"; }
-	cgroup_root "svck-$n"
-	# Pods that use dnsPolicy: Default (CoreDNS itself) get this file; the
-	# name server is the control plane's namespace, where nothing answers
-	# DNS: names outside the cluster do not resolve, by design.
-	echo "nameserver $CP_IP" > "$d/resolv.conf"
-	cat > "$d/kubelet.yaml" <<KUBELET
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-# The machine has a cgroup v1 (hybrid) hierarchy.
-failCgroupV1: false
-cgroupDriver: cgroupfs
-cgroupRoot: /svck-$n
-containerRuntimeEndpoint: unix://$d/containerd/containerd.sock
-address: ${NODE_IP[$n]}
-healthzBindAddress: 127.0.0.1
-readOnlyPort: 0
-authentication:
-  anonymous: {enabled: true}
-  webhook: {enabled: false}
-authorization: {mode: AlwaysAllow}
-clusterDNS: [$DNS_IP]
-clusterDomain: cluster.local
-resolvConf: $d/resolv.conf
-podLogsDir: $d/pod-logs
-failSwapOn: false
-# Both nodes share this machine's disk: eviction thresholds low enough
-# that a busy disk does not evict test pods.
-evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2%}
-imageGCHighThresholdPercent: 100
-serializeImagePulls: false
-KUBELET
-	start "kubelet-$n" "$n" "$bin/kubelet" --config="$d/kubelet.yaml" --kubeconfig="$run/$n.kubeconfig" \
-		--root-dir="$d/kubelet" --cert-dir="$d/kubelet/pki" --hostname-override="$n" --node-ip="${NODE_IP[$n]}" --v=1
-}
-
 # The nodes' pod CIDRs are fixed (the CNI configuration above), so they
 # are written into the Node objects rather than allocated.
 pod_cidrs() {
@@ -243,14 +154,14 @@ proxy() {
 			-e "s|clusterCIDR: 10.244.0.0/16|clusterCIDR: $CLUSTER_CIDR|" \
 			-e "s|^    mode: iptables|    mode: $MODE|" "$root/config/daemonset.yaml" > "$cfg"
 		kc apply --server-side -f "$cfg" >/dev/null
-		wait_for "svcproxy pods on both nodes" 180 ds_ready svcproxy
+		wait_for "svcproxy pods on every node" 180 ds_ready svcproxy
 	else
 		log "reference kube-proxy $K8S_VERSION ($MODE mode), as kubeadm deploys it"
 		cfg=$run/kube-proxy.yaml
 		sed -e "s|@IMAGE@|$KUBE_PROXY_IMAGE|" -e "s|@API@|$API|" -e "s|@CLUSTER_CIDR@|$CLUSTER_CIDR|" \
 			-e "s|@MODE@|$MODE|" "$here/manifests/kube-proxy.yaml" > "$cfg"
 		kc apply --server-side -f "$cfg" >/dev/null
-		wait_for "kube-proxy pods on both nodes" 180 ds_ready kube-proxy
+		wait_for "kube-proxy pods on every node" 180 ds_ready kube-proxy
 	fi
 }
 
@@ -284,9 +195,13 @@ fi
 network
 certificates
 control_plane
-for n in "${NODES[@]}"; do
-	node "$n"
-done
+if [[ $MODE == ipvs ]]; then
+	guest
+else
+	for n in "${NODES[@]}"; do
+		node "$n" "$run/$n"
+	done
+fi
 pod_cidrs
 wait_for "nodes Ready" 180 bash -c "[[ \$(nsenter --net=/var/run/netns/$(ns cp) '$bin/kubectl' --kubeconfig '$run/admin.kubeconfig' get nodes --no-headers | grep -c ' Ready ') == ${#NODES[@]} ]]"
 proxy

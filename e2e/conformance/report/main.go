@@ -60,22 +60,23 @@ func main() {
 	header := flag.String("header", "", "markdown to put before the table (optional)")
 	trailer := flag.String("trailer", "", "markdown to put after the table (optional)")
 	out := flag.String("out", "", "results file to write")
+	mode := flag.String("mode", "iptables", "the proxy mode of the run (skips may name modes)")
 	print := flag.String("print", "", "print the suite's \"focus\" or \"skip\" regular expression and exit")
 	flag.Parse()
 	if *print != "" {
-		if err := printRegex(*suitePath, *print); err != nil {
+		if err := printRegex(*suitePath, *print, *mode); err != nil {
 			fmt.Fprintln(os.Stderr, "report:", err)
 			os.Exit(1)
 		}
 		return
 	}
-	if err := run(*junitPath, *suitePath, *header, *trailer, *out); err != nil {
+	if err := run(*junitPath, *suitePath, *mode, *header, *trailer, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
 		os.Exit(1)
 	}
 }
 
-func run(junitPath, suitePath, header, trailer, out string) error {
+func run(junitPath, suitePath, mode, header, trailer, out string) error {
 	s, err := suite.Load(suitePath)
 	if err != nil {
 		return err
@@ -84,7 +85,7 @@ func run(junitPath, suitePath, header, trailer, out string) error {
 	if err != nil {
 		return err
 	}
-	results, err := Classify(data, s)
+	results, err := Classify(data, s, mode)
 	if err != nil {
 		return fmt.Errorf("%s: %w", junitPath, err)
 	}
@@ -103,7 +104,7 @@ func run(junitPath, suitePath, header, trailer, out string) error {
 	return f.Close()
 }
 
-func printRegex(suitePath, which string) error {
+func printRegex(suitePath, which, mode string) error {
 	s, err := suite.Load(suitePath)
 	if err != nil {
 		return err
@@ -112,7 +113,7 @@ func printRegex(suitePath, which string) error {
 	case "focus":
 		fmt.Println(s.FocusRegex())
 	case "skip":
-		fmt.Println(s.SkipRegex())
+		fmt.Println(s.SkipRegex(mode))
 	default:
 		return fmt.Errorf("-print %q: want focus or skip", which)
 	}
@@ -133,7 +134,7 @@ func copyFile(w io.Writer, path string) error {
 
 // Classify picks the selected tests out of a JUnit report and gives each
 // its verdict, sorted by name.
-func Classify(data []byte, s *suite.Suite) ([]Result, error) {
+func Classify(data []byte, s *suite.Suite, mode string) ([]Result, error) {
 	var j junit
 	if err := xml.Unmarshal(data, &j); err != nil {
 		return nil, err
@@ -147,16 +148,16 @@ func Classify(data []byte, s *suite.Suite) ([]Result, error) {
 				continue
 			}
 			seen[name] = true
-			results = append(results, verdict(name, tc, s))
+			results = append(results, verdict(name, tc, s, mode))
 		}
 	}
 	sort.Slice(results, func(i, j int) bool { return results[i].Name < results[j].Name })
 	return results, nil
 }
 
-func verdict(name string, tc testCase, s *suite.Suite) Result {
+func verdict(name string, tc testCase, s *suite.Suite, mode string) Result {
 	r := Result{Name: name, Seconds: tc.Time}
-	if reason, ok := s.SkipReason(name); ok {
+	if reason, ok := s.SkipReason(name, mode); ok {
 		r.State, r.Why = "skipped", reason
 		return r
 	}
@@ -165,8 +166,12 @@ func verdict(name string, tc testCase, s *suite.Suite) Result {
 		tc.Status == "timedout" || tc.Status == "interrupted" || tc.Status == "aborted":
 		r.State = "failed"
 		switch {
-		case tc.Failure != nil:
+		case tc.Failure != nil && strings.TrimSpace(tc.Failure.Message) != "":
 			r.Why = firstLine(tc.Failure.Message)
+		case tc.Failure != nil:
+			// e2e.test leaves the message empty and puts "[FAILED] why"
+			// first in the body.
+			r.Why = strings.TrimPrefix(firstLine(tc.Failure.Body), "[FAILED] ")
 		case tc.Error != nil:
 			r.Why = firstLine(tc.Error.Message)
 		default:

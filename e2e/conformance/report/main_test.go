@@ -18,6 +18,9 @@ const sampleJUnit = `<?xml version="1.0" encoding="UTF-8"?>
     <testcase name="[It] [sig-network] Services should be able to up and down services" status="failed" time="80">
       <failure message="service is not reachable within 2m0s timeout on endpoint 10.96.4.7:80&#xA;more detail" type="failed">stack</failure>
     </testcase>
+    <testcase name="[It] [sig-network] Services should be able to switch session affinity" status="failed" time="30">
+      <failure message="" type="failed">[FAILED] affinity broke&#xA;In [It] at: service.go:1</failure>
+    </testcase>
     <testcase name="[It] [sig-network] Services should have session affinity work for LoadBalancer service" status="skipped" time="0">
       <skipped message="skipped"></skipped>
     </testcase>
@@ -37,7 +40,7 @@ func TestClassify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	results, err := Classify([]byte(sampleJUnit), s)
+	results, err := Classify([]byte(sampleJUnit), s, "iptables")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +48,8 @@ func TestClassify(t *testing.T) {
 	for _, r := range results {
 		got[r.Name] = r
 	}
-	if len(results) != 4 {
-		t.Fatalf("%d results, want the 4 selected tests: %+v", len(results), results)
+	if len(results) != 5 {
+		t.Fatalf("%d results, want the 5 selected tests: %+v", len(results), results)
 	}
 	check := func(name, state, why string) {
 		t.Helper()
@@ -57,14 +60,15 @@ func TestClassify(t *testing.T) {
 	}
 	check("[sig-network] Services should serve a basic endpoint from pods [Conformance]", "passed", "")
 	check("[sig-network] Services should be able to up and down services", "failed", "service is not reachable within 2m0s timeout on endpoint 10.96.4.7:80")
+	check("[sig-network] Services should be able to switch session affinity", "failed", "affinity broke")
 	check("[sig-network] Services should have session affinity work for LoadBalancer service", "skipped", "no cloud provider here")
 	check("[sig-network] Services should work with IPv6", "skipped", "e2e.test: Only supported for providers [gce]")
-	if got, want := Summary(results), "1 passed, 1 failed, 2 skipped"; got != want {
+	if got, want := Summary(results), "1 passed, 2 failed, 2 skipped"; got != want {
 		t.Errorf("Summary = %q, want %q", got, want)
 	}
 	var buf bytes.Buffer
 	Write(&buf, results)
-	if !strings.HasPrefix(buf.String(), "**1 passed, 1 failed, 2 skipped** (of 4 selected tests)") {
+	if !strings.HasPrefix(buf.String(), "**1 passed, 2 failed, 2 skipped** (of 5 selected tests)") {
 		t.Errorf("table starts %q", buf.String()[:60])
 	}
 }

@@ -25,6 +25,8 @@ type Suite struct {
 type Skip struct {
 	Match string `json:"match"`
 	Why   string `json:"why"`
+	// Modes, when set, limits the skip to runs in these proxy modes.
+	Modes []string `json:"modes,omitempty"`
 
 	re *regexp.Regexp
 }
@@ -55,6 +57,11 @@ func Load(path string) (*Suite, error) {
 		if strings.TrimSpace(sk.Why) == "" {
 			return nil, fmt.Errorf("%s: skip %q has no why", path, sk.Match)
 		}
+		for _, m := range sk.Modes {
+			if m != "iptables" && m != "ipvs" {
+				return nil, fmt.Errorf("%s: skip %q: mode %q: want iptables or ipvs", path, sk.Match, m)
+			}
+		}
 		if sk.re, err = regexp.Compile(sk.Match); err != nil {
 			return nil, fmt.Errorf("%s: skip %q: %w", path, sk.Match, err)
 		}
@@ -72,10 +79,11 @@ func (s *Suite) Selected(name string) bool {
 	return false
 }
 
-// SkipReason is the why of the first skip pattern the test matches.
-func (s *Suite) SkipReason(name string) (string, bool) {
+// SkipReason is the why of the first skip pattern of the mode that the
+// test matches.
+func (s *Suite) SkipReason(name, mode string) (string, bool) {
 	for _, sk := range s.Skip {
-		if sk.re.MatchString(name) {
+		if sk.appliesTo(mode) && sk.re.MatchString(name) {
 			return sk.Why, true
 		}
 	}
@@ -85,13 +93,28 @@ func (s *Suite) SkipReason(name string) (string, bool) {
 // FocusRegex is the --ginkgo.focus value: any focus pattern.
 func (s *Suite) FocusRegex() string { return alternatives(s.Focus) }
 
-// SkipRegex is the --ginkgo.skip value: any skip pattern.
-func (s *Suite) SkipRegex() string {
+// SkipRegex is the --ginkgo.skip value of a run in mode: any of its skip
+// patterns.
+func (s *Suite) SkipRegex(mode string) string {
 	var m []string
 	for _, sk := range s.Skip {
-		m = append(m, sk.Match)
+		if sk.appliesTo(mode) {
+			m = append(m, sk.Match)
+		}
 	}
 	return alternatives(m)
+}
+
+func (sk Skip) appliesTo(mode string) bool {
+	if len(sk.Modes) == 0 {
+		return true
+	}
+	for _, m := range sk.Modes {
+		if m == mode {
+			return true
+		}
+	}
+	return false
 }
 
 func alternatives(patterns []string) string {

@@ -52,13 +52,40 @@ skip:
 			t.Errorf("Selected(%q) = %v, want %v", name, got, want)
 		}
 	}
-	if why, ok := s.SkipReason("[sig-network] Services should be able to change the type of a LoadBalancer"); !ok || why != "no cloud" {
+	if why, ok := s.SkipReason("[sig-network] Services should be able to change the type of a LoadBalancer", "iptables"); !ok || why != "no cloud" {
 		t.Errorf("SkipReason = %q, %v", why, ok)
 	}
-	if _, ok := s.SkipReason("[sig-network] Services should serve a basic endpoint from pods"); ok {
+	if _, ok := s.SkipReason("[sig-network] Services should serve a basic endpoint from pods", "iptables"); ok {
 		t.Error("a test matching no skip pattern has a skip reason")
 	}
-	if got, want := s.SkipRegex(), "(?:LoadBalancer)"; got != want {
+	if got, want := s.SkipRegex("iptables"), "(?:LoadBalancer)"; got != want {
 		t.Errorf("SkipRegex = %q, want %q", got, want)
+	}
+}
+
+func TestSkipLimitedToModes(t *testing.T) {
+	s, err := Load(write(t, `
+focus: ['Services']
+skip:
+- match: 'sctp'
+  why: no SCTP on this kernel
+  modes: [iptables]
+- match: 'Disruptive'
+  why: no SSH
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.SkipReason("Services sctp", "ipvs"); ok {
+		t.Error("an iptables-only skip applies in ipvs mode")
+	}
+	if _, ok := s.SkipReason("Services sctp", "iptables"); !ok {
+		t.Error("an iptables-only skip does not apply in iptables mode")
+	}
+	if got, want := s.SkipRegex("ipvs"), "(?:Disruptive)"; got != want {
+		t.Errorf("SkipRegex(ipvs) = %q, want %q", got, want)
+	}
+	if _, err := Load(write(t, "focus: ['x']\nskip:\n- match: y\n  why: z\n  modes: [nft]\n")); err == nil || !strings.Contains(err.Error(), `mode "nft"`) {
+		t.Errorf("unknown mode: err = %v", err)
 	}
 }

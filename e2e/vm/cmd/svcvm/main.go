@@ -48,6 +48,8 @@ func main() {
 	flag.BoolVar(&opts.KeepCtl, "keep", false, "keep the control directory")
 	flag.BoolVar(&opts.Systemd, "systemd", false, "boot systemd as PID 1 on a writable overlay of the host root; the command runs as a unit")
 	flag.Var(&fw, "forward", "GUESTADDR=HOSTADDR guest-to-host TCP forward (repeatable), HOSTADDR ip:port or unix:/path")
+	flag.StringVar(&opts.Tap, "tap", "", "give the guest a NIC on a TAP device of this name, made in -tap-netns (the command sets eth0 up)")
+	flag.StringVar(&opts.TapNetns, "tap-netns", "", "network namespace (under /var/run/netns) for -tap")
 	flag.Var(&env, "e", "KEY=VALUE for the command's environment (repeatable)")
 	flag.Parse()
 	opts.Command = flag.Args()
