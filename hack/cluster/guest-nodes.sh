@@ -13,6 +13,9 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$root/hack/cluster/node.sh"
 state=/tmp/svck
+# svcvm returns the command's output only when the guest stops.
+mkdir -p "$run/logs"
+exec >>"$run/logs/guest-nodes.log" 2>&1
 CLUSTER_PIDS=$state/pids  # guest pids mean nothing to this machine's down.sh
 mkdir -p "$state"
 

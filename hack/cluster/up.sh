@@ -45,12 +45,12 @@ network() {
 guest() {
 	log "QEMU guest for ${NODES[*]} (Debian kernel with IPVS, TCG emulation): hack/cluster/guest-nodes.sh"
 	mkdir -p "$run/logs" "$run/pids"
-	setsid "$bin/svcvm" -tap svck-vm -tap-netns "$(ns sw)" -share "$run" -m "${GUEST_MEMORY:-8192}" \
+	setsid "$bin/svcvm" -tap svck-vm -tap-netns "$(ns sw)" -share "$run" -m "${GUEST_MEMORY:-10240}" \
 		-timeout "${GUEST_TIMEOUT:-6h}" -- "$here/guest-nodes.sh" >"$run/logs/guest.log" 2>&1 < /dev/null &
 	echo $! > "$run/pids/guest"
 	wait_for "the guest's TAP in $(ns sw)" 60 inns sw ip link show svck-vm
 	inns sw ip link set svck-vm master br0 up
-	wait_for "the guest's kubelets (log: $run/logs/guest.log)" 1200 guest_ready
+	wait_for "the guest's kubelets (log: $run/logs/guest-nodes.log)" 1800 guest_ready
 }
 
 guest_ready() {
