@@ -19,6 +19,12 @@ exec >>"$run/logs/guest-nodes.log" 2>&1
 CLUSTER_PIDS=$state/pids  # guest pids mean nothing to this machine's down.sh
 mkdir -p "$state"
 
+# kubelet and the CNI plugins also write to fixed paths (device plugin and
+# pod-resources sockets, /var/log/containers, the CNI result cache); this
+# machine's root is read-only here. up.sh made the directories.
+for d in /var/lib/kubelet /var/lib/cni /var/log; do
+	mount -t tmpfs tmpfs "$d"
+done
 log "guest: $(uname -r), bridge br0 over the TAP (eth0)"
 ip link set lo up
 ip link add br0 type bridge

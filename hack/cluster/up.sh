@@ -45,6 +45,9 @@ network() {
 guest() {
 	log "QEMU guest for ${NODES[*]} (Debian kernel with IPVS, TCG emulation): hack/cluster/guest-nodes.sh"
 	mkdir -p "$run/logs" "$run/pids"
+	# Mount points for the guest's tmpfs (guest-nodes.sh); kubelets on
+	# this machine make the same directories.
+	mkdir -p /var/lib/kubelet /var/lib/cni
 	setsid "$bin/svcvm" -tap svck-vm -tap-netns "$(ns sw)" -share "$run" -m "${GUEST_MEMORY:-10240}" \
 		-timeout "${GUEST_TIMEOUT:-6h}" -- "$here/guest-nodes.sh" >"$run/logs/guest.log" 2>&1 < /dev/null &
 	echo $! > "$run/pids/guest"
