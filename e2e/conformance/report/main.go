@@ -12,6 +12,8 @@
 package main
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/xml"
 	"flag"
 	"fmt"
@@ -61,8 +63,16 @@ func main() {
 	trailer := flag.String("trailer", "", "markdown to put after the table (optional)")
 	out := flag.String("out", "", "results file to write")
 	mode := flag.String("mode", "iptables", "the proxy mode of the run (skips may name modes)")
+	sideBySide := flag.String("side-by-side", "", "print one table of several runs: LABEL=JUNIT[,LABEL=JUNIT...] (JUNIT may be gzipped)")
 	print := flag.String("print", "", "print the suite's \"focus\" or \"skip\" regular expression and exit")
 	flag.Parse()
+	if *sideBySide != "" {
+		if err := printSideBySide(os.Stdout, *suitePath, *mode, *sideBySide); err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *print != "" {
 		if err := printRegex(*suitePath, *print, *mode); err != nil {
 			fmt.Fprintln(os.Stderr, "report:", err)
@@ -81,7 +91,7 @@ func run(junitPath, suitePath, mode, header, trailer, out string) error {
 	if err != nil {
 		return err
 	}
-	data, err := os.ReadFile(junitPath)
+	data, err := readJUnit(junitPath)
 	if err != nil {
 		return err
 	}
@@ -102,6 +112,88 @@ func run(junitPath, suitePath, mode, header, trailer, out string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// readJUnit reads a JUnit file, gunzipping it when it is compressed.
+func readJUnit(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil || !bytes.HasPrefix(data, []byte{0x1f, 0x8b}) {
+		return data, err
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return io.ReadAll(zr)
+}
+
+// printSideBySide prints the summary of each run, then one row per test
+// with each run's result, rows where the runs differ first.
+func printSideBySide(w io.Writer, suitePath, mode, runs string) error {
+	s, err := suite.Load(suitePath)
+	if err != nil {
+		return err
+	}
+	var labels []string
+	byRun := map[string]map[string]Result{}
+	var names []string
+	seen := map[string]bool{}
+	for _, run := range strings.Split(runs, ",") {
+		label, path, ok := strings.Cut(run, "=")
+		if !ok {
+			return fmt.Errorf("-side-by-side %q: want LABEL=JUNIT", run)
+		}
+		data, err := readJUnit(path)
+		if err != nil {
+			return err
+		}
+		results, err := Classify(data, s, mode)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		labels = append(labels, label)
+		byRun[label] = map[string]Result{}
+		for _, r := range results {
+			byRun[label][r.Name] = r
+			if !seen[r.Name] {
+				seen[r.Name] = true
+				names = append(names, r.Name)
+			}
+		}
+		fmt.Fprintf(w, "- %s: %s\n", label, Summary(results))
+	}
+	differs := func(name string) bool {
+		for _, l := range labels[1:] {
+			if byRun[l][name].State != byRun[labels[0]][name].State {
+				return true
+			}
+		}
+		return false
+	}
+	sort.SliceStable(names, func(i, j int) bool {
+		di, dj := differs(names[i]), differs(names[j])
+		if di != dj {
+			return di
+		}
+		return names[i] < names[j]
+	})
+	fmt.Fprintf(w, "\n| test | %s |\n|---%s|\n", strings.Join(labels, " | "), strings.Repeat("|---", len(labels)))
+	for _, name := range names {
+		row := []string{escape(name)}
+		for _, l := range labels {
+			r, ok := byRun[l][name]
+			cell := "not in the run"
+			if ok {
+				cell = r.State
+				if r.State == "skipped" {
+					cell = "skipped (" + escape(r.Why) + ")"
+				}
+			}
+			row = append(row, cell)
+		}
+		fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
+	}
+	return nil
 }
 
 func printRegex(suitePath, which, mode string) error {

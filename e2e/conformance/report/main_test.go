@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -70,5 +72,41 @@ func TestClassify(t *testing.T) {
 	Write(&buf, results)
 	if !strings.HasPrefix(buf.String(), "**1 passed, 2 failed, 2 skipped** (of 5 selected tests)") {
 		t.Errorf("table starts %q", buf.String()[:60])
+	}
+}
+
+func TestSideBySideListsDifferencesFirst(t *testing.T) {
+	dir := t.TempDir()
+	suitePath := filepath.Join(dir, "suite.yaml")
+	os.WriteFile(suitePath, []byte("focus: ['\\[sig-network\\] Services ']\n"), 0o644)
+	a := filepath.Join(dir, "a.xml")
+	os.WriteFile(a, []byte(sampleJUnit), 0o644)
+	// b: every selected test passed, written gzipped.
+	passed := strings.NewReplacer(`status="failed"`, `status="passed"`, `status="skipped"`, `status="passed"`).Replace(sampleJUnit)
+	passed = regexp.MustCompile(`(?s)<(failure|skipped).*?</(failure|skipped)>`).ReplaceAllString(passed, "")
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte(passed))
+	zw.Close()
+	b := filepath.Join(dir, "b.xml.gz")
+	os.WriteFile(b, gz.Bytes(), 0o644)
+
+	var out bytes.Buffer
+	if err := printSideBySide(&out, suitePath, "iptables", "A="+a+",B="+b); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	for _, want := range []string{
+		"- A: 1 passed, 2 failed, 2 skipped\n",
+		"- B: 5 passed, 0 failed, 0 skipped\n",
+		"| test | A | B |",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q:\n%s", want, text)
+		}
+	}
+	rows := strings.Split(strings.TrimSpace(text[strings.Index(text, "|---"):]), "\n")[1:]
+	if len(rows) != 5 || !strings.Contains(rows[0], "| failed | passed |") || !strings.HasSuffix(rows[4], "| passed | passed |") {
+		t.Errorf("want the 4 differing rows first and the one agreeing last, got:\n%s", strings.Join(rows, "\n"))
 	}
 }
