@@ -96,7 +96,7 @@ cluster-down:
 	@hack/cluster/down.sh
 
 # The upstream e2e network suites (e2e/conformance/suite.yaml) against a
-# fresh cluster: writes e2e/conformance/results/$(MODE)-<proxy>.md and .xml.
+# fresh cluster: writes e2e/conformance/results/$(MODE)-<proxy>.md and .xml.gz.
 conformance: deps tools $(if $(filter ipvs,$(MODE)),vm)
 	@hack/cluster/conformance.sh $(MODE) $(or $(PROXY),svcproxy)
 
