@@ -5,19 +5,23 @@
 # guest's NIC is a TAP on the cluster switch (svck-sw), so the nodes here
 # are on the same network as on this machine: 10.99.0.11 to .13.
 #
-# The guest sees this machine's root read-only and $run read-write (the
-# run's share); containerd's and kubelet's state live on the guest's tmpfs
-# (overlayfs cannot use 9p as its upper layer). It writes $run/guest-ready
+# The guest boots systemd on a writable overlay of this machine's root
+# (svcvm -systemd) and runs this script as a unit; $run is shared
+# read-write. containerd's and kubelet's state live on a tmpfs of the guest
+# (overlayfs cannot stack its upper layer on the overlay or on 9p). It writes $run/guest-ready
 # once both kubelets run, and stops them and powers off when
 # $run/guest-stop appears (down.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$root/hack/cluster/node.sh"
 state=/tmp/svck
+mkdir -p "$state"
+# containerd's overlayfs snapshots need a tmpfs under them, not the guest's
+# overlay root.
+mount -t tmpfs tmpfs "$state"
 # svcvm returns the command's output only when the guest stops.
 mkdir -p "$run/logs"
 exec >>"$run/logs/guest-nodes.log" 2>&1
 CLUSTER_PIDS=$state/pids  # guest pids mean nothing to this machine's down.sh
-mkdir -p "$state"
 
 # kubelet and the CNI plugins also write to fixed paths (device plugin and
 # pod-resources sockets, /var/log/containers, the CNI result cache); this

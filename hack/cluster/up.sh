@@ -48,7 +48,12 @@ guest() {
 	# Mount points for the guest's tmpfs (guest-nodes.sh); kubelets on
 	# this machine make the same directories.
 	mkdir -p /var/lib/kubelet /var/lib/cni
-	setsid "$bin/svcvm" -tap svck-vm -tap-netns "$(ns sw)" -share "$run" -m "${GUEST_MEMORY:-10240}" \
+	# -systemd: the guest switches root into this machine's root (a
+	# writable overlay) instead of chrooting into it. In a chroot, `runc
+	# exec` (kubectl exec) enters a container's mount namespace at the
+	# guest's initramfs root, not the container's: its busybox answered
+	# the e2e tests' wget with a segfault.
+	setsid "$bin/svcvm" -systemd -tap svck-vm -tap-netns "$(ns sw)" -share "$run" -m "${GUEST_MEMORY:-10240}" \
 		-timeout "${GUEST_TIMEOUT:-6h}" -- "$here/guest-nodes.sh" >"$run/logs/guest.log" 2>&1 < /dev/null &
 	echo $! > "$run/pids/guest"
 	wait_for "the guest's TAP in $(ns sw)" 60 inns sw ip link show svck-vm
