@@ -114,7 +114,7 @@ CNI
 	cat > "$d/kubelet.yaml" <<KUBELET
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-# This machine has a cgroup v1 (hybrid) hierarchy.
+# This machine has a cgroup v1 (hybrid) hierarchy; the guest (ipvs) has v2.
 failCgroupV1: false
 cgroupDriver: cgroupfs
 cgroupRoot: /svck-$n

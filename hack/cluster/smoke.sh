@@ -20,7 +20,8 @@ echo "(first answer after $i tries)"
 echo "$ curl -sS http://web/hostname  (x4)"
 for i in 1 2 3 4; do curl -sS --max-time 5 http://web/hostname; echo; done'
 kc -n "$ns" run client --image="$AGNHOST_IMAGE" --restart=Never --command -- bash -c "$script" >/dev/null
-wait_for "the smoke client pod to finish" 120 bash -c "[[ \$(nsenter --net=/var/run/netns/$(ns cp) '$bin/kubectl' --kubeconfig '$run/admin.kubeconfig' -n $ns get pod client -o jsonpath='{.status.phase}') =~ ^(Succeeded|Failed)$ ]]"
+client_done() { [[ $(kc -n "$ns" get pod client -o jsonpath='{.status.phase}') =~ ^(Succeeded|Failed)$ ]]; }
+wait_for "the smoke client pod to finish" 120 client_done
 out=$(kc -n "$ns" logs client)
 phase=$(kc -n "$ns" get pod client -o jsonpath='{.status.phase}')
 svc_ip=$(kc -n "$ns" get service web -o jsonpath='{.spec.clusterIP}')

@@ -173,6 +173,10 @@ proxy() {
 	fi
 }
 
+nodes_ready() {
+	[[ $(kc get nodes --no-headers | grep -c ' Ready ') == "${#NODES[@]}" ]]
+}
+
 # ds_ready NAME: the DaemonSet's pods are ready on every node.
 ds_ready() {
 	local want ready
@@ -211,7 +215,7 @@ else
 	done
 fi
 pod_cidrs
-wait_for "nodes Ready" 180 bash -c "[[ \$(nsenter --net=/var/run/netns/$(ns cp) '$bin/kubectl' --kubeconfig '$run/admin.kubeconfig' get nodes --no-headers | grep -c ' Ready ') == ${#NODES[@]} ]]"
+wait_for "nodes Ready" 180 nodes_ready
 proxy
 coredns
 kc get nodes -o wide
