@@ -414,3 +414,28 @@ func (h *beforeRestore) Restore(payload []byte) error {
 	}
 	return h.Interface.Restore(payload)
 }
+
+// TestRuleCountFollowsDeltas: the rule counts a delta plan carries forward
+// from the previous plan equal a recount of the planned ruleset, through
+// endpoint changes, a new Service and a deleted one.
+func TestRuleCountFollowsDeltas(t *testing.T) {
+	c := newCluster(t, 4)
+	prev := PlanFrom(nil, c.tr.Snapshot(), defaultOpts())
+	recount := func(rs *Ruleset) map[string]int {
+		return (&Ruleset{Base: rs.Base, Services: rs.Services}).RuleCount()
+	}
+	steps := []func(){
+		func() { c.setService(1, 3, 1) },
+		func() { c.setService(7, 2, 0) },
+		func() { c.tr.OnService(types.NamespacedName{Namespace: "bench", Name: "svc-2"}, nil) },
+		func() { c.setService(1, 0, 0) },
+	}
+	for i, step := range steps {
+		step()
+		rs := PlanFrom(prev, c.tr.Snapshot(), defaultOpts())
+		if got, want := rs.RuleCount(), recount(rs); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("step %d: RuleCount %v, recount %v", i, got, want)
+		}
+		prev = rs
+	}
+}

@@ -33,6 +33,8 @@ type Fake struct {
 	Restores [][]byte
 	// FailRestore, when set, makes every Restore fail with it.
 	FailRestore error
+	// Saves counts table reads (Save, SaveLines).
+	Saves int
 }
 
 type fakeTable struct {
@@ -210,6 +212,7 @@ func checkQuotes(spec string) error {
 
 // Save implements Interface.
 func (f *Fake) Save(table string) ([]byte, error) {
+	f.Saves++
 	t, ok := f.tables[table]
 	if !ok {
 		return nil, fmt.Errorf("unknown table %s", table)

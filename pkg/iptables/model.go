@@ -92,6 +92,11 @@ type Ruleset struct {
 	// comments (see LargeClusterEndpoints); every endpoint rule differs
 	// when it flips, so a flip calls for a full sync.
 	LargeCluster bool
+	// serviceRules counts the rules in Services per table. PlanServices
+	// keeps it from the previous ruleset plus the changed Services, so
+	// RuleCount (a metric after every sync) does not walk every Service;
+	// nil in a Ruleset built otherwise.
+	serviceRules map[string]int
 
 	once sync.Once
 	keys []string // sorted Service keys
@@ -189,19 +194,27 @@ func (r *Ruleset) ChainKeys() []ChainKey {
 
 // RuleCount returns the number of rules per table.
 func (r *Ruleset) RuleCount() map[string]int {
-	n := map[string]int{}
+	n := maps.Clone(r.serviceRules)
+	if n == nil {
+		n = map[string]int{}
+		for _, sr := range r.Services {
+			sr.addRuleCounts(n, 1)
+		}
+	}
 	for k, rs := range r.Base {
 		n[k.Table] += len(rs)
 	}
-	for _, sr := range r.Services {
-		for k, rs := range sr.Chains {
-			n[k.Table] += len(rs)
-		}
-		for k, rs := range sr.Entries {
-			n[k.Table] += len(rs)
-		}
-	}
 	return n
+}
+
+// addRuleCounts adds sign times the Service's rules per table to n.
+func (sr *ServiceRules) addRuleCounts(n map[string]int, sign int) {
+	for k, rs := range sr.Chains {
+		n[k.Table] += sign * len(rs)
+	}
+	for k, rs := range sr.Entries {
+		n[k.Table] += sign * len(rs)
+	}
 }
 
 func compareKeys(a, b ChainKey) int {

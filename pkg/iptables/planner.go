@@ -2,12 +2,14 @@ package iptables
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
@@ -111,32 +113,58 @@ type PortPlanner func(sr *ServiceRules, port *watch.ServicePort, eps []*watch.En
 // changed); the others are planned port by port with planPort, in a stable
 // order. Both modes' planners share it, so both plan incrementally alike.
 func PlanServices(rs *Ruleset, prev *Ruleset, snap *watch.Snapshot, family v1.IPFamily, planPort PortPlanner) {
-	rs.Services = map[string]*ServiceRules{}
-	reuse := prev != nil && !snap.NodeChanged
-	var toPlan []watch.ServicePortName
-	for name, port := range snap.Services {
+	var toPlan map[types.NamespacedName][]*watch.ServicePort
+	if prev != nil && !snap.NodeChanged {
+		// Copying the map of unchanged Services costs far less than
+		// walking every Service port.
+		rs.Services = maps.Clone(prev.Services)
+		rs.serviceRules = prev.RuleCount()
+		for k, rules := range prev.Base {
+			rs.serviceRules[k.Table] -= len(rules)
+		}
+		toPlan = map[types.NamespacedName][]*watch.ServicePort{}
+		ports := snap.ServicePorts()
+		for name := range snap.Changed {
+			if old := rs.Services[name.String()]; old != nil {
+				old.addRuleCounts(rs.serviceRules, -1)
+				delete(rs.Services, name.String())
+			}
+			toPlan[name] = ports[name]
+		}
+	} else {
+		rs.Services = map[string]*ServiceRules{}
+		rs.serviceRules = map[string]int{}
+		toPlan = snap.ServicePorts()
+	}
+	for _, name := range slices.SortedFunc(maps.Keys(toPlan), compareNamespacedNames) {
+		if sr := planService(toPlan[name], snap, family, planPort); sr != nil {
+			rs.Services[name.String()] = sr
+			sr.addRuleCounts(rs.serviceRules, 1)
+		}
+	}
+}
+
+// planService plans the ports of one Service that have a ClusterIP of the
+// family; nil when none has.
+func planService(ports []*watch.ServicePort, snap *watch.Snapshot, family v1.IPFamily, planPort PortPlanner) *ServiceRules {
+	var sr *ServiceRules
+	for _, port := range ports {
 		if _, ok := port.ClusterIP(family); !ok {
 			continue
 		}
-		key := name.NamespacedName.String()
-		if reuse && !snap.Changed[name.NamespacedName] {
-			if sr, ok := prev.Services[key]; ok {
-				rs.Services[key] = sr
-				continue
-			}
-		}
-		toPlan = append(toPlan, name)
-	}
-	slices.SortFunc(toPlan, watch.CompareNames)
-	for _, name := range toPlan {
-		key := name.NamespacedName.String()
-		sr := rs.Services[key]
 		if sr == nil {
 			sr = &ServiceRules{Chains: map[ChainKey][]string{}, Entries: map[ChainKey][]string{}}
-			rs.Services[key] = sr
 		}
-		planPort(sr, snap.Services[name], watch.FamilyEndpoints(snap.Endpoints[name], family))
+		planPort(sr, port, watch.FamilyEndpoints(snap.Endpoints[port.Name], family))
 	}
+	return sr
+}
+
+func compareNamespacedNames(a, b types.NamespacedName) int {
+	if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Name, b.Name)
 }
 
 // portPlan holds the decisions for one Service port, following the order

@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -38,6 +39,17 @@ type Tracker struct {
 	ports    map[types.NamespacedName][]portState
 	nodeInfo NodeInfo
 	first    bool
+	// published holds the maps the last Snapshot handed out. They are
+	// never written again: the next Snapshot with changes clones them
+	// (a copy of the table, far cheaper than refilling it) and edits the
+	// changed Services only; one without changes shares them.
+	published published
+}
+
+type published struct {
+	services  map[ServicePortName]*ServicePort
+	endpoints map[ServicePortName][]*Endpoint
+	ports     map[types.NamespacedName][]*ServicePort
 }
 
 // NewTracker returns a Tracker for the node called nodeName.
@@ -167,7 +179,7 @@ func (t *Tracker) Snapshot() *Snapshot {
 			snap.Changed[name] = true
 		}
 	}
-	t.fill(snap)
+	t.publish(snap)
 	// Only real changes count for network programming latency, as in
 	// kube-proxy, which records trigger times only for slices that changed.
 	for name, at := range t.triggerTime {
@@ -270,19 +282,42 @@ func (t *Tracker) convertService(name types.NamespacedName) (ports map[ServicePo
 	return ports, true
 }
 
-func (t *Tracker) fill(snap *Snapshot) {
-	n := 0
-	for _, ports := range t.ports {
-		n += len(ports)
-	}
-	snap.Services = make(map[ServicePortName]*ServicePort, n)
-	snap.Endpoints = make(map[ServicePortName][]*Endpoint, n)
-	for _, ports := range t.ports {
-		for _, ps := range ports {
-			snap.Services[ps.port.Name] = ps.port
-			if len(ps.eps) > 0 {
-				snap.Endpoints[ps.port.Name] = ps.eps
-			}
+func (t *Tracker) publish(snap *Snapshot) {
+	pub := t.published
+	switch {
+	case pub.services == nil:
+		pub = published{services: map[ServicePortName]*ServicePort{}, endpoints: map[ServicePortName][]*Endpoint{},
+			ports: map[types.NamespacedName][]*ServicePort{}}
+		for name := range t.ports {
+			pub.set(name, t.ports[name])
+		}
+	case len(snap.Changed) > 0:
+		pub = published{services: maps.Clone(pub.services), endpoints: maps.Clone(pub.endpoints), ports: maps.Clone(pub.ports)}
+		for name := range snap.Changed {
+			pub.set(name, t.ports[name])
 		}
 	}
+	t.published = pub
+	snap.Services, snap.Endpoints, snap.Ports = pub.services, pub.endpoints, pub.ports
+}
+
+// set replaces one Service's ports and endpoints.
+func (p published) set(name types.NamespacedName, state []portState) {
+	for _, old := range p.ports[name] {
+		delete(p.services, old.Name)
+		delete(p.endpoints, old.Name)
+	}
+	delete(p.ports, name)
+	if len(state) == 0 {
+		return
+	}
+	ports := make([]*ServicePort, 0, len(state))
+	for _, ps := range state {
+		ports = append(ports, ps.port)
+		p.services[ps.port.Name] = ps.port
+		if len(ps.eps) > 0 {
+			p.endpoints[ps.port.Name] = ps.eps
+		}
+	}
+	p.ports[name] = ports
 }

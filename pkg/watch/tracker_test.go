@@ -721,3 +721,36 @@ func TestTransform(t *testing.T) {
 		t.Fatalf("non-object: %v, %v", v, err)
 	}
 }
+
+// TestSnapshotPortsIndex: the Ports index of every Snapshot matches its
+// Services (a port renamed, a Service deleted, one added), and later
+// Snapshots leave an earlier one's index alone.
+func TestSnapshotPortsIndex(t *testing.T) {
+	tr := NewTracker(trNode)
+	tr.OnService(nn("b", "x"), service("b", "x", "172.30.0.2", tcp("z", 2), tcp("a", 1)))
+	tr.OnService(nn("a", "y"), service("a", "y", "172.30.0.1", tcp("", 1)))
+	first := tr.Snapshot()
+	firstIndex := fmt.Sprint(first.Ports)
+	check := func(snap *Snapshot) {
+		t.Helper()
+		rebuilt := (&Snapshot{Services: snap.Services}).ServicePorts()
+		if got, want := fmt.Sprint(snap.Ports), fmt.Sprint(rebuilt); got != want {
+			t.Errorf("Ports index %s, Services say %s", got, want)
+		}
+	}
+	check(first)
+	tr.OnService(nn("b", "x"), service("b", "x", "172.30.0.2", tcp("q", 2)))
+	tr.OnService(nn("a", "y"), nil)
+	tr.OnService(nn("c", "w"), service("c", "w", "172.30.0.3", tcp("", 3)))
+	second := tr.Snapshot()
+	check(second)
+	if len(second.Ports) != 2 || len(second.Ports[nn("b", "x")]) != 1 {
+		t.Errorf("after the changes: Ports %v", second.Ports)
+	}
+	if fmt.Sprint(first.Ports) != firstIndex {
+		t.Errorf("the first Snapshot's index changed to %v", first.Ports)
+	}
+	if third := tr.Snapshot(); len(third.Changed) != 0 || fmt.Sprint(third.Ports) != fmt.Sprint(second.Ports) {
+		t.Errorf("a Snapshot without changes: Changed %v, Ports %v", third.Changed, third.Ports)
+	}
+}

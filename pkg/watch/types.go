@@ -135,7 +135,12 @@ type NodeInfo struct {
 type Snapshot struct {
 	Services  map[ServicePortName]*ServicePort
 	Endpoints map[ServicePortName][]*Endpoint
-	Node      NodeInfo
+	// Ports indexes Services by Service, each Service's ports sorted by
+	// name, so a planner can re-plan the changed Services without walking
+	// all of them. Snapshots built by hand may leave it nil (see
+	// ServicePorts).
+	Ports map[types.NamespacedName][]*ServicePort
+	Node  NodeInfo
 
 	// Changed names the Services whose ports or endpoints differ from the
 	// previous Snapshot. NodeChanged means every Service must be re-planned.
@@ -158,15 +163,38 @@ func (s *Snapshot) SortedNames() []ServicePortName {
 	return names
 }
 
+// ServicePorts returns the Ports index, built from Services when the
+// snapshot has none.
+func (s *Snapshot) ServicePorts() map[types.NamespacedName][]*ServicePort {
+	if s.Ports != nil {
+		return s.Ports
+	}
+	out := map[types.NamespacedName][]*ServicePort{}
+	for n, p := range s.Services {
+		out[n.NamespacedName] = append(out[n.NamespacedName], p)
+	}
+	for _, ports := range out {
+		sortPorts(ports)
+	}
+	return out
+}
+
+func sortPorts(ports []*ServicePort) {
+	slices.SortFunc(ports, func(a, b *ServicePort) int { return CompareNames(a.Name, b.Name) })
+}
+
 // PortsOf returns the ports of one Service, sorted.
 func (s *Snapshot) PortsOf(svc types.NamespacedName) []*ServicePort {
+	if s.Ports != nil {
+		return slices.Clone(s.Ports[svc])
+	}
 	var out []*ServicePort
 	for n, p := range s.Services {
 		if n.NamespacedName == svc {
 			out = append(out, p)
 		}
 	}
-	slices.SortFunc(out, func(a, b *ServicePort) int { return CompareNames(a.Name, b.Name) })
+	sortPorts(out)
 	return out
 }
 
