@@ -41,6 +41,11 @@ type Applier struct {
 	addrs  map[netip.Addr]bool
 	sets   map[string]map[string]bool
 	full   bool
+	// reaping holds the virtual servers Reap must look at: those with
+	// draining real servers or orphaned. Reap runs after every sync, and
+	// walking all virtual servers there made a one-endpoint change cost
+	// O(Services).
+	reaping map[VSKey]bool
 }
 
 // appliedVS is a virtual server as we last wrote it.
@@ -79,7 +84,7 @@ func NewApplier(k Kernel, opts ApplierOptions) *Applier {
 		opts.Now = time.Now
 	}
 	return &Applier{k: k, family: opts.Family, exclude: opts.ExcludeCIDRs, grace: opts.GracePeriod, now: opts.Now,
-		vs: map[VSKey]*appliedVS{}, nodeVS: map[VSKey]bool{}, addrs: map[netip.Addr]bool{}, sets: map[string]map[string]bool{}, full: true}
+		vs: map[VSKey]*appliedVS{}, nodeVS: map[VSKey]bool{}, addrs: map[netip.Addr]bool{}, sets: map[string]map[string]bool{}, reaping: map[VSKey]bool{}, full: true}
 }
 
 // ForceFull makes the next Apply a full one.
@@ -199,7 +204,7 @@ func (a *Applier) adopt(nodeIPs []netip.Addr) error {
 		return err
 	}
 	prev := a.vs
-	a.vs = map[VSKey]*appliedVS{}
+	a.vs, a.reaping = map[VSKey]*appliedVS{}, map[VSKey]bool{}
 	for _, s := range services {
 		k := s.Key
 		if (k.Addr.Is4() != (a.family == v1.IPv4Protocol)) || a.excluded(k.Addr) {
@@ -225,6 +230,9 @@ func (a *Applier) adopt(nodeIPs []netip.Addr) error {
 			}
 		}
 		a.vs[k] = av
+		if len(av.terminating) > 0 {
+			a.reaping[k] = true
+		}
 		if !a.addrs[k.Addr] {
 			a.nodeVS[k] = true
 		}
@@ -414,6 +422,7 @@ func (a *Applier) syncVS(k VSKey, want *VirtualServer) error {
 			return nil
 		}
 		have.orphan = true
+		a.reaping[k] = true
 		for _, rs := range slices.SortedFunc(maps.Keys(have.rs), compareAddrPorts) {
 			if err := a.retire(k, have, rs); err != nil {
 				return err

@@ -344,7 +344,7 @@ func TestNodeAddressChange(t *testing.T) {
 	snap := snapshot(t, []svcSpec{np}, slice("ns1", "np", "np-1", 80, "http", ep{ip: "10.180.2.1", node: "n2"}))
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, snap)
-	e.link.Host = []netip.Addr{nodeIP4, netip.MustParseAddr("192.168.7.7")}
+	e.link.SetHost(nodeIP4, netip.MustParseAddr("192.168.7.7"))
 	e.sync(t, snap)
 	// The NodePort on the address that went had no connections: drained
 	// and deleted within the sync.
@@ -415,7 +415,7 @@ func TestPodVethAddressesKeepDeltas(t *testing.T) {
 	io.Family, io.LocalDetector, io.NodeIP = v1.IPv6Protocol, iptables.ClusterCIDRDetector(netip.MustParsePrefix("fd00:10::/64")), nodeIP6
 	e := newEnv(t, io, Options{Family: v1.IPv6Protocol, NodeIP: nodeIP6})
 	e.sync(t, tr.Snapshot())
-	e.link.Host = append(e.link.Host, netip.MustParseAddr("fe80::1234"))
+	e.link.SetHost(append(e.link.Host(), netip.MustParseAddr("fe80::1234"))...)
 	e.ipvs.ResetCalls()
 	tr.OnEndpointSlice(webSlice(ep{ip: "fd00:10:180::1", node: testNode}, ep{ip: "fd00:10:180::2:1", node: "node2"}), false)
 	if res := e.sync(t, tr.Snapshot()); res.Full || e.ipvs.Calls["Services"] != 0 || e.ipvs.Mutations() != 1 {

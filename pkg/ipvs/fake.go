@@ -28,6 +28,8 @@ type FakeIPVS struct {
 	mu       sync.Mutex
 	services map[VSKey]*fakeVS
 	Calls    map[string]int
+	// Read counts the virtual and real servers dumps returned.
+	Read     int
 	Timeouts [3]time.Duration
 	// Fail, when set, fails every mutating call with it.
 	Fail error
@@ -55,7 +57,7 @@ func (f *FakeIPVS) count(kind string) error {
 func (f *FakeIPVS) ResetCalls() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.Calls = map[string]int{}
+	f.Calls, f.Read = map[string]int{}, 0
 }
 
 // Mutations returns the number of calls that changed the table (or tried to).
@@ -79,6 +81,7 @@ func (f *FakeIPVS) Services() ([]Service, error) {
 	for _, k := range slices.SortedFunc(maps.Keys(f.services), compareKeys) {
 		out = append(out, f.services[k].svc)
 	}
+	f.Read += len(out)
 	return out, nil
 }
 
@@ -94,6 +97,7 @@ func (f *FakeIPVS) Destinations(k VSKey) ([]Destination, error) {
 	for _, a := range slices.SortedFunc(maps.Keys(vs.dests), compareAddrPorts) {
 		out = append(out, *vs.dests[a])
 	}
+	f.Read += len(out)
 	return out, nil
 }
 
@@ -254,21 +258,55 @@ func (f *FakeIPVS) Dump() string {
 // EADDRNOTAVAIL, and any address call without the dummy interface is
 // ENODEV.
 type FakeLink struct {
-	mu      sync.Mutex
-	exists  bool
-	addrs   map[netip.Addr]bool
-	Host    []netip.Addr
-	Created int
+	mu     sync.Mutex
+	exists bool
+	addrs  map[netip.Addr]bool
+	host   []netip.Addr
+	// version counts host address changes (HostAddrsVersion); Unwatched
+	// makes HostAddrsVersion report that changes are not watched, like a
+	// kernel whose address notifications failed.
+	version   uint64
+	Unwatched bool
+	Created   int
+	// Calls counts every call by method; Read counts the addresses the
+	// kernel would send back: HostAddrs is a dump of every address,
+	// kube-ipvs0's included.
+	Calls map[string]int
+	Read  int
 }
 
 // NewFakeLink returns a node with the given host addresses and no kube-ipvs0.
 func NewFakeLink(host ...netip.Addr) *FakeLink {
-	return &FakeLink{addrs: map[netip.Addr]bool{}, Host: host}
+	return &FakeLink{addrs: map[netip.Addr]bool{}, host: host, Calls: map[string]int{}}
+}
+
+// SetHost replaces the node's addresses outside kube-ipvs0, as an
+// administrator or a new pod's veth would.
+func (l *FakeLink) SetHost(host ...netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.host = host
+	l.version++
+}
+
+// Host returns the node's addresses outside kube-ipvs0.
+func (l *FakeLink) Host() []netip.Addr {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.host)
+}
+
+// ResetCalls zeroes the call and read counters.
+func (l *FakeLink) ResetCalls() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.Calls, l.Read = map[string]int{}, 0
 }
 
 func (l *FakeLink) EnsureDummy() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.Calls["EnsureDummy"]++
 	if !l.exists {
 		l.exists = true
 		l.Created++
@@ -287,6 +325,8 @@ func (l *FakeLink) DeleteDummy() {
 func (l *FakeLink) Addrs(f v1.IPFamily) ([]netip.Addr, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.Calls["Addrs"]++
+	l.Read += len(l.addrs)
 	if !l.exists {
 		return nil, fmt.Errorf("%s: %w", DummyInterface, syscall.ENODEV)
 	}
@@ -302,6 +342,7 @@ func (l *FakeLink) Addrs(f v1.IPFamily) ([]netip.Addr, error) {
 func (l *FakeLink) AddAddr(a netip.Addr) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.Calls["AddAddr"]++
 	if !l.exists {
 		return fmt.Errorf("%s: %w", DummyInterface, syscall.ENODEV)
 	}
@@ -315,6 +356,7 @@ func (l *FakeLink) AddAddr(a netip.Addr) error {
 func (l *FakeLink) DelAddr(a netip.Addr) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.Calls["DelAddr"]++
 	if !l.exists {
 		return fmt.Errorf("%s: %w", DummyInterface, syscall.ENODEV)
 	}
@@ -328,13 +370,21 @@ func (l *FakeLink) DelAddr(a netip.Addr) error {
 func (l *FakeLink) HostAddrs(f v1.IPFamily) ([]netip.Addr, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.Calls["HostAddrs"]++
+	l.Read += len(l.host) + len(l.addrs)
 	var out []netip.Addr
-	for _, a := range l.Host {
+	for _, a := range l.host {
 		if (f == v1.IPv6Protocol) == a.Is6() {
 			out = append(out, a)
 		}
 	}
 	return out, nil
+}
+
+func (l *FakeLink) HostAddrsVersion() (uint64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.version, !l.Unwatched
 }
 
 // FakeIPSets is an in-memory ipset table that validates restore payloads
@@ -347,6 +397,7 @@ type FakeIPSets struct {
 	mu       sync.Mutex
 	sets     map[string]*fakeSet
 	Restores int
+	Saves    int
 	Fail     error
 }
 
@@ -363,6 +414,7 @@ func NewFakeIPSets() *FakeIPSets { return &FakeIPSets{sets: map[string]*fakeSet{
 func (s *FakeIPSets) Save() ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.Saves++
 	var b bytes.Buffer
 	for _, name := range slices.Sorted(maps.Keys(s.sets)) {
 		set := s.sets[name]

@@ -44,70 +44,37 @@ func (a *Applier) retire(k VSKey, have *appliedVS, rs netip.AddrPort) error {
 	if _, ok := have.terminating[rs]; !ok {
 		have.terminating[rs] = a.now().Add(a.grace)
 	}
+	a.reaping[k] = true
 	return nil
 }
 
 // Draining reports how many real servers are draining.
 func (a *Applier) Draining() int {
 	n := 0
-	for _, av := range a.vs {
-		n += len(av.terminating)
+	for k := range a.reaping {
+		if av := a.vs[k]; av != nil {
+			n += len(av.terminating)
+		}
 	}
 	return n
 }
 
 // Reap deletes draining real servers that have no connections left or
 // whose grace period is over, then orphaned virtual servers left empty and
-// the kube-ipvs0 addresses only they kept. It reads the real servers of the
-// virtual servers with draining ones only.
+// the kube-ipvs0 addresses only they kept. It looks only at the virtual
+// servers with something draining, and reads only their real servers.
 func (a *Applier) Reap() error {
-	now := a.now()
 	var errs []error
 	var freed []netip.Addr
-	for _, k := range slices.SortedFunc(maps.Keys(a.vs), compareKeys) {
+	for _, k := range slices.SortedFunc(maps.Keys(a.reaping), compareKeys) {
 		have := a.vs[k]
-		if len(have.terminating) == 0 {
-			if err := a.dropIfEmpty(k, have); err != nil {
-				errs = append(errs, err)
-			}
-			continue
-		}
-		dests, err := a.k.IPVS.Destinations(k)
-		if errors.Is(err, syscall.ENOENT) {
-			// Gone behind our back; the next full sync sorts it out.
-			delete(a.vs, k)
-			freed = append(freed, k.Addr)
-			continue
-		}
-		if err != nil {
+		if have != nil {
+			f, err := a.reapVS(k, have)
+			freed = append(freed, f...)
 			errs = append(errs, err)
-			continue
 		}
-		conns := map[netip.AddrPort]int{}
-		present := map[netip.AddrPort]bool{}
-		for _, d := range dests {
-			conns[d.Addr] = d.ActiveConn + d.InactiveConn
-			present[d.Addr] = true
-		}
-		for _, rs := range slices.SortedFunc(maps.Keys(have.terminating), compareAddrPorts) {
-			deadline := have.terminating[rs]
-			if present[rs] && conns[rs] > 0 && now.Before(deadline) {
-				continue
-			}
-			if present[rs] {
-				if err := a.k.IPVS.DeleteDestination(k, rs); err != nil && !errors.Is(err, syscall.ENOENT) {
-					errs = append(errs, err)
-					continue
-				}
-				logVS("Deleted drained real server", k, rs)
-			}
-			delete(have.rs, rs)
-			delete(have.terminating, rs)
-		}
-		if err := a.dropIfEmpty(k, have); err != nil {
-			errs = append(errs, err)
-		} else if a.vs[k] == nil {
-			freed = append(freed, k.Addr)
+		if have = a.vs[k]; have == nil || (len(have.terminating) == 0 && !have.orphan) {
+			delete(a.reaping, k)
 		}
 	}
 	if len(freed) > 0 && a.refs != nil {
@@ -116,4 +83,50 @@ func (a *Applier) Reap() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// reapVS deletes the drained real servers of one virtual server, and the
+// virtual server itself when it is an orphan left empty; freed reports
+// whether the virtual server is gone (its address may be free).
+func (a *Applier) reapVS(k VSKey, have *appliedVS) (freed []netip.Addr, err error) {
+	if len(have.terminating) == 0 {
+		return nil, a.dropIfEmpty(k, have)
+	}
+	dests, err := a.k.IPVS.Destinations(k)
+	if errors.Is(err, syscall.ENOENT) {
+		// Gone behind our back; the next full sync sorts it out.
+		delete(a.vs, k)
+		return []netip.Addr{k.Addr}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	conns := map[netip.AddrPort]int{}
+	present := map[netip.AddrPort]bool{}
+	for _, d := range dests {
+		conns[d.Addr] = d.ActiveConn + d.InactiveConn
+		present[d.Addr] = true
+	}
+	now := a.now()
+	var errs []error
+	for _, rs := range slices.SortedFunc(maps.Keys(have.terminating), compareAddrPorts) {
+		if present[rs] && conns[rs] > 0 && now.Before(have.terminating[rs]) {
+			continue
+		}
+		if present[rs] {
+			if err := a.k.IPVS.DeleteDestination(k, rs); err != nil && !errors.Is(err, syscall.ENOENT) {
+				errs = append(errs, err)
+				continue
+			}
+			logVS("Deleted drained real server", k, rs)
+		}
+		delete(have.rs, rs)
+		delete(have.terminating, rs)
+	}
+	if err := a.dropIfEmpty(k, have); err != nil {
+		errs = append(errs, err)
+	} else if a.vs[k] == nil {
+		freed = []netip.Addr{k.Addr}
+	}
+	return freed, errors.Join(errs...)
 }

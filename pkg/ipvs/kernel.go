@@ -51,8 +51,16 @@ type Link interface {
 	AddAddr(a netip.Addr) error
 	DelAddr(a netip.Addr) error
 	// HostAddrs lists the node's addresses of one family on every
-	// interface but kube-ipvs0.
+	// interface but kube-ipvs0. The kernel answers with every address,
+	// kube-ipvs0's service IPs included, so its cost grows with the
+	// number of Services.
 	HostAddrs(family v1.IPFamily) ([]netip.Addr, error)
+	// HostAddrsVersion returns a number that changes whenever an address
+	// on an interface other than kube-ipvs0 may have come or gone, and
+	// whether such changes are watched at all. While watched and the
+	// version stays, HostAddrs would answer as before and need not be
+	// called.
+	HostAddrsVersion() (version uint64, watched bool)
 }
 
 // IPSets is the kernel's ipset table.
@@ -87,7 +95,7 @@ func NewKernel() Kernel {
 	b := &bounded{timeout: DefaultCallTimeout}
 	return Kernel{
 		IPVS:   &netlinkIPVS{b: b},
-		Link:   &netlinkLink{b: b},
+		Link:   &netlinkLink{b: b, watch: &addrWatch{}},
 		IPSets: execIPSets{},
 		Sysctl: procSysctl{root: "/proc/sys"},
 	}
@@ -322,7 +330,10 @@ func (n *netlinkIPVS) SetTimeouts(tcp, tcpFin, udp time.Duration) error {
 }
 
 // netlinkLink manages kube-ipvs0 over rtnetlink.
-type netlinkLink struct{ b *bounded }
+type netlinkLink struct {
+	b     *bounded
+	watch *addrWatch
+}
 
 func nlFamily(f v1.IPFamily) int {
 	if f == v1.IPv6Protocol {
@@ -332,7 +343,11 @@ func nlFamily(f v1.IPFamily) int {
 }
 
 func (l *netlinkLink) dummy() (netlink.Link, error) {
-	return netlink.LinkByName(DummyInterface)
+	link, err := netlink.LinkByName(DummyInterface)
+	if err == nil {
+		l.watch.dummyIndex.Store(int32(link.Attrs().Index))
+	}
+	return link, err
 }
 
 func (l *netlinkLink) EnsureDummy() error {

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
@@ -46,33 +47,39 @@ func PlanFrom(prev *State, snap *watch.Snapshot, opts PlanOptions) *State {
 	if opts.Scheduler == "" {
 		opts.Scheduler = DefaultScheduler
 	}
-	st := &State{Family: opts.Family, Services: map[string]*ServiceState{}, opts: opts}
-	reuse := prev != nil && !snap.NodeChanged && prev.opts.equal(opts)
+	st := &State{Family: opts.Family, opts: opts}
 	hostAddrs := map[netip.Addr]bool{}
 	for _, a := range opts.HostAddrs {
 		hostAddrs[a] = true
 	}
-	byService := map[string][]watch.ServicePortName{}
-	for name, port := range snap.Services {
-		if _, ok := port.ClusterIP(opts.Family); !ok {
-			continue
+	var toPlan map[types.NamespacedName][]*watch.ServicePort
+	if prev != nil && !snap.NodeChanged && prev.opts.equal(opts) {
+		// Copying the map of unchanged Services costs far less than
+		// walking every Service port.
+		st.Services = maps.Clone(prev.Services)
+		toPlan = map[types.NamespacedName][]*watch.ServicePort{}
+		ports := snap.ServicePorts()
+		for name := range snap.Changed {
+			delete(st.Services, name.String())
+			toPlan[name] = ports[name]
 		}
-		key := name.NamespacedName.String()
-		if reuse && !snap.Changed[name.NamespacedName] {
-			if ss, ok := prev.Services[key]; ok {
-				st.Services[key] = ss
+	} else {
+		st.Services = map[string]*ServiceState{}
+		toPlan = snap.ServicePorts()
+	}
+	for name, ports := range toPlan {
+		b := newStateBuilder()
+		planned := false
+		for _, port := range ports {
+			if _, ok := port.ClusterIP(opts.Family); !ok {
 				continue
 			}
+			planPort(b, port, watch.FamilyEndpoints(snap.Endpoints[port.Name], opts.Family), snap.Node, opts, hostAddrs)
+			planned = true
 		}
-		byService[key] = append(byService[key], name)
-	}
-	for key, names := range byService {
-		slices.SortFunc(names, watch.CompareNames)
-		b := newStateBuilder()
-		for _, name := range names {
-			planPort(b, snap.Services[name], watch.FamilyEndpoints(snap.Endpoints[name], opts.Family), snap.Node, opts, hostAddrs)
+		if planned {
+			st.Services[name.String()] = b.build()
 		}
-		st.Services[key] = b.build()
 	}
 	return st
 }

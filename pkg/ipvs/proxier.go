@@ -46,6 +46,15 @@ type Proxier struct {
 	rules   *iptables.Proxier
 	prev    *State
 	setup   bool
+	// host caches the plan options derived from the node's addresses
+	// while the kernel's address notifications say they have not changed.
+	host hostCache
+}
+
+type hostCache struct {
+	opts    PlanOptions
+	version uint64
+	valid   bool
 }
 
 // NewProxier returns a Proxier whose first Sync is a full one. ipt is the
@@ -124,14 +133,22 @@ func (p *Proxier) ensureSetup() error {
 	return nil
 }
 
-// planOptions reads the node's addresses (one netlink dump) and derives the
-// NodePort addresses from them.
-func (p *Proxier) planOptions() (PlanOptions, error) {
+// planOptions derives the plan options from the node's addresses. Reading
+// them is a dump of every address, the service IPs on kube-ipvs0 included,
+// so a delta sync reuses the last answer while the kernel's address
+// notifications report no change; a full sync (reread) always reads.
+func (p *Proxier) planOptions(reread bool) (PlanOptions, error) {
+	version, watched := p.k.Link.HostAddrsVersion()
+	if !reread && watched && p.host.valid && p.host.version == version {
+		return p.host.opts, nil
+	}
 	all, err := p.k.Link.HostAddrs(p.opts.Family)
 	if err != nil {
+		p.host.valid = false
 		return PlanOptions{}, err
 	}
-	return HostPlanOptions(all, p.opts), nil
+	p.host = hostCache{opts: HostPlanOptions(all, p.opts), version: version, valid: watched}
+	return p.host.opts, nil
 }
 
 // NodePortIPs returns the addresses NodePort virtual servers listen on:
@@ -159,7 +176,7 @@ func (p *Proxier) Sync(snap *watch.Snapshot) (Result, error) {
 	if err := p.ensureSetup(); err != nil {
 		klog.ErrorS(err, "IPVS mode set-up incomplete; retrying at the next sync")
 	}
-	opts, err := p.planOptions()
+	opts, err := p.planOptions(p.applier.NeedsFull() || p.prev == nil || snap.NodeChanged)
 	if err != nil {
 		return Result{}, err
 	}
