@@ -76,7 +76,7 @@ func (b *iptablesBackend) Sync(snap *watch.Snapshot) (proxy.Result, error) {
 	}
 	noLocalInternal, noLocalExternal := res.Ruleset.NoLocalEndpoints()
 	return proxy.Result{Full: res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Ruleset.RuleCount(), Written: res.Written,
-		NoLocalInternal: noLocalInternal, NoLocalExternal: noLocalExternal}, nil
+		NoLocalInternal: noLocalInternal, NoLocalExternal: noLocalExternal, KernelCalls: map[string]int{"iptables_restore": res.Payloads}}, nil
 }
 
 func (b *iptablesBackend) Verify() (string, string, error) {

@@ -108,7 +108,7 @@ func (b *ipvsBackend) Sync(snap *watch.Snapshot) (proxy.Result, error) {
 		}
 		return proxy.Result{}, err
 	}
-	return proxy.Result{Full: res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Rules.RuleCount(), Written: res.Written}, nil
+	return proxy.Result{Full: res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Rules.RuleCount(), Written: res.Written, KernelCalls: res.KernelCalls}, nil
 }
 
 func (b *ipvsBackend) Verify() (string, string, error) {

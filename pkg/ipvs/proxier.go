@@ -49,6 +49,9 @@ type Proxier struct {
 	// host caches the plan options derived from the node's addresses
 	// while the kernel's address notifications say they have not changed.
 	host hostCache
+	// calls counts the kernel calls made through k since the last reset;
+	// every use of k holds mu, so a Sync's count is exactly its own.
+	calls callCounts
 }
 
 type hostCache struct {
@@ -65,12 +68,10 @@ func NewProxier(k Kernel, ipt iptables.Interface, iptOpts iptables.PlanOptions, 
 		opts.Scheduler = DefaultScheduler
 	}
 	iptOpts.Family = opts.Family
-	return &Proxier{
-		opts:    opts,
-		k:       k,
-		applier: NewApplier(k, ApplierOptions{Family: opts.Family, ExcludeCIDRs: opts.ExcludeCIDRs, GracePeriod: opts.GracePeriod, Now: opts.Now}),
-		rules:   iptables.NewProxier(ipt, iptOpts).WithPlanner(PlanRules),
-	}
+	p := &Proxier{opts: opts, calls: callCounts{}, rules: iptables.NewProxier(ipt, iptOpts).WithPlanner(PlanRules)}
+	p.k = countingKernel(k, &p.calls)
+	p.applier = NewApplier(p.k, ApplierOptions{Family: opts.Family, ExcludeCIDRs: opts.ExcludeCIDRs, GracePeriod: opts.GracePeriod, Now: opts.Now})
+	return p
 }
 
 // Result describes one successful sync.
@@ -81,6 +82,10 @@ type Result struct {
 	Written map[string]int
 	Rules   *iptables.Ruleset
 	State   *State
+	// KernelCalls counts the sync's kernel calls by kind: netlink
+	// requests, ipset runs and iptables-restore runs (the Reap that
+	// follows the sync included).
+	KernelCalls map[string]int
 }
 
 // sysctls IPVS mode needs, per network namespace (kube-proxy's).
@@ -173,6 +178,7 @@ func NodePortIPs(host []netip.Addr, allowed []netip.Addr) []netip.Addr {
 func (p *Proxier) Sync(snap *watch.Snapshot) (Result, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.calls.take() // what drift checks and timed reaps did since
 	if err := p.ensureSetup(); err != nil {
 		klog.ErrorS(err, "IPVS mode set-up incomplete; retrying at the next sync")
 	}
@@ -211,7 +217,11 @@ func (p *Proxier) Sync(snap *watch.Snapshot) (Result, error) {
 	if err := p.applier.Reap(); err != nil {
 		klog.ErrorS(err, "Deleting drained IPVS real servers")
 	}
-	return Result{Full: full || res.Full, PayloadBytes: res.PayloadBytes, Written: res.Written, Rules: res.Ruleset, State: state}, nil
+	calls := p.calls.take()
+	if res.Payloads > 0 {
+		calls["iptables_restore"] = res.Payloads
+	}
+	return Result{Full: full || res.Full, PayloadBytes: res.PayloadBytes, Written: res.Written, Rules: res.Ruleset, State: state, KernelCalls: calls}, nil
 }
 
 // Reap deletes drained real servers; the proxy calls it every few seconds

@@ -29,6 +29,7 @@ const (
 	labelTrafficPolicy = "traffic_policy"
 	labelCode          = "code"
 	labelReason        = "reason"
+	labelCall          = "call"
 )
 
 // syncLatencyBuckets are kube-proxy's buckets for sync and conntrack
@@ -148,6 +149,14 @@ var (
 	SyncProxyRulesDriftRepairsTotal = newCounterVec("sync_proxy_rules_drift_repairs_total",
 		"Cumulative repairs of proxy rules that drifted from the desired state, by reason", labelReason, labelIPFamily)
 
+	// SyncKernelCallsTotal counts what syncs asked of the kernel, by call:
+	// in IPVS mode every netlink request (ipvs_*, link_*) and ipset run;
+	// in both modes the iptables-restore runs. Drift checks are not
+	// counted. Its change over a number of Service changes is the kernel
+	// work per change, which must not grow with the cluster.
+	SyncKernelCallsTotal = newCounterVec("sync_kernel_calls_total",
+		"Cumulative kernel calls made by syncs (IPVS mode: netlink requests and ipset runs; both modes: iptables-restore runs), by call", labelCall, labelIPFamily)
+
 	// SyncProxyRulesSyncFailuresTotal counts syncs that failed for any reason,
 	// independent of the backend-specific restore failure counters.
 	SyncProxyRulesSyncFailuresTotal = newCounterVec("sync_proxy_rules_sync_failures_total",
@@ -188,6 +197,7 @@ func newRegistry() *prometheus.Registry {
 		SyncProxyRulesRestoreBytes,
 		SyncProxyRulesDriftRepairsTotal,
 		SyncProxyRulesSyncFailuresTotal,
+		SyncKernelCallsTotal,
 	)
 	return r
 }

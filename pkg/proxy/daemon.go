@@ -46,6 +46,9 @@ type Result struct {
 	// NoLocalInternal and NoLocalExternal count the Service ports whose
 	// Local traffic policy finds no local endpoint.
 	NoLocalInternal, NoLocalExternal int
+	// KernelCalls counts the sync's calls into the kernel by kind
+	// (kubeproxy_sync_kernel_calls_total).
+	KernelCalls map[string]int
 }
 
 // Options configures a Daemon.
@@ -197,6 +200,9 @@ func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) (bool, error) {
 	}
 	for _, table := range []string{"nat", "filter"} {
 		metrics.IPTablesRulesLastSync.WithLabelValues(table, fam).Set(float64(res.Written[table]))
+	}
+	for call, n := range res.KernelCalls {
+		metrics.SyncKernelCallsTotal.WithLabelValues(call, fam).Add(float64(n))
 	}
 	metrics.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("internal", fam).Set(float64(res.NoLocalInternal))
 	metrics.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("external", fam).Set(float64(res.NoLocalExternal))
