@@ -135,8 +135,9 @@ soak: deps tools build
 # kernel has no IPVS), against the host's kube-apiserver; writes
 # bench/results/vm.md and vm.json (BENCH_VM_OUT elsewhere). Times are under
 # TCG emulation: the ipvs/iptables ratio is the figure. BENCH_VM_FLAGS adds
-# bin/bench flags, e.g. "-latency-samples 10 -churn-seconds 10".
-BENCH_VM_N     ?= 200 1000
+# bin/bench flags, e.g. "-latency-samples 10 -churn-seconds 10". vm.md
+# opens with how each figure grows from the smallest N to the largest.
+BENCH_VM_N     ?= 200 1000 2000 5000
 BENCH_VM_OUT   ?= $(CURDIR)/bench/results
 BENCH_VM_FLAGS ?=
 bench-vm: deps tools vm build

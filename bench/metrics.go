@@ -38,6 +38,7 @@ const (
 	mSvcTotal      = "kubeproxy_sync_proxy_rules_service_changes_total"
 	mNetProg       = "kubeproxy_network_programming_duration_seconds"
 	mSyncFailures  = "kubeproxy_sync_proxy_rules_sync_failures_total"
+	mKernelCalls   = "kubeproxy_sync_kernel_calls_total"
 	mGoroutines    = "go_goroutines"
 	mThreads       = "go_threads"
 	mHeapInuse     = "go_memstats_heap_inuse_bytes"
@@ -137,6 +138,29 @@ outer:
 		found = true
 	}
 	return sum, found
+}
+
+// byLabel returns the IPv4 samples of name by the value of one label.
+func (m Metrics) byLabel(name, label string) map[string]float64 {
+	out := map[string]float64{}
+	for _, s := range m[name] {
+		if f, ok := s.labels["ip_family"]; ok && f != "IPv4" {
+			continue
+		}
+		out[s.labels[label]] += s.value
+	}
+	return out
+}
+
+// perChange is (cur - prev) / changes for every key of cur that grew.
+func perChange(prev, cur map[string]float64, changes int) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range cur {
+		if d := v - prev[k]; d > 0 {
+			out[k] = d / float64(changes)
+		}
+	}
+	return out
 }
 
 // hist returns a histogram's sum and count for IPv4.

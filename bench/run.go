@@ -58,7 +58,10 @@ type Churn struct {
 	SyncMetric     string  // which histogram SyncSPerChange comes from
 	NatRulesLast   float64 // nat rules written by the last sync (iptables_last{table=nat}); -1 n/a
 	NatRulesTotal  float64 // nat rules the proxy owns (iptables_total{table=nat}); -1 n/a
-	Note           string  `json:",omitempty"`
+	// KernelCallsPerChange is svcproxy's kubeproxy_sync_kernel_calls_total
+	// increase over the phase divided by the changes, by call.
+	KernelCallsPerChange map[string]float64 `json:",omitempty"`
+	Note                 string             `json:",omitempty"`
 }
 
 // Run is one proxy at one N.
@@ -596,6 +599,9 @@ func (b *bench) churn(ctx context.Context, r *Run, e *env, proc *nsutil.Proc) (*
 		if c1 > c0 {
 			c.BytesPerChange = (s1 - s0) / (c1 - c0)
 		}
+	}
+	if c.Changes > 0 {
+		c.KernelCallsPerChange = perChange(m0.byLabel(mKernelCalls, "call"), m1.byLabel(mKernelCalls, "call"), c.Changes)
 	}
 	if v, ok := m1.v4(mRulesLast, "table", "nat"); ok {
 		c.NatRulesLast = v

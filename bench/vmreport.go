@@ -3,8 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -92,12 +94,64 @@ outer:
 		r.label = strings.Replace(r.label, "Load average", "Guest load average", 1)
 		out = append(out, r)
 	}
-	return append(out, row{"Churn: histogram of the sync duration above", count, func(r *Run) value {
+	out = append(out, row{"Churn: histogram of the sync duration above", count, func(r *Run) value {
 		if r.Churn == nil || r.Churn.SyncMetric == "" {
 			return none("n/a")
 		}
 		return value{v: 0, text: "`" + r.Churn.SyncMetric + "`"}
 	}, true})
+	return append(out, kernelCallRows()...)
+}
+
+// Kernel call kinds as kubeproxy_sync_kernel_calls_total names them.
+// iptables mode counts only its iptables-restore runs.
+var (
+	netlinkCalls = callKind{func(call string) bool { return strings.HasPrefix(call, "ipvs_") || strings.HasPrefix(call, "link_") }, true}
+	ipsetRuns    = callKind{func(call string) bool { return strings.HasPrefix(call, "ipset_") }, true}
+	restoreRuns  = callKind{func(call string) bool { return call == "iptables_restore" }, false}
+)
+
+type callKind struct {
+	match    func(call string) bool
+	ipvsOnly bool
+}
+
+// callsPerChange sums the churn's kernel calls per change of one kind.
+func callsPerChange(r *Run, kind callKind) value {
+	if kind.ipvsOnly && r.Mode != "ipvs" {
+		return none("not counted")
+	}
+	if r.Churn == nil || r.Churn.KernelCallsPerChange == nil {
+		return none("n/a")
+	}
+	match := kind.match
+	sum := 0.0
+	for call, v := range r.Churn.KernelCallsPerChange {
+		if match(call) {
+			sum += v
+		}
+	}
+	return num(sum)
+}
+
+func twoPlaces(v float64) string { return fmt.Sprintf("%.2f", v) }
+
+func kernelCallRows() []row {
+	return []row{
+		{"Churn: netlink requests per change (`sync_kernel_calls_total` ipvs_*, link_*)", twoPlaces, func(r *Run) value { return callsPerChange(r, netlinkCalls) }, true},
+		{"Churn: ipset runs per change", twoPlaces, func(r *Run) value { return callsPerChange(r, ipsetRuns) }, true},
+		{"Churn: iptables-restore runs per change", twoPlaces, func(r *Run) value { return callsPerChange(r, restoreRuns) }, true},
+		{"Churn: kernel calls per change, by call", count, func(r *Run) value {
+			if r.Churn == nil || r.Churn.KernelCallsPerChange == nil {
+				return none("n/a")
+			}
+			var parts []string
+			for _, call := range slices.Sorted(maps.Keys(r.Churn.KernelCallsPerChange)) {
+				parts = append(parts, fmt.Sprintf("%s %.2f", call, r.Churn.KernelCallsPerChange[call]))
+			}
+			return value{v: 0, text: strings.Join(parts, ", ")}
+		}, true},
+	}
 }
 
 // renderVM writes the results page.
@@ -115,6 +169,7 @@ func renderVM(rep *VMReport) string {
 	w("**Read the ratios, not the times.** The host kernel has no IPVS, so both modes run in a QEMU guest under TCG emulation (no KVM), which makes everything in the guest several times slower than on the host and sensitive to the host's load. These times are not comparable with `bench.md`'s. The meaningful figure is the ipvs / iptables ratio: both modes ran in the same guest boot, against the same API server and workload, one after the other.\n\n")
 	renderVMMachines(w, rep)
 	renderVMSetup(w, rep)
+	renderVMSlopes(w, rep)
 	for _, n := range rep.Settings.Ns {
 		renderVMN(w, rep, n)
 	}
@@ -204,4 +259,65 @@ func cellOf(r *Run, rw row) string {
 
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "`", "'")), " ")
+}
+
+// slopeRows are the figures of one mode whose growth with N the slope
+// table shows.
+func slopeRows(mode string) []row {
+	churnSync := func(r *Run) value {
+		if r.Churn == nil {
+			return none("skipped")
+		}
+		return numOr(r.Churn.SyncSPerChange*1000, r.Churn.Syncs > 0)
+	}
+	rows := []row{{"sync duration per change", ms, churnSync, false}}
+	if mode == "ipvs" {
+		rows = append(rows,
+			row{"netlink requests per change", twoPlaces, func(r *Run) value { return callsPerChange(r, netlinkCalls) }, false},
+			row{"ipset runs per change", twoPlaces, func(r *Run) value { return callsPerChange(r, ipsetRuns) }, false})
+	}
+	return append(rows,
+		row{"iptables-restore runs per change", twoPlaces, func(r *Run) value { return callsPerChange(r, restoreRuns) }, false},
+		row{"latency p50, minSyncPeriod 1ms", ms, func(r *Run) value { return latP(r.LatFast, 50) }, false},
+		row{"latency p99, minSyncPeriod 1ms", ms, func(r *Run) value { return latP(r.LatFast, 99) }, false})
+}
+
+// renderVMSlopes writes, per mode and figure, its value at every N, the
+// slope per 1,000 Services between the smallest and largest N, and the
+// ratio of those two values.
+func renderVMSlopes(w func(string, ...any), rep *VMReport) {
+	ns := rep.Settings.Ns
+	if len(ns) < 2 {
+		return
+	}
+	lo, hi := slices.Min(ns), slices.Max(ns)
+	w("## How each figure grows with N\n\n")
+	w("Values from the tables below; slope = (value at N = %d - value at N = %d) / %.1f thousand Services; growth = value at %d / value at %d.\n\n", hi, lo, float64(hi-lo)/1000, hi, lo)
+	w("| mode | figure |")
+	for _, n := range ns {
+		w(" N = %d |", n)
+	}
+	w(" slope per 1,000 Services | growth %d / %d |\n|%s\n", hi, lo, strings.Repeat(" --- |", len(ns)+4))
+	for _, mode := range rep.Modes {
+		for _, rw := range slopeRows(mode) {
+			w("| %s | %s |", mode, rw.label)
+			vals := map[int]value{}
+			for _, n := range ns {
+				v := none("not run")
+				if r := rep.find(mode, n); r != nil {
+					v = rw.get(r)
+				}
+				vals[n] = v
+				w(" %s |", v.cell(rw.f))
+			}
+			a, b := vals[lo], vals[hi]
+			slope, growth := "", ""
+			if a.ok() && b.ok() {
+				slope = rw.f((b.v - a.v) / (float64(hi-lo) / 1000))
+				growth = ratio(b, a)
+			}
+			w(" %s | %s |\n", slope, growth)
+		}
+	}
+	w("\n")
 }
