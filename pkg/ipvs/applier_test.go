@@ -422,3 +422,34 @@ func TestPodVethAddressesKeepDeltas(t *testing.T) {
 		t.Errorf("a new link-local address made a full sync (calls %v)", e.ipvs.Calls)
 	}
 }
+
+// TestVerifyStepsAroundASync: the drift check runs in steps with the lock
+// free in between; a sync between two steps (an endpoint added, a Service
+// deleted) is not reported as drift, and real drift after it still is.
+func TestVerifyStepsAroundASync(t *testing.T) {
+	svcs, slices := others(3)
+	tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{ip: "10.180.0.1", node: testNode}))...)
+	e := newEnv(t, iptOpts(), ipvsOpts())
+	e.sync(t, tr.Snapshot())
+	d, keys, err := e.p.applier.verifyServices()
+	if err != nil || d != nil || len(keys) == 0 {
+		t.Fatalf("verifyServices: %v %v, %d keys", d, err, len(keys))
+	}
+	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.9", node: "n2"}), false)
+	tr.deleteService("bulk", "s001")
+	e.sync(t, tr.Snapshot())
+	for _, k := range keys {
+		if d, err := e.p.applier.verifyRealServers(k); err != nil || d != nil {
+			t.Errorf("%s after a sync: drift %v, err %v", k, d, err)
+		}
+	}
+	if d, err := e.p.applier.verifyAddrsAndSets(); err != nil || d != nil {
+		t.Errorf("addresses and sets after a sync: drift %v, err %v", d, err)
+	}
+	if err := e.ipvs.DeleteDestination(vip, ap("10.180.2.9:8080")); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := e.p.Verify(); err != nil || d == nil || d.Reason != "realserver" {
+		t.Errorf("a deleted real server: drift %v, err %v", d, err)
+	}
+}

@@ -16,39 +16,76 @@ type Drift struct {
 // Verify compares a fresh read of the kernel (one virtual server dump, the
 // real servers of our virtual servers, kube-ipvs0's addresses, one `ipset
 // save`) with what was applied. It returns nil when nothing is off, or
-// when nothing was applied yet.
+// when nothing was applied yet. The Proxier runs its steps one at a time
+// under its lock (see Proxier.verifyIPVS), so that reading thousands of
+// real server lists never holds up a sync for long.
 func (a *Applier) Verify() (*Drift, error) {
+	d, keys, err := a.verifyServices()
+	if err != nil || d != nil {
+		return d, err
+	}
+	for _, k := range keys {
+		if d, err := a.verifyRealServers(k); err != nil || d != nil {
+			return d, err
+		}
+	}
+	return a.verifyAddrsAndSets()
+}
+
+// verifyServices checks that each of our virtual servers exists as
+// applied, and returns their keys for verifyRealServers.
+func (a *Applier) verifyServices() (*Drift, []VSKey, error) {
 	if a.last == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	services, err := a.k.IPVS.Services()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	inKernel := map[VSKey]Service{}
 	for _, s := range services {
 		inKernel[s.Key] = s
 	}
-	for _, k := range slices.SortedFunc(maps.Keys(a.vs), compareKeys) {
+	keys := slices.SortedFunc(maps.Keys(a.vs), compareKeys)
+	for _, k := range keys {
 		have := a.vs[k]
 		s, ok := inKernel[k]
 		if !ok {
-			return &Drift{"ipvs", "virtual server " + k.String() + " is missing"}, nil
+			return &Drift{"ipvs", "virtual server " + k.String() + " is missing"}, nil, nil
 		}
 		if s != have.svc {
-			return &Drift{"ipvs", fmt.Sprintf("virtual server %s is %s/%d, want %s/%d", k, s.Scheduler, s.Timeout, have.svc.Scheduler, have.svc.Timeout)}, nil
+			return &Drift{"ipvs", fmt.Sprintf("virtual server %s is %s/%d, want %s/%d", k, s.Scheduler, s.Timeout, have.svc.Scheduler, have.svc.Timeout)}, nil, nil
 		}
-		dests, err := a.k.IPVS.Destinations(k)
-		if err != nil {
-			return nil, err
-		}
-		got := map[netip.AddrPort]int{}
-		for _, d := range dests {
-			got[d.Addr] = d.Weight
-		}
-		if !maps.Equal(got, have.rs) {
-			return &Drift{"realserver", fmt.Sprintf("virtual server %s has real servers %v, want %v", k, got, have.rs)}, nil
-		}
+	}
+	return nil, keys, nil
+}
+
+// verifyRealServers compares one virtual server's real servers with what
+// was applied; a virtual server that is no longer ours (a sync ran since
+// verifyServices) is skipped.
+func (a *Applier) verifyRealServers(k VSKey) (*Drift, error) {
+	have := a.vs[k]
+	if a.last == nil || have == nil {
+		return nil, nil
+	}
+	dests, err := a.k.IPVS.Destinations(k)
+	if err != nil {
+		return nil, err
+	}
+	got := map[netip.AddrPort]int{}
+	for _, d := range dests {
+		got[d.Addr] = d.Weight
+	}
+	if !maps.Equal(got, have.rs) {
+		return &Drift{"realserver", fmt.Sprintf("virtual server %s has real servers %v, want %v", k, got, have.rs)}, nil
+	}
+	return nil, nil
+}
+
+// verifyAddrsAndSets checks kube-ipvs0's addresses and the ipsets.
+func (a *Applier) verifyAddrsAndSets() (*Drift, error) {
+	if a.last == nil {
+		return nil, nil
 	}
 	addrs, err := a.k.Link.Addrs(a.family)
 	if err != nil {
