@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"k8s.io/klog/v2"
 )
 
@@ -35,17 +36,27 @@ const addrWatchBuffer = 4 << 20
 // resubscribeDelay spaces out attempts to subscribe again.
 const resubscribeDelay = time.Second
 
+// HostAddrsVersion starts the watch on its first call, in the network
+// namespace of the calling thread.
 func (l *netlinkLink) HostAddrsVersion() (uint64, bool) {
 	w := l.watch
-	w.start.Do(func() { go w.run() })
+	w.start.Do(func() {
+		ns, err := netns.Get()
+		if err != nil {
+			klog.ErrorS(err, "Opening the network namespace for address notifications; reading the node's addresses at every sync")
+			return
+		}
+		go w.run(ns)
+	})
 	return w.version.Load(), w.watched.Load()
 }
 
-// run keeps a subscription standing for the life of the process.
-func (w *addrWatch) run() {
+// run keeps a subscription in ns standing for the life of the process.
+func (w *addrWatch) run(ns netns.NsHandle) {
 	for {
 		updates := make(chan netlink.AddrUpdate, 1024)
 		err := netlink.AddrSubscribeWithOptions(updates, nil, netlink.AddrSubscribeOptions{
+			Namespace:         &ns,
 			ErrorCallback:     func(err error) { w.version.Add(1); klog.V(2).InfoS("Address notifications", "err", err) },
 			ReceiveBufferSize: addrWatchBuffer,
 		})
