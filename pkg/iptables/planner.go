@@ -167,11 +167,11 @@ func compareNamespacedNames(a, b types.NamespacedName) int {
 	return strings.Compare(a.Name, b.Name)
 }
 
-// portPlan holds the decisions for one Service port, following the order
-// of kube-proxy's syncProxyRules so that the same traffic gets the same fate.
+// portPlan is one Service port's shared Decision (watch.Decide) with the
+// chain names iptables mode gives it.
 type portPlan struct {
+	watch.Decision
 	port      *watch.ServicePort
-	sel       watch.Selection
 	opts      PlanOptions
 	proto     string
 	name      string // "ns/name:port"
@@ -179,52 +179,29 @@ type portPlan struct {
 
 	svcChain, svlChain, extChain, fwChain string
 	internalChain, externalChain          string
-
-	hasEndpoints, hasInternal, hasExternal bool
-	internalFilter, externalFilter         string // REJECT, DROP or ""
-	usesCluster, usesLocal, usesExt, useFW bool
 }
 
 func newPortPlan(port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts PlanOptions) *portPlan {
-	p := &portPlan{port: port, opts: opts, proto: protoLower(port), name: port.Name.String()}
+	p := &portPlan{Decision: watch.Decide(port, eps, node), port: port, opts: opts, proto: protoLower(port), name: port.Name.String()}
 	p.clusterIP, _ = port.ClusterIP(opts.Family)
-	p.sel = watch.Select(port, eps, node)
 	p.svcChain, p.svlChain = portChain(prefixSVC, port), portChain(prefixSVL, port)
 	p.extChain, p.fwChain = portChain(prefixEXT, port), portChain(prefixFW, port)
-
-	p.internalChain, p.hasInternal = p.svcChain, len(p.sel.Cluster) > 0
+	p.internalChain, p.externalChain = p.svcChain, p.svcChain
 	if port.InternalPolicyLocal {
-		p.internalChain, p.hasInternal = p.svlChain, len(p.sel.Local) > 0
+		p.internalChain = p.svlChain
 	}
-	p.externalChain, p.hasExternal = p.svcChain, len(p.sel.Cluster) > 0
 	if port.ExternalPolicyLocal {
-		p.externalChain, p.hasExternal = p.svlChain, len(p.sel.Local) > 0
+		p.externalChain = p.svlChain
 	}
-	p.hasEndpoints = p.sel.HasAny
-	switch {
-	case !p.hasEndpoints:
-		p.internalFilter, p.externalFilter = "REJECT", "REJECT"
-	default:
-		if !p.hasInternal {
-			p.internalFilter = "DROP"
-		}
-		if !p.hasExternal {
-			p.externalFilter = "DROP"
-		}
-	}
-	p.usesCluster = len(p.sel.Cluster) > 0 && port.UsesClusterEndpoints()
-	p.usesLocal = len(p.sel.Local) > 0 && port.UsesLocalEndpoints()
-	p.usesExt = p.hasEndpoints && port.ExternallyAccessible()
-	p.useFW = p.hasEndpoints && len(port.LoadBalancerSourceRanges) > 0
 	return p
 }
 
 func planPort(sr *ServiceRules, port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts PlanOptions) {
 	p := newPortPlan(port, eps, node, opts)
-	if p.internalFilter == "DROP" {
+	if p.NoLocalInternal() {
 		sr.NoLocalInternal++
 	}
-	if p.externalFilter == "DROP" && port.ExternallyAccessible() {
+	if p.NoLocalExternal(port) {
 		sr.NoLocalExternal++
 	}
 	b := &builder{sr: sr}
@@ -234,11 +211,11 @@ func planPort(sr *ServiceRules, port *watch.ServicePort, eps []*watch.Endpoint, 
 	p.nodePortRules(b)
 	p.externalChainRules(b)
 	p.firewallChainRules(b)
-	if p.usesCluster {
-		p.policyChainRules(b, p.svcChain, p.sel.Cluster)
+	if p.UsesCluster {
+		p.policyChainRules(b, p.svcChain, p.Selection.Cluster)
 	}
-	if p.usesLocal {
-		p.policyChainRules(b, p.svlChain, p.sel.Local)
+	if p.UsesLocal {
+		p.policyChainRules(b, p.svlChain, p.Selection.Local)
 	}
 	p.endpointChainRules(b)
 }
@@ -297,8 +274,8 @@ func (p *portPlan) match(ip netip.Addr, port int32) string {
 
 func (p *portPlan) clusterIPRules(b *builder) {
 	args := []string{comment(p.name + " cluster IP"), p.match(p.clusterIP, p.port.Port)}
-	if !p.hasInternal {
-		b.entry(TableFilter, ChainServices, append(args, "-j", p.internalFilter)...)
+	if len(p.Internal) == 0 {
+		b.entry(TableFilter, ChainServices, append(args, "-j", string(p.InternalFilter))...)
 		return
 	}
 	b.declare(TableNAT, p.internalChain)
@@ -317,32 +294,32 @@ func (p *portPlan) externalIPRules(b *builder) {
 			continue
 		}
 		args := []string{comment(p.name + " external IP"), p.match(ip, p.port.Port)}
-		if p.hasEndpoints {
+		if p.HasEndpoints {
 			b.entry(TableNAT, ChainServices, append(args, "-j", p.extChain)...)
 		}
-		if p.externalFilter != "" {
-			b.entry(TableFilter, ChainExternalServices, append(args, "-j", p.externalFilter)...)
+		if p.ExternalFilter != watch.FilterNone {
+			b.entry(TableFilter, ChainExternalServices, append(args, "-j", string(p.ExternalFilter))...)
 		}
 	}
 }
 
 func (p *portPlan) loadBalancerRules(b *builder) {
 	target := p.extChain
-	if p.useFW {
+	if p.Firewall {
 		target = p.fwChain
 	}
 	for _, ip := range p.port.LoadBalancerIPs {
 		if watch.FamilyOf(ip) != p.opts.Family {
 			continue
 		}
-		if p.hasEndpoints {
+		if p.HasEndpoints {
 			b.entry(TableNAT, ChainServices, comment(p.name+" loadbalancer IP"), p.match(ip, p.port.Port), "-j", target)
 		}
-		if p.useFW {
+		if p.Firewall {
 			b.entry(TableFilter, ChainProxyFirewall, comment(p.name+" traffic not accepted by "+p.fwChain), p.match(ip, p.port.Port), "-j", "DROP")
 		}
-		if p.externalFilter != "" {
-			b.entry(TableFilter, ChainExternalServices, comment(p.name+" has no local endpoints"), p.match(ip, p.port.Port), "-j", p.externalFilter)
+		if p.ExternalFilter != watch.FilterNone {
+			b.entry(TableFilter, ChainExternalServices, comment(p.name+" has no local endpoints"), p.match(ip, p.port.Port), "-j", string(p.ExternalFilter))
 		}
 	}
 }
@@ -350,11 +327,11 @@ func (p *portPlan) loadBalancerRules(b *builder) {
 func (p *portPlan) nodePortRules(b *builder) {
 	if p.port.NodePort != 0 {
 		portMatch := fmt.Sprintf("-m %s -p %s --dport %d", p.proto, p.proto, p.port.NodePort)
-		if p.hasEndpoints {
+		if p.HasEndpoints {
 			b.entry(TableNAT, ChainNodePorts, comment(p.name), portMatch, "-j", p.extChain)
 		}
-		if p.externalFilter != "" {
-			b.entry(TableFilter, ChainExternalServices, comment(p.name), "-m addrtype --dst-type LOCAL", portMatch, "-j", p.externalFilter)
+		if p.ExternalFilter != watch.FilterNone {
+			b.entry(TableFilter, ChainExternalServices, comment(p.name), "-m addrtype --dst-type LOCAL", portMatch, "-j", string(p.ExternalFilter))
 		}
 	}
 	if hc := p.port.HealthCheckNodePort; hc != 0 {
@@ -367,13 +344,13 @@ func (p *portPlan) nodePortRules(b *builder) {
 // to every endpoint (as if it went out to the load balancer and back) and
 // the rest keeps its source and goes to local endpoints only.
 func (p *portPlan) externalChainRules(b *builder) {
-	if !p.usesExt {
+	if !p.ServesExternal {
 		return
 	}
 	b.declare(TableNAT, p.extChain)
 	if !p.port.ExternalPolicyLocal {
 		b.rule(TableNAT, p.extChain, comment("masquerade traffic for "+p.name+" external destinations"), "-j", ChainMarkMasq)
-	} else if p.usesCluster {
+	} else if p.UsesCluster {
 		// The cluster chain exists whenever there are cluster endpoints
 		// (UsesClusterEndpoints holds for every externally reachable port).
 		if d := p.opts.LocalDetector; d != nil {
@@ -382,7 +359,7 @@ func (p *portPlan) externalChainRules(b *builder) {
 		b.rule(TableNAT, p.extChain, comment("masquerade LOCAL traffic for "+p.name+" external destinations"), "-m addrtype --src-type LOCAL", "-j", ChainMarkMasq)
 		b.rule(TableNAT, p.extChain, comment("route LOCAL traffic for "+p.name+" external destinations"), "-m addrtype --src-type LOCAL", "-j", p.svcChain)
 	}
-	if p.hasExternal {
+	if len(p.External) > 0 {
 		b.rule(TableNAT, p.extChain, "-j", p.externalChain)
 	}
 }
@@ -391,7 +368,7 @@ func (p *portPlan) externalChainRules(b *builder) {
 // KUBE-EXT-*; anything else falls through undNATed and is dropped by the
 // filter rule in KUBE-PROXY-FIREWALL.
 func (p *portPlan) firewallChainRules(b *builder) {
-	if !p.useFW {
+	if !p.Firewall {
 		return
 	}
 	b.declare(TableNAT, p.fwChain)
@@ -463,11 +440,11 @@ func (p *portPlan) reachable() []*watch.Endpoint {
 			}
 		}
 	}
-	if p.usesCluster {
-		add(p.sel.Cluster)
+	if p.UsesCluster {
+		add(p.Selection.Cluster)
 	}
-	if p.usesLocal {
-		add(p.sel.Local)
+	if p.UsesLocal {
+		add(p.Selection.Local)
 	}
 	return eps
 }

@@ -84,55 +84,14 @@ func PlanFrom(prev *State, snap *watch.Snapshot, opts PlanOptions) *State {
 	return st
 }
 
-// decision holds the choices for one Service port. They follow pkg/iptables'
-// planner exactly (same watch.Select, same Cluster/Local split, same
-// REJECT/DROP rules), so that IPVS mode gives every packet the fate it has
-// in iptables mode.
-type decision struct {
-	sel watch.Selection
-	// internal are the real servers of the ClusterIP, external those of
-	// external IPs, LB IPs and NodePorts.
-	internal, external []*watch.Endpoint
-	hasEndpoints       bool
-	// internalFilter and externalFilter are "REJECT", "DROP" or "".
-	internalFilter, externalFilter string
-	// usesCluster: cluster-wide endpoints exist for short-circuited pod and
-	// host traffic to external addresses under eTP Local.
-	usesCluster bool
-	// usesExt: external addresses are served; useFW: with source ranges.
-	usesExt, useFW bool
-}
-
-func decide(port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo) decision {
-	d := decision{sel: watch.Select(port, eps, node)}
-	d.internal = d.sel.Cluster
-	if port.InternalPolicyLocal {
-		d.internal = d.sel.Local
+// externalEndpoints are the real servers of external addresses (external
+// IPs, load balancer IPs, NodePorts): none when the port serves no
+// external traffic.
+func externalEndpoints(d watch.Decision) []*watch.Endpoint {
+	if !d.ServesExternal {
+		return nil
 	}
-	d.external = d.sel.Cluster
-	if port.ExternalPolicyLocal {
-		d.external = d.sel.Local
-	}
-	d.hasEndpoints = d.sel.HasAny
-	switch {
-	case !d.hasEndpoints:
-		d.internalFilter, d.externalFilter = "REJECT", "REJECT"
-		d.internal, d.external = nil, nil
-	default:
-		if len(d.internal) == 0 {
-			d.internalFilter = "DROP"
-		}
-		if len(d.external) == 0 {
-			d.externalFilter = "DROP"
-		}
-	}
-	d.usesCluster = len(d.sel.Cluster) > 0 && port.UsesClusterEndpoints()
-	d.usesExt = d.hasEndpoints && port.ExternallyAccessible()
-	d.useFW = d.hasEndpoints && len(port.LoadBalancerSourceRanges) > 0
-	if !d.usesExt {
-		d.external = nil
-	}
-	return d
+	return d.External
 }
 
 // stateBuilder accumulates one Service's state over its ports.
@@ -180,7 +139,8 @@ func (b *stateBuilder) build() *ServiceState {
 func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts PlanOptions, hostAddrs map[netip.Addr]bool) {
 	fam := opts.Family
 	set := func(base string) string { return SetName(base, fam) }
-	d := decide(port, eps, node)
+	d := watch.Decide(port, eps, node)
+	internal, external := d.Internal, externalEndpoints(d)
 	clusterIP, _ := port.ClusterIP(fam)
 	proto := port.Protocol
 	vport := uint16(port.Port)
@@ -194,7 +154,7 @@ func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, n
 	// ClusterIP.
 	onDummy(clusterIP)
 	b.entry(set(SetClusterIP), ipPortEntry(clusterIP, proto, port.Port))
-	b.virtualServer(VSKey{proto, clusterIP, vport}, opts.Scheduler, timeout, d.internal)
+	b.virtualServer(VSKey{proto, clusterIP, vport}, opts.Scheduler, timeout, internal)
 
 	// External IPs: on kube-ipvs0 unless the node already has them.
 	extSet := set(SetExternalIP)
@@ -209,7 +169,7 @@ func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, n
 			onDummy(ip)
 		}
 		b.entry(extSet, ipPortEntry(ip, proto, port.Port))
-		b.virtualServer(VSKey{proto, ip, vport}, opts.Scheduler, timeout, d.external)
+		b.virtualServer(VSKey{proto, ip, vport}, opts.Scheduler, timeout, external)
 	}
 
 	// LoadBalancer IPs (VIP mode only; the watch leaves out ipMode Proxy).
@@ -225,7 +185,7 @@ func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, n
 		if port.ExternalPolicyLocal {
 			b.entry(set(SetLoadBalancerLocal), e)
 		}
-		if d.useFW {
+		if d.Firewall {
 			b.entry(set(SetLoadBalancerFW), e)
 			allowNode := false
 			for _, cidr := range port.LoadBalancerSourceRanges {
@@ -241,14 +201,14 @@ func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, n
 				b.entry(set(SetLBSourceIP), ipPortIPEntry(ip, proto, port.Port, ip))
 			}
 		}
-		b.virtualServer(VSKey{proto, ip, vport}, opts.Scheduler, timeout, d.external)
+		b.virtualServer(VSKey{proto, ip, vport}, opts.Scheduler, timeout, external)
 	}
 
 	// NodePorts on every allowed node IP.
 	if np := port.NodePort; np != 0 {
 		nodePortSets(b, port, fam, opts.NodeIPs)
 		for _, ip := range opts.NodeIPs {
-			b.virtualServer(VSKey{proto, ip, uint16(np)}, opts.Scheduler, timeout, d.external)
+			b.virtualServer(VSKey{proto, ip, uint16(np)}, opts.Scheduler, timeout, external)
 		}
 	}
 	if hc := port.HealthCheckNodePort; hc != 0 {
@@ -258,7 +218,7 @@ func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, n
 	// Hairpin: a local endpoint reaching itself through the Service is
 	// masqueraded in KUBE-POSTROUTING.
 	seen := map[*watch.Endpoint]bool{}
-	for _, ep := range slices.Concat(d.internal, d.external) {
+	for _, ep := range slices.Concat(internal, external) {
 		if ep.IsLocal && !seen[ep] {
 			seen[ep] = true
 			b.entry(set(SetLoopBack), ipPortIPEntry(ep.Addr, proto, ep.Port, ep.Addr))

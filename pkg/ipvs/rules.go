@@ -91,7 +91,7 @@ func hostPrefix(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).St
 func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts iptables.PlanOptions) {
 	b := &ruleBuilder{sr: sr}
 	fam := opts.Family
-	d := decide(port, eps, node)
+	d := watch.Decide(port, eps, node)
 	name := port.Name.String()
 	proto := protoName(port.Protocol)
 	match := func(ip netip.Addr, p int32) string {
@@ -99,10 +99,10 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 	}
 	clusterIP, _ := port.ClusterIP(fam)
 	_, _, extChain, fwChain := iptables.PortChains(port)
-	shortCircuit := port.ExternalPolicyLocal && d.usesExt && d.usesCluster
+	shortCircuit := port.ExternalPolicyLocal && d.ServesExternal && d.UsesCluster
 
-	if d.internalFilter != "" {
-		b.entry(tableFilter, chainServices, comment(name+" cluster IP"), match(clusterIP, port.Port), "-j", d.internalFilter)
+	if d.InternalFilter != watch.FilterNone {
+		b.entry(tableFilter, chainServices, comment(name+" cluster IP"), match(clusterIP, port.Port), "-j", string(d.InternalFilter))
 	}
 	for _, ip := range port.ExternalIPs {
 		if watch.FamilyOf(ip) != fam {
@@ -111,8 +111,8 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 		if shortCircuit {
 			b.entry(tableNAT, chainServices, comment(name+" external IP"), match(ip, port.Port), "-j", extChain)
 		}
-		if d.externalFilter != "" {
-			b.entry(tableFilter, chainExternalServices, comment(name+" external IP"), match(ip, port.Port), "-j", d.externalFilter)
+		if d.ExternalFilter != watch.FilterNone {
+			b.entry(tableFilter, chainExternalServices, comment(name+" external IP"), match(ip, port.Port), "-j", string(d.ExternalFilter))
 		}
 	}
 	for _, ip := range port.LoadBalancerIPs {
@@ -121,15 +121,15 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 		}
 		if shortCircuit {
 			target := extChain
-			if d.useFW {
+			if d.Firewall {
 				target = fwChain
 			}
 			b.entry(tableNAT, chainServices, comment(name+" loadbalancer IP"), match(ip, port.Port), "-j", target)
 		}
-		if d.externalFilter != "" {
-			b.entry(tableFilter, chainExternalServices, comment(name+" has no local endpoints"), match(ip, port.Port), "-j", d.externalFilter)
+		if d.ExternalFilter != watch.FilterNone {
+			b.entry(tableFilter, chainExternalServices, comment(name+" has no local endpoints"), match(ip, port.Port), "-j", string(d.ExternalFilter))
 		}
-		if d.useFW {
+		if d.Firewall {
 			// The node's own connections meet IPVS (LOCAL_OUT) before
 			// filter OUTPUT; they are checked after IPVS has picked a
 			// real server, by the virtual server they went through.
@@ -137,7 +137,7 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 				"-m ipvs --vaddr", hostPrefix(ip), "--vport", strconv.Itoa(int(port.Port)), "--vproto", proto, "-j", fwChain)
 		}
 	}
-	if d.useFW {
+	if d.Firewall {
 		nodeSourceRanges(b, port, fwChain, opts)
 	}
 	if np := port.NodePort; np != 0 {
@@ -145,8 +145,8 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 		if shortCircuit {
 			b.entry(tableNAT, chainNodePorts, comment(name), portMatch, "-j", extChain)
 		}
-		if d.externalFilter != "" {
-			b.entry(tableFilter, chainExternalServices, comment(name), "-m addrtype --dst-type LOCAL", "!", "-d", loopback(fam), portMatch, "-j", d.externalFilter)
+		if d.ExternalFilter != watch.FilterNone {
+			b.entry(tableFilter, chainExternalServices, comment(name), "-m addrtype --dst-type LOCAL", "!", "-d", loopback(fam), portMatch, "-j", string(d.ExternalFilter))
 		}
 	}
 	if hc := port.HealthCheckNodePort; hc != 0 {
@@ -170,7 +170,7 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 
 	// KUBE-FW-*: allowed source ranges continue to KUBE-EXT-*; the rest
 	// falls through and is dropped by KUBE-SOURCE-RANGES-FIREWALL.
-	if d.useFW {
+	if d.Firewall {
 		b.declare(tableNAT, fwChain)
 		allowNode := false
 		for _, cidr := range port.LoadBalancerSourceRanges {
