@@ -418,14 +418,38 @@ func (p *portPlan) policyChainRules(b *builder, chain string, eps []*watch.Endpo
 // traffic (an endpoint reaching itself) is masqueraded, then DNAT.
 func (p *portPlan) endpointChainRules(b *builder) {
 	for _, ep := range p.reachable() {
-		sep := endpointChain(p.port, ep)
-		b.rule(TableNAT, sep, p.endpointComment(p.name), "-s", hostPrefix(ep.Addr), "-j", ChainMarkMasq)
-		dnat := []string{p.endpointComment(p.name)}
-		if p.port.SessionAffinityTimeout > 0 {
-			dnat = append(dnat, "-m recent --name", sep, "--set")
-		}
-		b.rule(TableNAT, sep, append(dnat, fmt.Sprintf("-m %s -p %s -j DNAT --to-destination %s", p.proto, p.proto, ep.String()))...)
+		p.endpointChain(b, ep)
 	}
+}
+
+func (p *portPlan) endpointChain(b *builder, ep *watch.Endpoint) {
+	sep := endpointChain(p.port, ep)
+	b.rule(TableNAT, sep, p.endpointComment(p.name), "-s", hostPrefix(ep.Addr), "-j", ChainMarkMasq)
+	dnat := []string{p.endpointComment(p.name)}
+	if p.port.SessionAffinityTimeout > 0 {
+		dnat = append(dnat, "-m recent --name", sep, "--set")
+	}
+	b.rule(TableNAT, sep, append(dnat, fmt.Sprintf("-m %s -p %s -j DNAT --to-destination %s", p.proto, p.proto, ep.String()))...)
+}
+
+// ClusterChains returns iptables mode's KUBE-SVC-* chain of one port (a
+// random pick among the cluster-wide endpoints) and the KUBE-SEP-* chains
+// it jumps to, named as iptables mode names them; nil when the port uses
+// no cluster-wide endpoints. eps are the port's endpoints of opts.Family.
+// IPVS mode sends short-circuited traffic there when the ClusterIP's
+// virtual server holds local endpoints only.
+func ClusterChains(port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts PlanOptions) map[ChainKey][]string {
+	opts.LargeCluster = opts.LargeCluster || len(eps) > LargeClusterEndpoints
+	p := newPortPlan(port, eps, node, opts)
+	if !p.UsesCluster {
+		return nil
+	}
+	b := &builder{sr: &ServiceRules{Chains: map[ChainKey][]string{}, Entries: map[ChainKey][]string{}}}
+	p.policyChainRules(b, p.svcChain, p.Selection.Cluster)
+	for _, ep := range p.Selection.Cluster {
+		p.endpointChain(b, ep)
+	}
+	return b.sr.Chains
 }
 
 // reachable returns the endpoints some chain of this port jumps to.

@@ -3,7 +3,6 @@ package ipvs
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -232,21 +231,8 @@ func shortCircuitTarget(b *ruleBuilder, port *watch.ServicePort, eps []*watch.En
 		return []string{"-m", proto, "-p", proto, "-j", "DNAT", "--to-destination", netip.AddrPortFrom(clusterIP, uint16(port.Port)).String()}
 	}
 	svcChain, _, _, _ := iptables.PortChains(port)
-	one := &watch.Snapshot{
-		Services:  map[watch.ServicePortName]*watch.ServicePort{port.Name: port},
-		Endpoints: map[watch.ServicePortName][]*watch.Endpoint{port.Name: eps},
-		Node:      node,
-	}
-	planned := iptables.Plan(one, opts).Services[port.Name.NamespacedName.String()]
-	svcKey := iptables.ChainKey{Table: tableNAT, Name: svcChain}
-	rules := planned.Chains[svcKey]
-	b.sr.Chains[svcKey] = rules
-	for _, r := range rules {
-		f := strings.Fields(r)
-		if i := slices.Index(f, "-j"); i >= 0 && i+1 < len(f) && strings.HasPrefix(f[i+1], "KUBE-SEP-") {
-			k := iptables.ChainKey{Table: tableNAT, Name: f[i+1]}
-			b.sr.Chains[k] = planned.Chains[k]
-		}
+	for k, rules := range iptables.ClusterChains(port, eps, node, opts) {
+		b.sr.Chains[k] = rules
 	}
 	return []string{"-j", svcChain}
 }
