@@ -373,17 +373,11 @@ func (p *portPlan) firewallChainRules(b *builder) {
 	}
 	b.declare(TableNAT, p.fwChain)
 	args := comment(p.name + " loadbalancer IP")
-	allowFromNode := false
-	for _, cidr := range p.port.LoadBalancerSourceRanges {
-		if cidr.Addr().Is4() != (p.opts.Family == v1.IPv4Protocol) {
-			continue
-		}
+	allowed := p.port.AllowedSources(p.opts.Family, p.opts.NodeIP)
+	for _, cidr := range allowed.Ranges {
 		b.rule(TableNAT, p.fwChain, args, "-s", cidr.String(), "-j", p.extChain)
-		if p.opts.NodeIP.IsValid() && cidr.Contains(p.opts.NodeIP) {
-			allowFromNode = true
-		}
 	}
-	if !allowFromNode {
+	if !allowed.FromLoadBalancerIPs {
 		return
 	}
 	for _, ip := range p.port.LoadBalancerIPs {

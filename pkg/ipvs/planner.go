@@ -187,17 +187,11 @@ func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, n
 		}
 		if d.Firewall {
 			b.entry(set(SetLoadBalancerFW), e)
-			allowNode := false
-			for _, cidr := range port.LoadBalancerSourceRanges {
-				if cidr.Addr().Is4() != (fam == v1.IPv4Protocol) {
-					continue
-				}
+			allowed := port.AllowedSources(fam, opts.NodeIP)
+			for _, cidr := range allowed.Ranges {
 				b.entry(set(SetLBSourceCIDR), ipPortNetEntry(ip, proto, port.Port, cidr))
-				if opts.NodeIP.IsValid() && cidr.Contains(opts.NodeIP) {
-					allowNode = true
-				}
 			}
-			if allowNode {
+			if allowed.FromLoadBalancerIPs {
 				b.entry(set(SetLBSourceIP), ipPortIPEntry(ip, proto, port.Port, ip))
 			}
 		}

@@ -171,17 +171,11 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 	// falls through and is dropped by KUBE-SOURCE-RANGES-FIREWALL.
 	if d.Firewall {
 		b.declare(tableNAT, fwChain)
-		allowNode := false
-		for _, cidr := range port.LoadBalancerSourceRanges {
-			if cidr.Addr().Is4() != (fam == v1.IPv4Protocol) {
-				continue
-			}
+		allowed := port.AllowedSources(fam, opts.NodeIP)
+		for _, cidr := range allowed.Ranges {
 			b.rule(tableNAT, fwChain, comment(name+" loadbalancer IP"), "-s", cidr.String(), "-j", extChain)
-			if opts.NodeIP.IsValid() && cidr.Contains(opts.NodeIP) {
-				allowNode = true
-			}
 		}
-		if allowNode {
+		if allowed.FromLoadBalancerIPs {
 			for _, ip := range port.LoadBalancerIPs {
 				if watch.FamilyOf(ip) == fam {
 					b.rule(tableNAT, fwChain, comment(name+" loadbalancer IP"), "-s", hostPrefix(ip), "-j", extChain)
@@ -199,17 +193,11 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 func nodeSourceRanges(b *ruleBuilder, port *watch.ServicePort, fwChain string, opts iptables.PlanOptions) {
 	fam := opts.Family
 	b.declare(tableFilter, fwChain)
-	allowNode := false
-	for _, cidr := range port.LoadBalancerSourceRanges {
-		if cidr.Addr().Is4() != (fam == v1.IPv4Protocol) {
-			continue
-		}
+	allowed := port.AllowedSources(fam, opts.NodeIP)
+	for _, cidr := range allowed.Ranges {
 		b.rule(tableFilter, fwChain, "-s", cidr.Masked().String(), "-j", "RETURN")
-		if opts.NodeIP.IsValid() && cidr.Contains(opts.NodeIP) {
-			allowNode = true
-		}
 	}
-	if allowNode {
+	if allowed.FromLoadBalancerIPs {
 		for _, ip := range port.LoadBalancerIPs {
 			if watch.FamilyOf(ip) == fam {
 				b.rule(tableFilter, fwChain, "-s", hostPrefix(ip), "-j", "RETURN")

@@ -1,5 +1,11 @@
 package watch
 
+import (
+	"net/netip"
+
+	v1 "k8s.io/api/core/v1"
+)
+
 // Filter is what the proxy does with a packet to a Service address that no
 // endpoint serves here.
 type Filter string
@@ -85,4 +91,32 @@ func (d Decision) NoLocalInternal() bool { return d.InternalFilter == FilterDrop
 // externally reachable port.
 func (d Decision) NoLocalExternal(port *ServicePort) bool {
 	return d.ExternalFilter == FilterDrop && port.ExternallyAccessible()
+}
+
+// SourceRanges is what a port's loadBalancerSourceRanges admit in one IP
+// family.
+type SourceRanges struct {
+	// Ranges are the source ranges of the family.
+	Ranges []netip.Prefix
+	// FromLoadBalancerIPs: a range contains the node's IP, so a
+	// connection the node makes to its own load balancer IP, which
+	// arrives with that IP as its source, is admitted too (as in
+	// kube-proxy).
+	FromLoadBalancerIPs bool
+}
+
+// AllowedSources returns what the port's source ranges admit in family on
+// a node whose primary IP of that family is nodeIP.
+func (p *ServicePort) AllowedSources(family v1.IPFamily, nodeIP netip.Addr) SourceRanges {
+	var s SourceRanges
+	for _, cidr := range p.LoadBalancerSourceRanges {
+		if FamilyOf(cidr.Addr()) != family {
+			continue
+		}
+		s.Ranges = append(s.Ranges, cidr)
+		if nodeIP.IsValid() && cidr.Contains(nodeIP) {
+			s.FromLoadBalancerIPs = true
+		}
+	}
+	return s
 }

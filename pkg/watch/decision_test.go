@@ -3,6 +3,8 @@ package watch
 import (
 	"net/netip"
 	"testing"
+
+	v1 "k8s.io/api/core/v1"
 )
 
 // TestDecide: the shared per-port decision for the cases where the fate of
@@ -47,5 +49,22 @@ func TestDecide(t *testing.T) {
 			t.Errorf("%s: internal %d external %d filters %q/%q serves %t firewall %t no-local %t/%t", c.name,
 				len(d.Internal), len(d.External), d.InternalFilter, d.ExternalFilter, d.ServesExternal, d.Firewall, d.NoLocalInternal(), d.NoLocalExternal(c.port))
 		}
+	}
+}
+
+// TestAllowedSources: ranges of the family only; load balancer IPs are
+// admitted as sources when a range holds the node's IP.
+func TestAllowedSources(t *testing.T) {
+	p := &ServicePort{LoadBalancerSourceRanges: []netip.Prefix{
+		netip.MustParsePrefix("203.0.113.0/25"), netip.MustParsePrefix("2001:db8::/48"), netip.MustParsePrefix("192.168.0.0/24")}}
+	s := p.AllowedSources(v1.IPv4Protocol, netip.MustParseAddr("192.168.0.2"))
+	if len(s.Ranges) != 2 || s.Ranges[1].String() != "192.168.0.0/24" || !s.FromLoadBalancerIPs {
+		t.Errorf("IPv4, node inside a range: %+v", s)
+	}
+	if s := p.AllowedSources(v1.IPv4Protocol, netip.MustParseAddr("10.1.0.2")); s.FromLoadBalancerIPs {
+		t.Errorf("node outside every range, yet load balancer IPs admitted: %+v", s)
+	}
+	if s := p.AllowedSources(v1.IPv6Protocol, netip.Addr{}); len(s.Ranges) != 1 || s.FromLoadBalancerIPs {
+		t.Errorf("IPv6 without a node IP: %+v", s)
 	}
 }
