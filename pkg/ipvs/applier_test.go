@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -451,5 +452,28 @@ func TestVerifyStepsAroundASync(t *testing.T) {
 	}
 	if d, err := e.p.Verify(); err != nil || d == nil || d.Reason != "realserver" {
 		t.Errorf("a deleted real server: drift %v, err %v", d, err)
+	}
+}
+
+// TestFailedSyncMakesNextSyncFull: a sync that fails before writing
+// anything (reading the node's addresses) still consumed its snapshot's
+// change set, so the next sync must be a full one that applies it.
+func TestFailedSyncMakesNextSyncFull(t *testing.T) {
+	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{ip: "10.180.0.1", node: testNode}))
+	e := newEnv(t, iptOpts(), ipvsOpts())
+	e.sync(t, tr.Snapshot())
+	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.7", node: "n2"}), false)
+	e.link.SetHost(e.link.Host()...) // an address notification: the next sync reads them
+	e.link.Fail = errors.New("netlink: no buffer space")
+	if _, err := e.p.Sync(tr.Snapshot()); err == nil {
+		t.Fatal("the sync succeeded though the node's addresses could not be read")
+	}
+	e.link.Fail = nil
+	res := e.sync(t, tr.Snapshot()) // nothing changed since
+	if !res.Full {
+		t.Errorf("the sync after a failed one was partial")
+	}
+	if _, ok := weight(e, vip, ap("10.180.2.7:8080")); !ok {
+		t.Errorf("the endpoint added before the failed sync is missing:\n%s", e.ipvs.Dump())
 	}
 }

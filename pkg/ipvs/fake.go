@@ -273,6 +273,8 @@ type FakeLink struct {
 	// kube-ipvs0's included.
 	Calls map[string]int
 	Read  int
+	// Fail, when set, fails HostAddrs with it.
+	Fail error
 }
 
 // NewFakeLink returns a node with the given host addresses and no kube-ipvs0.
@@ -371,6 +373,9 @@ func (l *FakeLink) HostAddrs(f v1.IPFamily) ([]netip.Addr, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.Calls["HostAddrs"]++
+	if l.Fail != nil {
+		return nil, l.Fail
+	}
 	l.Read += len(l.host) + len(l.addrs)
 	var out []netip.Addr
 	for _, a := range l.host {

@@ -174,11 +174,24 @@ func NodePortIPs(host []netip.Addr, allowed []netip.Addr) []netip.Addr {
 }
 
 // Sync makes the kernel match snap. A failure leaves what was written in
-// place and makes the next Sync a full one.
+// place and makes the next Sync a full one: snap's change set is gone
+// with it, so only a full sync (which reads the kernel back) is right
+// afterwards.
 func (p *Proxier) Sync(snap *watch.Snapshot) (Result, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.calls.take() // what drift checks and timed reaps did since
+	res, err := p.sync(snap)
+	if err != nil {
+		p.prev = nil
+		p.applier.ForceFull()
+		p.rules.ForceFull()
+		return Result{}, err
+	}
+	return res, nil
+}
+
+func (p *Proxier) sync(snap *watch.Snapshot) (Result, error) {
 	if err := p.ensureSetup(); err != nil {
 		klog.ErrorS(err, "IPVS mode set-up incomplete; retrying at the next sync")
 	}
@@ -186,23 +199,20 @@ func (p *Proxier) Sync(snap *watch.Snapshot) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	var base *State
 	full := p.applier.NeedsFull() || p.prev == nil || snap.NodeChanged || !p.prev.opts.equal(opts)
-	if !full {
-		base = p.prev
-	}
-	state := PlanFrom(base, snap, opts)
+	var base *State
 	var changed []string
 	if full {
 		p.applier.ForceFull()
 	} else {
+		base = p.prev
 		for name := range snap.Changed {
 			changed = append(changed, name.String())
 		}
 		slices.Sort(changed)
 	}
+	state := PlanFrom(base, snap, opts)
 	if err := p.applier.Apply(state, changed); err != nil {
-		p.prev = nil
 		return Result{}, err
 	}
 	p.prev = state

@@ -21,10 +21,17 @@ import (
 )
 
 // Backend programs one IP family of the kernel from Snapshots.
+//
+// The backend alone decides between a full and a partial sync: its first
+// Sync is full, and so is the Sync after any failed one (snap's change set
+// is consumed by the failed Sync, so the next must not trust its idea of
+// the kernel) and after ForceFull. Otherwise it writes only what
+// snap.Changed names.
 type Backend interface {
 	// Family is the IP family the backend programs.
 	Family() v1.IPFamily
-	// Sync makes the kernel match snap.
+	// Sync makes the kernel match snap. After an error the next Sync is
+	// a full one.
 	Sync(snap *watch.Snapshot) (Result, error)
 	// Verify looks for drift between the kernel and the last successful
 	// sync; a non-empty reason means the next Sync must rewrite everything.
@@ -72,9 +79,6 @@ type Daemon struct {
 
 	mu   sync.Mutex // held by Sync, and by the drift check to force a full sync
 	prev *watch.Snapshot
-	// failed is set after a failed sync: that snapshot's change set is
-	// gone, so the next sync must be a full one.
-	failed bool
 
 	syncPeriod    atomic.Int64 // time.Duration; a reloaded config changes it
 	periodChanged chan struct{}
@@ -136,14 +140,6 @@ func (d *Daemon) Sync(ctx context.Context) error {
 	metrics.ServiceChangesTotal.Add(float64(svcChanges))
 	metrics.EndpointChangesTotal.Add(float64(epChanges))
 
-	if d.failed {
-		// The change set of the failed snapshot is gone; a full sync
-		// covers it.
-		for _, b := range d.opts.Backends {
-			b.ForceFull()
-		}
-	}
-
 	var errs []error
 	start, full := time.Now(), false
 	for _, b := range d.opts.Backends {
@@ -159,8 +155,7 @@ func (d *Daemon) Sync(ctx context.Context) error {
 	if len(errs) == 0 && !full && (len(snap.Changed) > 0 || snap.NodeChanged) {
 		d.lastPartial.Store(int64(time.Since(start)))
 	}
-	d.failed = len(errs) > 0
-	if d.failed {
+	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
 	if d.opts.Health != nil {

@@ -2,13 +2,16 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"svcproxy.dev/svcproxy/pkg/metrics"
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
@@ -67,5 +70,65 @@ func TestGatherDelayFollowsSyncsThatWrote(t *testing.T) {
 	}
 	if got := d.GatherDelay(); got != wrote {
 		t.Errorf("a sync with nothing to write changed the gather wait from %v to %v", wrote, got)
+	}
+}
+
+// scriptedBackend fails the syncs it is told to, reports drift when told
+// to, and counts what the daemon asked of it.
+type scriptedBackend struct {
+	fail       error
+	drift      string
+	syncs      int
+	forceFulls int
+}
+
+func (b *scriptedBackend) Family() v1.IPFamily { return v1.IPv4Protocol }
+func (b *scriptedBackend) Sync(*watch.Snapshot) (Result, error) {
+	b.syncs++
+	return Result{}, b.fail
+}
+func (b *scriptedBackend) Verify() (string, string, error) { return b.drift, "detail", nil }
+func (b *scriptedBackend) ForceFull()                      { b.forceFulls++ }
+
+// TestFailedSyncIsTheBackendsToRepair: a failed sync is reported and
+// counted; full-versus-partial stays the backend's own business (the
+// Backend contract), so the daemon forces nothing.
+func TestFailedSyncIsTheBackendsToRepair(t *testing.T) {
+	b := &scriptedBackend{fail: errors.New("restore failed")}
+	d := New(Options{Tracker: watch.NewTracker("node-a"), Backends: []Backend{b}})
+	failures := testutil.ToFloat64(metrics.SyncProxyRulesSyncFailuresTotal.WithLabelValues("IPv4"))
+	if err := d.Sync(context.Background()); err == nil {
+		t.Fatal("a failing backend's error was not returned")
+	}
+	if got := testutil.ToFloat64(metrics.SyncProxyRulesSyncFailuresTotal.WithLabelValues("IPv4")); got != failures+1 {
+		t.Errorf("sync failures counted %v, want %v", got, failures+1)
+	}
+	b.fail = nil
+	if err := d.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if b.syncs != 2 || b.forceFulls != 0 {
+		t.Errorf("syncs %d, ForceFull calls %d; want 2 and 0", b.syncs, b.forceFulls)
+	}
+}
+
+// TestDriftForcesFullAndRepair: drift found between syncs makes the
+// backend's next sync full, asks for that sync and is counted by reason.
+func TestDriftForcesFullAndRepair(t *testing.T) {
+	b := &scriptedBackend{drift: "chain"}
+	repairs := 0
+	d := New(Options{Tracker: watch.NewTracker("node-a"), Backends: []Backend{b}, Repair: func() { repairs++ }})
+	before := testutil.ToFloat64(metrics.SyncProxyRulesDriftRepairsTotal.WithLabelValues("chain", "IPv4"))
+	d.checkDrift()
+	if b.forceFulls != 1 || repairs != 1 {
+		t.Errorf("after drift: ForceFull %d, repairs asked %d; want 1 and 1", b.forceFulls, repairs)
+	}
+	if got := testutil.ToFloat64(metrics.SyncProxyRulesDriftRepairsTotal.WithLabelValues("chain", "IPv4")); got != before+1 {
+		t.Errorf("drift repairs counted %v, want %v", got, before+1)
+	}
+	b.drift = ""
+	d.checkDrift()
+	if b.forceFulls != 1 || repairs != 1 {
+		t.Errorf("no drift, yet ForceFull %d, repairs %d", b.forceFulls, repairs)
 	}
 }
