@@ -1,6 +1,7 @@
 package explain
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -47,4 +48,42 @@ func ruleComment(rule string) string {
 		}
 	}
 	return ""
+}
+
+// chainRules lists a port's planned rules: its entries in the shared
+// chains, then its own chains in the order a packet meets them.
+func chainRules(sr *iptables.ServiceRules) []ChainRules {
+	out := []ChainRules{}
+	if sr == nil {
+		return out
+	}
+	for _, k := range iptables.SharedChains() {
+		if rules := sr.Entries[k]; len(rules) > 0 {
+			out = append(out, ChainRules{Table: k.Table, Chain: k.Name, Shared: true, Rules: rules})
+		}
+	}
+	keys := make([]iptables.ChainKey, 0, len(sr.Chains))
+	for k := range sr.Chains {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b iptables.ChainKey) int {
+		if d := chainOrder(a) - chainOrder(b); d != 0 {
+			return d
+		}
+		return compareKeys(a, b)
+	})
+	for _, k := range keys {
+		out = append(out, ChainRules{Table: k.Table, Chain: k.Name, Rules: append([]string{}, sr.Chains[k]...)})
+	}
+	return out
+}
+
+// chainOrder ranks a port's chains in the order a packet meets them.
+func chainOrder(k iptables.ChainKey) int {
+	for i, p := range []string{"KUBE-FW-", "KUBE-EXT-", "KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-"} {
+		if strings.HasPrefix(k.Name, p) {
+			return i
+		}
+	}
+	return 5
 }

@@ -186,14 +186,7 @@ func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, n
 			b.entry(set(SetLoadBalancerLocal), e)
 		}
 		if d.Firewall {
-			b.entry(set(SetLoadBalancerFW), e)
-			allowed := port.AllowedSources(fam, opts.NodeIP)
-			for _, cidr := range allowed.Ranges {
-				b.entry(set(SetLBSourceCIDR), ipPortNetEntry(ip, proto, port.Port, cidr))
-			}
-			if allowed.FromLoadBalancerIPs {
-				b.entry(set(SetLBSourceIP), ipPortIPEntry(ip, proto, port.Port, ip))
-			}
+			firewallSets(b, port, ip, opts)
 		}
 		b.virtualServer(VSKey{proto, ip, vport}, opts.Scheduler, timeout, external)
 	}
@@ -217,6 +210,20 @@ func planPort(b *stateBuilder, port *watch.ServicePort, eps []*watch.Endpoint, n
 			seen[ep] = true
 			b.entry(set(SetLoopBack), ipPortIPEntry(ep.Addr, proto, ep.Port, ep.Addr))
 		}
+	}
+}
+
+// firewallSets lists a load balancer IP in KUBE-LOAD-BALANCER-FW with the
+// sources its ranges admit.
+func firewallSets(b *stateBuilder, port *watch.ServicePort, ip netip.Addr, opts PlanOptions) {
+	set := func(base string) string { return SetName(base, opts.Family) }
+	b.entry(set(SetLoadBalancerFW), ipPortEntry(ip, port.Protocol, port.Port))
+	allowed := port.AllowedSources(opts.Family, opts.NodeIP)
+	for _, cidr := range allowed.Ranges {
+		b.entry(set(SetLBSourceCIDR), ipPortNetEntry(ip, port.Protocol, port.Port, cidr))
+	}
+	if allowed.FromLoadBalancerIPs {
+		b.entry(set(SetLBSourceIP), ipPortIPEntry(ip, port.Protocol, port.Port, ip))
 	}
 }
 

@@ -151,14 +151,20 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 	if hc := port.HealthCheckNodePort; hc != 0 {
 		b.entry(tableFilter, chainNodePorts, comment(name+" health check node port"), fmt.Sprintf("-m tcp -p tcp --dport %d", hc), "-j", "ACCEPT")
 	}
-	if !shortCircuit {
-		return
+	if shortCircuit {
+		shortCircuitChains(b, port, eps, node, opts, d.Firewall)
 	}
+}
 
-	// KUBE-EXT-*: pod and host traffic to an external address of an eTP
-	// Local port goes to every endpoint, as if it had gone out to the load
-	// balancer and come back; host traffic is masqueraded so that replies
-	// return. Anything else returns and reaches the external virtual server.
+// shortCircuitChains writes KUBE-EXT-* (and KUBE-FW-* with source ranges)
+// of an eTP Local port: pod and host traffic to an external address goes
+// to every endpoint, as if it had gone out to the load balancer and come
+// back; host traffic is masqueraded so that replies return. Anything else
+// returns and reaches the external virtual server.
+func shortCircuitChains(b *ruleBuilder, port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts iptables.PlanOptions, firewall bool) {
+	fam, name := opts.Family, port.Name.String()
+	clusterIP, _ := port.ClusterIP(fam)
+	_, _, extChain, fwChain := iptables.PortChains(port)
 	target := shortCircuitTarget(b, port, eps, node, opts, clusterIP)
 	b.declare(tableNAT, extChain)
 	if det := opts.LocalDetector; det != nil {
@@ -169,17 +175,18 @@ func planPortRules(sr *iptables.ServiceRules, port *watch.ServicePort, eps []*wa
 
 	// KUBE-FW-*: allowed source ranges continue to KUBE-EXT-*; the rest
 	// falls through and is dropped by KUBE-SOURCE-RANGES-FIREWALL.
-	if d.Firewall {
-		b.declare(tableNAT, fwChain)
-		allowed := port.AllowedSources(fam, opts.NodeIP)
-		for _, cidr := range allowed.Ranges {
-			b.rule(tableNAT, fwChain, comment(name+" loadbalancer IP"), "-s", cidr.String(), "-j", extChain)
-		}
-		if allowed.FromLoadBalancerIPs {
-			for _, ip := range port.LoadBalancerIPs {
-				if watch.FamilyOf(ip) == fam {
-					b.rule(tableNAT, fwChain, comment(name+" loadbalancer IP"), "-s", hostPrefix(ip), "-j", extChain)
-				}
+	if !firewall {
+		return
+	}
+	b.declare(tableNAT, fwChain)
+	allowed := port.AllowedSources(fam, opts.NodeIP)
+	for _, cidr := range allowed.Ranges {
+		b.rule(tableNAT, fwChain, comment(name+" loadbalancer IP"), "-s", cidr.String(), "-j", extChain)
+	}
+	if allowed.FromLoadBalancerIPs {
+		for _, ip := range port.LoadBalancerIPs {
+			if watch.FamilyOf(ip) == fam {
+				b.rule(tableNAT, fwChain, comment(name+" loadbalancer IP"), "-s", hostPrefix(ip), "-j", extChain)
 			}
 		}
 	}
@@ -244,31 +251,6 @@ func baseChains(opts iptables.PlanOptions) map[iptables.ChainKey][]string {
 	set := func(base, dirs string) string { return matchSet(base, fam, dirs) }
 	key := func(table, name string) iptables.ChainKey { return iptables.ChainKey{Table: table, Name: name} }
 
-	// nat KUBE-SERVICES tail: masquerade by destination set, then hand
-	// traffic to node addresses (not kube-ipvs0's, not loopback) to
-	// KUBE-NODEPORTS.
-	services := []string{comment(commentLoadBalancer) + " " + set(SetLoadBalancer, "dst,dst") + " -j " + chainLoadBalancer}
-	switch {
-	case opts.MasqueradeAll:
-		services = append(services, comment(commentClusterIPMasq)+" "+set(SetClusterIP, "dst,dst")+" -j "+chainMarkMasq)
-	case opts.LocalDetector != nil:
-		services = append(services, strings.Join(opts.LocalDetector.IfNotLocal, " ")+" "+comment(commentClusterIPMasq)+" "+set(SetClusterIP, "dst,dst")+" -j "+chainMarkMasq)
-	}
-	services = append(services, comment(commentExternalIPMasq)+" "+set(SetExternalIP, "dst,dst")+" -j "+chainMarkMasq)
-	for _, s := range []string{SetClusterIP, SetExternalIP, SetExternalIPLocal, SetLoadBalancer} {
-		services = append(services, comment(commentServiceNoMasq)+" "+set(s, "dst,dst")+" -j RETURN")
-	}
-	notIPVS := "-m set ! --match-set " + SetName(SetIPVSIPs, fam) + " dst"
-	if opts.NodePortAddresses == nil {
-		services = append(services, comment(commentNodePortsLast)+" -m addrtype --dst-type LOCAL ! -d "+loopback(fam)+" "+notIPVS+" -j "+chainNodePorts)
-	} else {
-		for _, a := range opts.NodePortAddresses {
-			if !a.IsLoopback() {
-				services = append(services, comment(commentNodePortsLast)+" -d "+hostPrefix(a)+" -j "+chainNodePorts)
-			}
-		}
-	}
-
 	// nat KUBE-NODEPORTS tail: NodePorts under Cluster policy are
 	// masqueraded, under Local policy they keep the client's address.
 	var nodePorts []string
@@ -291,7 +273,7 @@ func baseChains(opts iptables.PlanOptions) map[iptables.ChainKey][]string {
 		comment(commentForwardConntrack)+" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
 
 	return map[iptables.ChainKey][]string{
-		key(tableNAT, chainServices):     services,
+		key(tableNAT, chainServices):     natServicesTail(opts),
 		key(tableNAT, chainNodePorts):    nodePorts,
 		key(tableNAT, chainLoadBalancer): {set(SetLoadBalancerLocal, "dst,dst") + " -j RETURN", "-j " + chainMarkMasq},
 		key(tableNAT, chainMarkMasq):     {"-j MARK --or-mark " + mark},
@@ -321,6 +303,35 @@ func baseChains(opts iptables.PlanOptions) map[iptables.ChainKey][]string {
 		},
 		key(tableFilter, chainForward): forward,
 	}
+}
+
+// natServicesTail is nat KUBE-SERVICES' fixed tail: masquerade by
+// destination set, then hand traffic to node addresses (not kube-ipvs0's,
+// not loopback) to KUBE-NODEPORTS, last.
+func natServicesTail(opts iptables.PlanOptions) []string {
+	fam := opts.Family
+	set := func(base, dirs string) string { return matchSet(base, fam, dirs) }
+	services := []string{comment(commentLoadBalancer) + " " + set(SetLoadBalancer, "dst,dst") + " -j " + chainLoadBalancer}
+	switch {
+	case opts.MasqueradeAll:
+		services = append(services, comment(commentClusterIPMasq)+" "+set(SetClusterIP, "dst,dst")+" -j "+chainMarkMasq)
+	case opts.LocalDetector != nil:
+		services = append(services, strings.Join(opts.LocalDetector.IfNotLocal, " ")+" "+comment(commentClusterIPMasq)+" "+set(SetClusterIP, "dst,dst")+" -j "+chainMarkMasq)
+	}
+	services = append(services, comment(commentExternalIPMasq)+" "+set(SetExternalIP, "dst,dst")+" -j "+chainMarkMasq)
+	for _, s := range []string{SetClusterIP, SetExternalIP, SetExternalIPLocal, SetLoadBalancer} {
+		services = append(services, comment(commentServiceNoMasq)+" "+set(s, "dst,dst")+" -j RETURN")
+	}
+	notIPVS := "-m set ! --match-set " + SetName(SetIPVSIPs, fam) + " dst"
+	if opts.NodePortAddresses == nil {
+		return append(services, comment(commentNodePortsLast)+" -m addrtype --dst-type LOCAL ! -d "+loopback(fam)+" "+notIPVS+" -j "+chainNodePorts)
+	}
+	for _, a := range opts.NodePortAddresses {
+		if !a.IsLoopback() {
+			services = append(services, comment(commentNodePortsLast)+" -d "+hostPrefix(a)+" -j "+chainNodePorts)
+		}
+	}
+	return services
 }
 
 // jumps returns the rules in built-in chains that lead into ours. Service
