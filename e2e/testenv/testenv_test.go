@@ -40,3 +40,14 @@ func TestRepoRoot(t *testing.T) {
 		t.Errorf("RepoRoot %s is not this repository: %v", root, err)
 	}
 }
+
+func TestLineDiff(t *testing.T) {
+	want := "a\nb\nc\nd\n"
+	got := "a\nc\nb\nd\ne\n"
+	if d := LineDiff(want, got); d != "-2: b\n+3: b\n+5: e\n" && d != "+2: c\n-3: c\n+5: e\n" {
+		t.Errorf("LineDiff:\n%s", d)
+	}
+	if d := LineDiff(want, want); d != "" {
+		t.Errorf("equal texts: %q", d)
+	}
+}

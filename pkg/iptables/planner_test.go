@@ -10,6 +10,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+
+	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -105,7 +107,7 @@ func TestPlanGolden(t *testing.T) {
 				t.Fatalf("%v (run with -update to create)", err)
 			}
 			if !bytes.Equal(got.Bytes(), want) {
-				t.Errorf("plan differs from %s:\n%s", path, got.String())
+				t.Errorf("plan differs from %s (- golden, + plan):\n%s", path, testenv.LineDiff(string(want), got.String()))
 			}
 		})
 	}

@@ -14,6 +14,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/utils/ptr"
 
+	"svcproxy.dev/svcproxy/e2e/testenv"
 	"svcproxy.dev/svcproxy/pkg/iptables"
 )
 
@@ -123,7 +124,7 @@ func TestPlanGolden(t *testing.T) {
 				t.Fatalf("%v (run with -update to create)", err)
 			}
 			if got != string(want) {
-				t.Errorf("plan differs from %s:\n%s", path, got)
+				t.Errorf("plan differs from %s (- golden, + plan):\n%s", path, testenv.LineDiff(string(want), got))
 			}
 		})
 	}
