@@ -3,14 +3,13 @@ package main
 import (
 	"context"
 	"errors"
-	"net/netip"
-	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 	"k8s.io/kube-proxy/config/v1alpha1"
 
+	"svcproxy.dev/svcproxy/pkg/config"
 	"svcproxy.dev/svcproxy/pkg/iptables"
 	"svcproxy.dev/svcproxy/pkg/ipvs"
 	"svcproxy.dev/svcproxy/pkg/proxy"
@@ -49,18 +48,12 @@ func newIPVSBackends(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, 
 // ipvsOptions are the IPVS options of a family's Proxier; explain and diff
 // plan with the same.
 func ipvsOptions(cfg *v1alpha1.KubeProxyConfiguration, f iptablesFamily) ipvs.Options {
-	var exclude []netip.Prefix
-	for _, c := range cfg.IPVS.ExcludeCIDRs {
-		if p, err := netip.ParsePrefix(strings.TrimSpace(c)); err == nil {
-			exclude = append(exclude, p.Masked())
-		}
-	}
 	return ipvs.Options{
 		Family:            f.family,
 		Scheduler:         cfg.IPVS.Scheduler,
 		NodePortAddresses: f.opts.NodePortAddresses,
 		NodeIP:            f.opts.NodeIP,
-		ExcludeCIDRs:      exclude,
+		ExcludeCIDRs:      config.ExcludeCIDRs(cfg),
 		StrictARP:         cfg.IPVS.StrictARP,
 		TCPTimeout:        cfg.IPVS.TCPTimeout.Duration,
 		TCPFinTimeout:     cfg.IPVS.TCPFinTimeout.Duration,

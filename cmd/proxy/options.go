@@ -1,16 +1,12 @@
 package main
 
 import (
-	"net/netip"
-	"strings"
-
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 	"k8s.io/kube-proxy/config/v1alpha1"
 
 	"svcproxy.dev/svcproxy/pkg/config"
 	"svcproxy.dev/svcproxy/pkg/iptables"
-	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
 // iptablesFamily is one IP family the node programs in iptables mode, with
@@ -41,47 +37,25 @@ func iptablesFamilies(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node, backe
 }
 
 func planOptions(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node, fam v1.IPFamily) iptables.PlanOptions {
-	opts := iptables.PlanOptions{
+	return iptables.PlanOptions{
 		Family:             fam,
-		MasqueradeBit:      int(ptrOr(cfg.IPTables.MasqueradeBit, 14)),
+		MasqueradeBit:      config.MasqueradeBit(cfg),
 		MasqueradeAll:      cfg.IPTables.MasqueradeAll,
-		LocalDetector:      localDetector(cfg, node, fam),
-		NodePortAddresses:  nodePortAddresses(cfg, node, fam),
-		LocalhostNodePorts: ptrOr(cfg.IPTables.LocalhostNodePorts, true),
+		LocalDetector:      localDetector(config.Detector(cfg, node, fam)),
+		NodePortAddresses:  config.NodePortAddresses(cfg, node, fam, localAddrs()),
+		LocalhostNodePorts: config.LocalhostNodePorts(cfg),
 		TCPBeLiberal:       cfg.Conntrack.TCPBeLiberal,
+		NodeIP:             config.PrimaryIPs(node)[fam],
 	}
-	opts.NodeIP = primaryIPs(node)[fam]
-	return opts
 }
 
-func ptrOr[T any](p *T, def T) T {
-	if p == nil {
-		return def
-	}
-	return *p
-}
-
-// localDetector builds the detect-local rule for one family, or nil when
-// the configured mode has nothing for it.
-func localDetector(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node, fam v1.IPFamily) *iptables.LocalDetector {
-	var cidrs []string
-	switch cfg.DetectLocalMode {
-	case config.LocalModeBridgeInterface:
-		return iptables.InterfaceDetector(cfg.DetectLocal.BridgeInterface)
-	case config.LocalModeInterfaceNamePrefix:
-		return iptables.InterfaceDetector(cfg.DetectLocal.InterfaceNamePrefix + "+")
-	case config.LocalModeNodeCIDR:
-		if node != nil {
-			cidrs = node.Spec.PodCIDRs
-		}
-	default:
-		cidrs = splitList(cfg.ClusterCIDR)
-	}
-	for _, c := range cidrs {
-		p, err := netip.ParsePrefix(strings.TrimSpace(c))
-		if err == nil && watch.FamilyOf(p.Addr()) == fam {
-			return iptables.ClusterCIDRDetector(p)
-		}
+// localDetector is the iptables form of a detect-local setting.
+func localDetector(d config.DetectLocal) *iptables.LocalDetector {
+	switch {
+	case d.Interface != "":
+		return iptables.InterfaceDetector(d.Interface)
+	case d.CIDR.IsValid():
+		return iptables.ClusterCIDRDetector(d.CIDR)
 	}
 	return nil
 }

@@ -170,64 +170,7 @@ func waitForNode(ctx context.Context, client kubernetes.Interface, name string) 
 	}
 }
 
-// primaryIPs returns the node's first InternalIP (else ExternalIP) per family.
-func primaryIPs(node *v1.Node) map[v1.IPFamily]netip.Addr {
-	out := map[v1.IPFamily]netip.Addr{}
-	if node == nil {
-		return out
-	}
-	for _, kind := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
-		for _, a := range node.Status.Addresses {
-			if a.Type != kind {
-				continue
-			}
-			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				fam := watch.FamilyOf(ip)
-				if _, ok := out[fam]; !ok {
-					out[fam] = ip.Unmap()
-				}
-			}
-		}
-	}
-	return out
-}
-
-// nodePortAddresses resolves nodePortAddresses for one family: nil means
-// every local address.
-func nodePortAddresses(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node, family v1.IPFamily) []netip.Addr {
-	if len(cfg.NodePortAddresses) == 0 {
-		return nil
-	}
-	out := []netip.Addr{}
-	local := localAddrs()
-	for _, entry := range cfg.NodePortAddresses {
-		switch entry {
-		case config.NodePortAddressesAll:
-			return nil
-		case config.NodePortAddressesPrimary:
-			if ip, ok := primaryIPs(node)[family]; ok {
-				out = append(out, ip)
-			}
-			continue
-		case config.NodePortAddressesLocalhost:
-			entry = "127.0.0.0/8"
-			if family == v1.IPv6Protocol {
-				entry = "::1/128"
-			}
-		}
-		prefix, err := netip.ParsePrefix(entry)
-		if err != nil {
-			continue // validated at load time
-		}
-		for _, a := range local {
-			if prefix.Contains(a) && watch.FamilyOf(a) == family {
-				out = append(out, a)
-			}
-		}
-	}
-	return out
-}
-
+// localAddrs lists the addresses of this network namespace's interfaces.
 func localAddrs() []netip.Addr {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
@@ -245,21 +188,11 @@ func localAddrs() []netip.Addr {
 	return out
 }
 
-// healthCheckIPs are the addresses health-check NodePorts listen on: nil
-// for every address, empty when nodePortAddresses match none of the node's
-// (then, as in kube-proxy, no health-check port is opened).
+// healthCheckIPs are the addresses health-check NodePorts listen on (see
+// config.HealthCheckIPs), with a log line when there are none.
 func healthCheckIPs(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []net.IP {
-	out := []net.IP{}
-	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
-		addrs := nodePortAddresses(cfg, node, fam)
-		if addrs == nil {
-			return nil
-		}
-		for _, a := range addrs {
-			out = append(out, net.IP(a.AsSlice()))
-		}
-	}
-	if len(out) == 0 {
+	out := config.HealthCheckIPs(cfg, node, localAddrs())
+	if out != nil && len(out) == 0 {
 		klog.InfoS("nodePortAddresses match no address of this node: health-check NodePorts will not be opened", "nodePortAddresses", cfg.NodePortAddresses)
 	}
 	return out
