@@ -15,13 +15,12 @@ import (
 	"svcproxy.dev/svcproxy/pkg/iptables"
 	"svcproxy.dev/svcproxy/pkg/ipvs"
 	"svcproxy.dev/svcproxy/pkg/proxy"
-	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
-// newBackends returns one backend per IP family the node can program.
-func newBackends(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Backend, error) {
+// newProviders returns one provider per IP family the node can program.
+func newProviders(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Provider, error) {
 	if cfg.Mode == config.ModeIPVS {
-		return newIPVSBackends(ctx, cfg, node)
+		return newIPVSProviders(ctx, cfg, node)
 	}
 	if cfg.Mode != config.ModeIPTables {
 		return nil, fmt.Errorf("mode %q is not implemented; use %q or %q", cfg.Mode, config.ModeIPTables, config.ModeIPVS)
@@ -32,12 +31,12 @@ func newBackends(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, node
 	if err != nil {
 		return nil, err
 	}
-	var out []proxy.Backend
+	var out []proxy.Provider
 	for _, f := range fams {
 		if iptables.LocalhostNodePorts(f.opts) {
 			enableRouteLocalnet()
 		}
-		out = append(out, &iptablesBackend{family: f.family, kernel: f.kernel, proxier: iptables.NewProxier(f.kernel, f.opts)})
+		out = append(out, iptables.NewProvider(f.kernel, f.opts))
 	}
 	return out, nil
 }
@@ -52,53 +51,18 @@ func enableRouteLocalnet() {
 	}
 }
 
-// iptablesBackend adapts an iptables.Proxier to proxy.Backend.
-type iptablesBackend struct {
-	family  v1.IPFamily
-	kernel  iptables.Interface
-	proxier *iptables.Proxier
-}
-
-func (b *iptablesBackend) Family() v1.IPFamily { return b.family }
-func (b *iptablesBackend) ForceFull()          { b.proxier.ForceFull() }
-
-func (b *iptablesBackend) Sync(snap *watch.Snapshot) (proxy.Result, error) {
-	res, err := b.proxier.Sync(snap)
-	if err != nil {
-		fam := string(b.family)
-		var partial *iptables.PartialError
-		if errors.As(err, &partial) {
-			metricsPartialFailure(fam)
-		} else {
-			metricsRestoreFailure(fam)
-		}
-		return proxy.Result{}, err
-	}
-	noLocalInternal, noLocalExternal := res.Ruleset.NoLocalEndpoints()
-	return proxy.Result{Full: res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Ruleset.RuleCount(), Written: res.Written,
-		NoLocalInternal: noLocalInternal, NoLocalExternal: noLocalExternal, KernelCalls: map[string]int{"iptables_restore": res.Payloads}}, nil
-}
-
-func (b *iptablesBackend) Verify() (string, string, error) {
-	d, err := b.proxier.Verify()
-	if err != nil || d == nil {
-		return "", "", err
-	}
-	return d.Reason, d.Detail, nil
-}
-
 // removeOtherModeLeftovers removes IPVS-mode state (ours or kube-proxy's)
 // after the first successful iptables sync.
-func removeOtherModeLeftovers(backends []proxy.Backend) {
+func removeOtherModeLeftovers(providers []proxy.Provider) {
 	var kernels []iptables.Interface
-	for _, b := range backends {
-		if _, ok := b.(*ipvsBackend); ok {
+	for _, p := range providers {
+		if _, ok := p.(ipvs.Provider); ok {
 			// IPVS mode: iptables mode's chains went with the first full
 			// sync of the shared iptables.Proxier.
 			return
 		}
-		if ib, ok := b.(*iptablesBackend); ok {
-			kernels = append(kernels, ib.kernel)
+		if ip, ok := p.(*iptables.Provider); ok {
+			kernels = append(kernels, ip.Kernel())
 		}
 	}
 	if err := ipvs.RemoveLeftovers(kernels); err != nil {

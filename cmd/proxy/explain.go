@@ -187,7 +187,7 @@ func readNode(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, master 
 }
 
 // kernelFamilies builds the families exactly as the daemon does
-// (iptablesFamilies, and in IPVS mode newIPVSBackends' options and helper
+// (iptablesFamilies, and in IPVS mode newIPVSProviders' options and helper
 // rule planner) and reads each one's rules with iptables-save and, in IPVS
 // mode, its IPVS state.
 func kernelFamilies(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []explain.Family {

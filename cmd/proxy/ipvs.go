@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -13,18 +12,17 @@ import (
 	"svcproxy.dev/svcproxy/pkg/iptables"
 	"svcproxy.dev/svcproxy/pkg/ipvs"
 	"svcproxy.dev/svcproxy/pkg/proxy"
-	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
 // reapInterval is how often draining IPVS real servers are checked between
 // syncs.
 const reapInterval = 2 * time.Second
 
-// newIPVSBackends returns one IPVS backend per IP family. Both share the
+// newIPVSProviders returns one IPVS provider per IP family. Both share the
 // kernel interfaces (one serialised netlink handle, kube-ipvs0, the ipset
 // table); each writes its helper iptables rules through its own family's
 // iptables.Proxier.
-func newIPVSBackends(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Backend, error) {
+func newIPVSProviders(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Provider, error) {
 	ipBackend := iptables.DetectBackend()
 	klog.InfoS("Using iptables backend for the IPVS helper rules", "backend", ipBackend)
 	fams, err := iptablesFamilies(cfg, node, ipBackend)
@@ -32,7 +30,7 @@ func newIPVSBackends(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, 
 		return nil, err
 	}
 	kernel := ipvs.NewKernel()
-	var out []proxy.Backend
+	var out []proxy.Provider
 	for _, f := range fams {
 		opts := ipvsOptions(cfg, f)
 		// IPVS mode serves no NodePort on loopback addresses.
@@ -40,7 +38,7 @@ func newIPVSBackends(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, 
 		iptOpts.LocalhostNodePorts = false
 		p := ipvs.NewProxier(kernel, f.kernel, iptOpts, opts)
 		go reapLoop(ctx, p)
-		out = append(out, &ipvsBackend{family: f.family, proxier: p})
+		out = append(out, ipvs.Provider{Proxier: p})
 	}
 	return out, nil
 }
@@ -76,38 +74,4 @@ func reapLoop(ctx context.Context, p *ipvs.Proxier) {
 			klog.ErrorS(err, "Deleting drained IPVS real servers", "family", p.Family())
 		}
 	}
-}
-
-// ipvsBackend adapts an ipvs.Proxier to proxy.Backend.
-type ipvsBackend struct {
-	family  v1.IPFamily
-	proxier *ipvs.Proxier
-}
-
-func (b *ipvsBackend) Family() v1.IPFamily { return b.family }
-func (b *ipvsBackend) ForceFull()          { b.proxier.ForceFull() }
-
-func (b *ipvsBackend) Sync(snap *watch.Snapshot) (proxy.Result, error) {
-	res, err := b.proxier.Sync(snap)
-	if err != nil {
-		fam := string(b.family)
-		var partial *iptables.PartialError
-		var restore *iptables.RestoreError
-		switch {
-		case errors.As(err, &partial):
-			metricsPartialFailure(fam)
-		case errors.As(err, &restore):
-			metricsRestoreFailure(fam)
-		}
-		return proxy.Result{}, err
-	}
-	return proxy.Result{Full: res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Rules.RuleCount(), Written: res.Written, KernelCalls: res.KernelCalls}, nil
-}
-
-func (b *ipvsBackend) Verify() (string, string, error) {
-	d, err := b.proxier.Verify()
-	if err != nil || d == nil {
-		return "", "", err
-	}
-	return d.Reason, d.Detail, nil
 }

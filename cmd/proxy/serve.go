@@ -45,7 +45,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 	syncPeriod, minSyncPeriod := config.SyncPeriods(cfg)
 	klog.InfoS("Starting svcproxy", "version", version, "mode", cfg.Mode, "node", nodeName, "syncPeriod", syncPeriod, "minSyncPeriod", minSyncPeriod)
 
-	backends, err := newBackends(ctx, cfg, node)
+	providers, err := newProviders(ctx, cfg, node)
 	if err != nil {
 		return err
 	}
@@ -60,20 +60,20 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 	cleaner := &conntrack.Cleaner{Local: localAddrs}
 	conntrackWork := newLatest[*watch.Snapshot]()
 	go conntrackWork.each(ctx, func(snap *watch.Snapshot) {
-		for _, b := range backends {
+		for _, b := range providers {
 			cleaner.Reconcile(snap, b.Family())
 		}
 	})
 	var leftovers sync.Once
 	var runner *watch.Runner
 	daemon := proxy.New(proxy.Options{
-		Tracker: tracker, Backends: backends, Health: hs, SvcHealth: svcHealth, SyncPeriod: syncPeriod,
+		Tracker: tracker, Providers: providers, Health: hs, SvcHealth: svcHealth, SyncPeriod: syncPeriod,
 		Repair: func() { runner.Trigger() },
 		OnSynced: func(_, snap *watch.Snapshot) {
 			// The other mode's state goes only once this mode's rules are
 			// complete, so Services keep answering through a mode switch.
 			leftovers.Do(func() {
-				removeOtherModeLeftovers(backends)
+				removeOtherModeLeftovers(providers)
 				notifyStatus(fmt.Sprintf("first sync done at %s; keeping %s rules in sync", time.Now().Format(time.TimeOnly), cfg.Mode))
 			})
 			conntrackWork.offer(snap)
@@ -95,7 +95,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 		Client: client, NodeName: nodeName, Resync: cfg.ConfigSyncPeriod.Duration,
 		OnChange: func() { daemon.Queued(); runner.Trigger() },
 	})
-	for _, b := range backends {
+	for _, b := range providers {
 		// A proxy that never manages a first sync must turn unhealthy.
 		hs.QueuedUpdate(b.Family())
 	}

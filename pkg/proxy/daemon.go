@@ -1,5 +1,5 @@
 // Package proxy runs the sync loop: it takes Snapshots from the watch
-// Tracker when the Runner says so, hands them to every backend (one per IP
+// Tracker when the Runner says so, hands them to every provider (one per IP
 // family), and reports the outcome to metrics and the health servers. It
 // holds no kernel logic of its own.
 package proxy
@@ -20,15 +20,16 @@ import (
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
-// Backend programs one IP family of the kernel from Snapshots.
+// Provider programs one IP family of the kernel from Snapshots: a proxy
+// mode (iptables.Provider, ipvs.Provider) as the sync loop sees it.
 //
-// The backend alone decides between a full and a partial sync: its first
+// The provider alone decides between a full and a partial sync: its first
 // Sync is full, and so is the Sync after any failed one (snap's change set
 // is consumed by the failed Sync, so the next must not trust its idea of
 // the kernel) and after ForceFull. Otherwise it writes only what
 // snap.Changed names.
-type Backend interface {
-	// Family is the IP family the backend programs.
+type Provider interface {
+	// Family is the IP family the provider programs.
 	Family() v1.IPFamily
 	// Sync makes the kernel match snap. After an error the next Sync is
 	// a full one.
@@ -42,7 +43,7 @@ type Backend interface {
 	ForceFull()
 }
 
-// Result is what a backend reports about one successful sync.
+// Result is what a provider reports about one successful sync.
 type Result struct {
 	Full         bool
 	PayloadBytes int
@@ -61,7 +62,7 @@ type Result struct {
 // Options configures a Daemon.
 type Options struct {
 	Tracker   *watch.Tracker
-	Backends  []Backend
+	Providers []Provider
 	Health    *health.ProxyHealthServer
 	SvcHealth *health.ServiceHealthServer
 	// SyncPeriod is how often the kernel is checked for drift.
@@ -83,7 +84,7 @@ type Daemon struct {
 	syncPeriod    atomic.Int64 // time.Duration; a reloaded config changes it
 	periodChanged chan struct{}
 	// lastPartial is how long the last partial sync that wrote a change
-	// took, all backends together (time.Duration): the cost of writing a
+	// took, all providers together (time.Duration): the cost of writing a
 	// change, which GatherDelay keeps a small fraction of.
 	lastPartial atomic.Int64
 }
@@ -116,7 +117,7 @@ func New(opts Options) *Daemon {
 // the health check and the queued-timestamp metric.
 func (d *Daemon) Queued() {
 	now := time.Now()
-	for _, b := range d.opts.Backends {
+	for _, b := range d.opts.Providers {
 		if d.opts.Health != nil {
 			d.opts.Health.QueuedUpdate(b.Family())
 		}
@@ -127,7 +128,7 @@ func (d *Daemon) Queued() {
 	metrics.EndpointChangesPending.Set(float64(ep))
 }
 
-// Sync takes a Snapshot and syncs every backend. It is the Runner's sync
+// Sync takes a Snapshot and syncs every provider. It is the Runner's sync
 // function.
 func (d *Daemon) Sync(ctx context.Context) error {
 	d.mu.Lock()
@@ -142,8 +143,8 @@ func (d *Daemon) Sync(ctx context.Context) error {
 
 	var errs []error
 	start, full := time.Now(), false
-	for _, b := range d.opts.Backends {
-		wasFull, err := d.syncBackend(b, snap)
+	for _, b := range d.opts.Providers {
+		wasFull, err := d.syncProvider(b, snap)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -169,9 +170,9 @@ func (d *Daemon) Sync(ctx context.Context) error {
 	return nil
 }
 
-// syncBackend syncs one backend and records the outcome; it reports
+// syncProvider syncs one provider and records the outcome; it reports
 // whether the sync was a full one.
-func (d *Daemon) syncBackend(b Backend, snap *watch.Snapshot) (bool, error) {
+func (d *Daemon) syncProvider(b Provider, snap *watch.Snapshot) (bool, error) {
 	fam := string(b.Family())
 	start := time.Now()
 	res, err := b.Sync(snap)
@@ -222,7 +223,7 @@ func (d *Daemon) SetSyncPeriod(p time.Duration) {
 	}
 }
 
-// RunDriftChecks asks each backend every SyncPeriod whether the kernel
+// RunDriftChecks asks each provider every SyncPeriod whether the kernel
 // still holds what it wrote, until ctx is done. It runs beside the sync
 // loop rather than inside it: reading back a large table takes seconds
 // (3 s at 5,000 Services), and a sync waiting for it would delay every
@@ -249,7 +250,7 @@ func (d *Daemon) RunDriftChecks(ctx context.Context) {
 }
 
 func (d *Daemon) checkDrift() {
-	for _, b := range d.opts.Backends {
+	for _, b := range d.opts.Providers {
 		reason, detail, err := b.Verify()
 		if err != nil {
 			klog.ErrorS(err, "Checking kernel state", "family", b.Family())

@@ -47,7 +47,7 @@ func (b *slowBackend) ForceFull()                      {}
 func TestGatherDelayFollowsSyncsThatWrote(t *testing.T) {
 	tr := watch.NewTracker("node-a")
 	b := &slowBackend{took: 100 * time.Millisecond}
-	d := New(Options{Tracker: tr, Backends: []Backend{b}})
+	d := New(Options{Tracker: tr, Providers: []Provider{b}})
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
 		Spec: v1.ServiceSpec{ClusterIP: "172.30.0.1", ClusterIPs: []string{"172.30.0.1"}, Type: v1.ServiceTypeClusterIP,
@@ -95,7 +95,7 @@ func (b *scriptedBackend) ForceFull()                      { b.forceFulls++ }
 // Backend contract), so the daemon forces nothing.
 func TestFailedSyncIsTheBackendsToRepair(t *testing.T) {
 	b := &scriptedBackend{fail: errors.New("restore failed")}
-	d := New(Options{Tracker: watch.NewTracker("node-a"), Backends: []Backend{b}})
+	d := New(Options{Tracker: watch.NewTracker("node-a"), Providers: []Provider{b}})
 	failures := testutil.ToFloat64(metrics.SyncProxyRulesSyncFailuresTotal.WithLabelValues("IPv4"))
 	if err := d.Sync(context.Background()); err == nil {
 		t.Fatal("a failing backend's error was not returned")
@@ -117,7 +117,7 @@ func TestFailedSyncIsTheBackendsToRepair(t *testing.T) {
 func TestDriftForcesFullAndRepair(t *testing.T) {
 	b := &scriptedBackend{drift: "chain"}
 	repairs := 0
-	d := New(Options{Tracker: watch.NewTracker("node-a"), Backends: []Backend{b}, Repair: func() { repairs++ }})
+	d := New(Options{Tracker: watch.NewTracker("node-a"), Providers: []Provider{b}, Repair: func() { repairs++ }})
 	before := testutil.ToFloat64(metrics.SyncProxyRulesDriftRepairsTotal.WithLabelValues("chain", "IPv4"))
 	d.checkDrift()
 	if b.forceFulls != 1 || repairs != 1 {
