@@ -23,11 +23,8 @@ var version = "dev"
 // defaultGCPercent is the Go GC target used unless GOGC is set. Most of
 // the proxy's heap is long-lived (informer caches, the applied rules), and
 // the default of 100 lets the heap reach twice that before collecting; on
-// a node agent memory matters more than the extra collections. Measured
-// with one binary at 5,000 Services x 10 endpoints (bench, svcproxy alone,
-// 20 latency samples, 20 s of churn): peak RSS 140 MiB at 50 and 127 MiB
-// at 25, for 1.8 s more CPU over that first process's 50 s (7.5 s against
-// 5.7 s).
+// a node agent memory matters more than the extra collections (the
+// measurement is in bench/README.md, "Figures behind constants").
 const defaultGCPercent = 25
 
 func main() {

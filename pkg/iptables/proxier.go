@@ -12,10 +12,9 @@ import (
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
-// DefaultBatchLines is the largest payload a full sync writes at once.
-// --noflush restore cost grows faster than the payload; measured with
-// `make bench` on nf_tables at 5,000 Services x 10 endpoints: batches of
-// 20,000 lines 12.3 s, 8,000 8.8 s, 5,000 7.8 s, 3,500 7.5 s, 2,000 8.2 s.
+// DefaultBatchLines is the largest payload a full sync writes at once:
+// --noflush restore cost grows faster than the payload, and this size was
+// the fastest measured (bench/README.md, "Figures behind constants").
 const DefaultBatchLines = 4000
 
 // Proxier keeps one IP family's kernel rules equal to the plan. It writes a
