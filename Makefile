@@ -49,6 +49,7 @@ test: export SVCPROXY_REQUIRE := 1
 
 unit:
 	SVCPROXY_PROXY=$(BIN)/proxy $(GO) test -p 1 -count=1 -timeout 30m ./...
+	cd bench && $(GO) test -count=1 ./...
 	@echo "the tests that read ../shared/acceptance/examples.yaml, by name (a skip would show as SKIP):"
 	@out=$$($(GO) test -count=1 -v -run '^(TestTraceScenarios|TestParseExamplesFile)$$' ./pkg/iptables ./e2e/acceptance 2>&1); rc=$$?; \
 	echo "$$out" | grep -E '^(--- |ok|FAIL)'; exit $$rc
@@ -108,7 +109,7 @@ bench: deps tools build
 	@set -e; \
 	if [ -n "$(BENCH_QUICK)" ] && [ "$(BENCH_QUICK)" != 0 ]; then out=$(CACHE)/bench/quick; else out=$(CURDIR)/bench/results; fi; \
 	mkdir -p $$out; \
-	$(GO) build -o $(BIN)/bench ./bench; \
+	(cd bench && $(GO) build -o $(BIN)/bench .); \
 	onechange=; \
 	if [ -z "$(BENCH_QUICK)" ] || [ "$(BENCH_QUICK)" = 0 ]; then \
 	  echo "go test -bench OneEndpointChange ./pkg/iptables/ > $$out/one-change.txt"; \
@@ -127,7 +128,7 @@ SOAK_RATE     ?= 50
 SOAK_DURATION ?= 10m
 SOAK_OUT      ?= $(CURDIR)/bench/results
 soak: deps tools build
-	$(GO) build -o $(BIN)/bench ./bench
+	(cd bench && $(GO) build -o $(BIN)/bench .)
 	SOAK_N='$(SOAK_N)' SOAK_RATE='$(SOAK_RATE)' SOAK_DURATION='$(SOAK_DURATION)' $(BIN)/bench -soak -out '$(SOAK_OUT)' -proxy $(BIN)/proxy -responder $(BIN)/responder
 
 # Issue #7's IPVS part (see bench/README.md; not part of `make test`):
@@ -141,15 +142,17 @@ BENCH_VM_N     ?= 200 1000 2000 5000
 BENCH_VM_OUT   ?= $(CURDIR)/bench/results
 BENCH_VM_FLAGS ?=
 bench-vm: deps tools vm build
-	$(GO) build -o $(BIN)/bench ./bench
+	(cd bench && $(GO) build -o $(BIN)/bench .)
 	mkdir -p '$(BENCH_VM_OUT)'
 	$(BIN)/bench -vm -n '$(BENCH_VM_N)' -out '$(BENCH_VM_OUT)' -proxy $(BIN)/proxy -responder $(BIN)/responder $(BENCH_VM_FLAGS)
 
 lint:
-	@test -z "$$(gofmt -l cmd pkg e2e)" || (gofmt -l cmd pkg e2e; echo "gofmt: files above need formatting"; exit 1)
+	@test -z "$$(gofmt -l cmd pkg e2e bench)" || (gofmt -l cmd pkg e2e bench; echo "gofmt: files above need formatting"; exit 1)
 	$(GO) vet ./...
+	cd bench && $(GO) vet ./...
 	@test -x $(TOOLS_BIN)/staticcheck || GOBIN=$(TOOLS_BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(TOOLS_BIN)/staticcheck ./...
+	cd bench && $(TOOLS_BIN)/staticcheck ./...
 
 clean:
 	rm -rf $(BIN)

@@ -322,7 +322,7 @@ func renderMarkdown(rep *Report) string {
 		title += " (BENCH_QUICK development run)"
 	}
 	w("# %s\n\n", title)
-	w("Written by `make bench` (bench/, `go run ./bench`) from the run of %s, which took %s. Every number below comes from that run; the raw data is in `bench.json` beside this file, the plot in `bench.png`.\n\n",
+	w("Written by `make bench` (bench/, its own module, built as `bin/bench`) from the run of %s, which took %s. Every number below comes from that run; the raw data is in `bench.json` beside this file, the plot in `bench.png`.\n\n",
 		rep.Started.UTC().Format("2006-01-02 15:04 MST"), rep.Finished.Sub(rep.Started).Round(time.Second))
 	m := rep.Machine
 	w("## Machine\n\n| | |\n| --- | --- |\n")
