@@ -51,7 +51,7 @@ type junit struct {
 // Result is the verdict on one selected test.
 type Result struct {
 	Name    string
-	State   string // passed, failed or skipped
+	State   string // passed, failed, skipped, interrupted or not run
 	Why     string
 	Seconds float64
 }
@@ -233,6 +233,7 @@ func Classify(data []byte, s *suite.Suite, mode string) ([]Result, error) {
 	}
 	var results []Result
 	seen := map[string]bool{}
+	cut := cutShort(j)
 	for _, ts := range j.Suites {
 		for _, tc := range ts.Cases {
 			name := strings.TrimSpace(strings.TrimPrefix(tc.Name, "[It] "))
@@ -240,11 +241,32 @@ func Classify(data []byte, s *suite.Suite, mode string) ([]Result, error) {
 				continue
 			}
 			seen[name] = true
-			results = append(results, verdict(name, tc, s, mode))
+			r := verdict(name, tc, s, mode)
+			_, skippedBySuite := s.SkipReason(name, mode)
+			if cut && !skippedBySuite && tc.Status == "skipped" && skipMessage(tc) == "skipped" && tc.Time == 0 {
+				// e2e.test gives the specs an interrupted suite never
+				// reached a bare "skipped", as it does specs its focus
+				// left out; only selected, unskipped ones get here.
+				r.State, r.Why = "not run", "not reached: the suite timeout ended the run first"
+			}
+			results = append(results, r)
 		}
 	}
 	sort.Slice(results, func(i, j int) bool { return results[i].Name < results[j].Name })
 	return results, nil
+}
+
+// cutShort reports whether the suite timeout (ginkgo --timeout) ended the
+// run: some spec was interrupted by it.
+func cutShort(j junit) bool {
+	for _, ts := range j.Suites {
+		for _, tc := range ts.Cases {
+			if tc.Status == "timedout" || tc.Status == "interrupted" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func verdict(name string, tc testCase, s *suite.Suite, mode string) Result {
@@ -254,8 +276,9 @@ func verdict(name string, tc testCase, s *suite.Suite, mode string) Result {
 		return r
 	}
 	switch {
-	case tc.Failure != nil || tc.Error != nil || tc.Status == "failed" || tc.Status == "panicked" ||
-		tc.Status == "timedout" || tc.Status == "interrupted" || tc.Status == "aborted":
+	case tc.Status == "timedout" || tc.Status == "interrupted":
+		r.State, r.Why = "interrupted", "cut by the suite timeout while it ran"
+	case tc.Failure != nil || tc.Error != nil || tc.Status == "failed" || tc.Status == "panicked" || tc.Status == "aborted":
 		r.State = "failed"
 		switch {
 		case tc.Failure != nil && strings.TrimSpace(tc.Failure.Message) != "":
@@ -302,7 +325,11 @@ func Summary(results []Result) string {
 	for _, r := range results {
 		n[r.State]++
 	}
-	return fmt.Sprintf("%d passed, %d failed, %d skipped", n["passed"], n["failed"], n["skipped"])
+	line := fmt.Sprintf("%d passed, %d failed, %d skipped", n["passed"], n["failed"], n["skipped"])
+	if n["interrupted"]+n["not run"] > 0 {
+		line += fmt.Sprintf("; the suite timeout interrupted %d and left %d not run", n["interrupted"], n["not run"])
+	}
+	return line
 }
 
 // Write prints the summary line and the table of results.

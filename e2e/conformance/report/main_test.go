@@ -75,6 +75,41 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// TestClassifyCutShort: when the suite timeout ends a run, the specs it
+// interrupted and the selected ones it never reached say so, instead of
+// failed and skipped.
+func TestClassifyCutShort(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "suite.yaml")
+	os.WriteFile(p, []byte("focus: ['\\[sig-network\\] Services ']\nskip:\n- match: LoadBalancer\n  why: no cloud provider here\n"), 0o644)
+	s, err := suite.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	junit := strings.Replace(sampleJUnit, `<testcase name="[It] [sig-network] Services should be able to switch session affinity" status="failed" time="30">
+      <failure message="" type="failed">[FAILED] affinity broke&#xA;In [It] at: service.go:1</failure>`, `<testcase name="[It] [sig-network] Services should be able to switch session affinity" status="timedout" time="30">
+      <failure message="" type="timedout">[TIMEDOUT] A suite timeout occurred</failure>`, 1)
+	junit = strings.Replace(junit, `</testsuite>`, `<testcase name="[It] [sig-network] Services should be reached" status="skipped" time="0">
+      <skipped message="skipped"></skipped>
+    </testcase>
+  </testsuite>`, 1)
+	results, err := Classify([]byte(junit), s, "iptables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]string{}
+	for _, r := range results {
+		states[r.Name] = r.State
+	}
+	if states["[sig-network] Services should be able to switch session affinity"] != "interrupted" ||
+		states["[sig-network] Services should be reached"] != "not run" ||
+		states["[sig-network] Services should have session affinity work for LoadBalancer service"] != "skipped" {
+		t.Errorf("states: %v", states)
+	}
+	if got, want := Summary(results), "1 passed, 1 failed, 2 skipped; the suite timeout interrupted 1 and left 1 not run"; got != want {
+		t.Errorf("Summary = %q, want %q", got, want)
+	}
+}
+
 func TestSideBySideListsDifferencesFirst(t *testing.T) {
 	dir := t.TempDir()
 	suitePath := filepath.Join(dir, "suite.yaml")
