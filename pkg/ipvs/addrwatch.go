@@ -1,12 +1,12 @@
 package ipvs
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"k8s.io/klog/v2"
 )
 
@@ -36,47 +36,52 @@ const addrWatchBuffer = 4 << 20
 // resubscribeDelay spaces out attempts to subscribe again.
 const resubscribeDelay = time.Second
 
-// HostAddrsVersion starts the watch on its first call, in the network
-// namespace of the calling thread.
+// HostAddrsVersion starts the watch on its first call. The subscription
+// is made on the calling thread, so its socket belongs to the caller's
+// network namespace; no setns is needed (the systemd unit's sandbox has no
+// CAP_SYS_ADMIN for one).
 func (l *netlinkLink) HostAddrsVersion() (uint64, bool) {
 	w := l.watch
 	w.start.Do(func() {
-		ns, err := netns.Get()
-		if err != nil {
-			klog.ErrorS(err, "Opening the network namespace for address notifications; reading the node's addresses at every sync")
-			return
-		}
-		go w.run(ns)
+		updates, err := w.subscribe()
+		go w.run(updates, err)
 	})
 	return w.version.Load(), w.watched.Load()
 }
 
-// run keeps a subscription in ns standing for the life of the process.
-func (w *addrWatch) run(ns netns.NsHandle) {
-	for {
-		updates := make(chan netlink.AddrUpdate, 1024)
-		err := netlink.AddrSubscribeWithOptions(updates, nil, netlink.AddrSubscribeOptions{
-			Namespace:         &ns,
-			ErrorCallback:     func(err error) { w.version.Add(1); klog.V(2).InfoS("Address notifications", "err", err) },
-			ReceiveBufferSize: addrWatchBuffer,
-		})
-		if err != nil {
-			klog.ErrorS(err, "Subscribing to address notifications; reading the node's addresses at every sync meanwhile")
-			time.Sleep(resubscribeDelay)
-			continue
-		}
-		// Changes before the subscription stood are unknown: a new
-		// version makes the next sync read the addresses once.
-		w.version.Add(1)
-		w.watched.Store(true)
-		for u := range updates {
-			if int32(u.LinkIndex) != w.dummyIndex.Load() {
-				w.version.Add(1)
+func (w *addrWatch) subscribe() (chan netlink.AddrUpdate, error) {
+	updates := make(chan netlink.AddrUpdate, 1024)
+	err := netlink.AddrSubscribeWithOptions(updates, nil, netlink.AddrSubscribeOptions{
+		ErrorCallback:     func(err error) { w.version.Add(1); klog.V(2).InfoS("Address notifications", "err", err) },
+		ReceiveBufferSize: addrWatchBuffer,
+	})
+	return updates, err
+}
+
+// run reads notifications for the life of the process, subscribing again
+// when a subscription fails or ends.
+func (w *addrWatch) run(updates chan netlink.AddrUpdate, err error) {
+	for failures := 0; ; failures++ {
+		if err == nil {
+			// Changes before the subscription stood are unknown: a new
+			// version makes the next sync read the addresses once.
+			w.version.Add(1)
+			w.watched.Store(true)
+			for u := range updates {
+				if int32(u.LinkIndex) != w.dummyIndex.Load() {
+					w.version.Add(1)
+				}
 			}
+			w.watched.Store(false)
+			w.version.Add(1)
+			err = errors.New("the subscription ended")
 		}
-		w.watched.Store(false)
-		w.version.Add(1)
-		klog.InfoS("Address notifications stopped; subscribing again")
+		if failures == 0 {
+			klog.ErrorS(err, "Address notifications unavailable; reading the node's addresses at every sync until they are back")
+		} else {
+			klog.V(2).InfoS("Address notifications still unavailable", "err", err)
+		}
 		time.Sleep(resubscribeDelay)
+		updates, err = w.subscribe()
 	}
 }
