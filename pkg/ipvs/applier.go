@@ -46,6 +46,9 @@ type Applier struct {
 	// walking all virtual servers there made a one-endpoint change cost
 	// O(Services).
 	reaping map[VSKey]bool
+	// touched holds the virtual servers the last delta Apply touched; nil
+	// after a full one (every virtual server).
+	touched map[VSKey]bool
 }
 
 // appliedVS is a virtual server as we last wrote it.
@@ -122,6 +125,7 @@ func (a *Applier) excluded(addr netip.Addr) bool {
 
 func (a *Applier) applyDelta(desired *State, changed []string) error {
 	t := newTouched()
+	a.touched = t.vs
 	for _, svc := range changed {
 		if old := a.last.Services[svc]; old != nil {
 			a.refs.remove(svc, old, t)
@@ -148,7 +152,7 @@ func (a *Applier) applyDelta(desired *State, changed []string) error {
 
 // applyFull reads the kernel once, adopts what is ours and repairs it.
 func (a *Applier) applyFull(desired *State) error {
-	a.refs = newRefs()
+	a.refs, a.touched = newRefs(), nil
 	for _, svc := range slices.Sorted(maps.Keys(desired.Services)) {
 		a.refs.add(svc, desired.Services[svc], nil)
 	}

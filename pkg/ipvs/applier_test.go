@@ -477,3 +477,38 @@ func TestFailedSyncMakesNextSyncFull(t *testing.T) {
 		t.Errorf("the endpoint added before the failed sync is missing:\n%s", e.ipvs.Dump())
 	}
 }
+
+// TestSyncLeavesEarlierDrainsToTheTimer: a sync reaps only the virtual
+// servers it touched; those still draining from earlier deletions are the
+// periodic Reap's, so an unrelated change reads none of them.
+func TestSyncLeavesEarlierDrainsToTheTimer(t *testing.T) {
+	svcs, slices := others(5)
+	tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{ip: "10.180.0.1", node: testNode}))...)
+	e := newEnv(t, iptOpts(), ipvsOpts())
+	e.sync(t, tr.Snapshot())
+	for i := range 5 {
+		k := VSKey{v1.ProtocolTCP, netip.MustParseAddr(fmt.Sprintf("172.30.10.%d", 1+i)), 80}
+		e.ipvs.SetConns(k, ap(fmt.Sprintf("10.181.0.%d:80", 1+i)), 1, 0)
+		tr.deleteService("bulk", fmt.Sprintf("s%03d", i))
+	}
+	e.sync(t, tr.Snapshot())
+	if n := e.p.Applier().Draining(); n == 0 {
+		t.Fatalf("nothing drains after deleting Services with connections")
+	}
+	cost := e.measure(func() {
+		tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.4", node: "n2"}), false)
+		e.sync(t, tr.Snapshot())
+	})
+	if cost["ipvs.Destinations"] != 0 || cost["ipvs.AddDestination"] != 1 {
+		t.Errorf("an unrelated change with 5 Services draining: %s", cost)
+	}
+	e.clock.step(DefaultGracePeriod + time.Second)
+	cost = e.measure(func() {
+		if err := e.p.Reap(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if cost["ipvs.Destinations"] == 0 || e.p.Applier().Draining() != 0 {
+		t.Errorf("the periodic Reap after the grace period: %s, %d still draining", cost, e.p.Applier().Draining())
+	}
+}

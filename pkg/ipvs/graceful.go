@@ -64,16 +64,46 @@ func (a *Applier) Draining() int {
 // the kube-ipvs0 addresses only they kept. It looks only at the virtual
 // servers with something draining, and reads only their real servers.
 func (a *Applier) Reap() error {
+	return a.reapKeys(a.Reaping())
+}
+
+// ReapTouched is Reap for the virtual servers the last Apply touched (all
+// of them after a full one): a real server that has just been removed
+// without connections goes within the sync, while those draining from
+// earlier changes are left to the periodic Reap, so a sync's reads do not
+// grow with what is still draining.
+func (a *Applier) ReapTouched() error {
+	if a.touched == nil {
+		return a.Reap()
+	}
+	var keys []VSKey
+	for _, k := range a.Reaping() {
+		if a.touched[k] {
+			keys = append(keys, k)
+		}
+	}
+	return a.reapKeys(keys)
+}
+
+// Reaping returns the virtual servers with something draining or
+// orphaned, sorted.
+func (a *Applier) Reaping() []VSKey {
+	return slices.SortedFunc(maps.Keys(a.reaping), compareKeys)
+}
+
+// ReapOne is Reap for one virtual server.
+func (a *Applier) ReapOne(k VSKey) error { return a.reapKeys([]VSKey{k}) }
+
+func (a *Applier) reapKeys(keys []VSKey) error {
 	var errs []error
 	var freed []netip.Addr
-	for _, k := range slices.SortedFunc(maps.Keys(a.reaping), compareKeys) {
-		have := a.vs[k]
-		if have != nil {
+	for _, k := range keys {
+		if have := a.vs[k]; have != nil {
 			f, err := a.reapVS(k, have)
 			freed = append(freed, f...)
 			errs = append(errs, err)
 		}
-		if have = a.vs[k]; have == nil || (len(have.terminating) == 0 && !have.orphan) {
+		if have := a.vs[k]; have == nil || (len(have.terminating) == 0 && !have.orphan) {
 			delete(a.reaping, k)
 		}
 	}

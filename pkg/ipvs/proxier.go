@@ -224,7 +224,7 @@ func (p *Proxier) sync(snap *watch.Snapshot) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if err := p.applier.Reap(); err != nil {
+	if err := p.applier.ReapTouched(); err != nil {
 		klog.ErrorS(err, "Deleting drained IPVS real servers")
 	}
 	calls := p.calls.take()
@@ -235,14 +235,24 @@ func (p *Proxier) sync(snap *watch.Snapshot) (Result, error) {
 }
 
 // Reap deletes drained real servers; the proxy calls it every few seconds
-// between syncs.
+// between syncs. It takes the lock for one virtual server at a time, so a
+// sync never waits for more than one read.
 func (p *Proxier) Reap() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.prev == nil {
-		return nil
+	keys := []VSKey(nil)
+	if p.prev != nil {
+		keys = p.applier.Reaping()
 	}
-	return p.applier.Reap()
+	p.mu.Unlock()
+	var errs []error
+	for _, k := range keys {
+		p.mu.Lock()
+		if p.prev != nil {
+			errs = append(errs, p.applier.ReapOne(k))
+		}
+		p.mu.Unlock()
+	}
+	return errors.Join(errs...)
 }
 
 // Verify looks for drift in the IPVS table, kube-ipvs0, the ipsets and
