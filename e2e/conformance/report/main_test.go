@@ -35,13 +35,20 @@ const sampleJUnit = `<?xml version="1.0" encoding="UTF-8"?>
   </testsuite>
 </testsuites>`
 
-func TestClassify(t *testing.T) {
+// servicesSuite selects the Services tests and skips LoadBalancer ones.
+func servicesSuite(t *testing.T) *suite.Suite {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "suite.yaml")
 	os.WriteFile(p, []byte("focus: ['\\[sig-network\\] Services ']\nskip:\n- match: LoadBalancer\n  why: no cloud provider here\n"), 0o644)
 	s, err := suite.Load(p)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+func TestClassify(t *testing.T) {
+	s := servicesSuite(t)
 	results, err := Classify([]byte(sampleJUnit), s, "iptables")
 	if err != nil {
 		t.Fatal(err)
@@ -79,12 +86,7 @@ func TestClassify(t *testing.T) {
 // interrupted and the selected ones it never reached say so, instead of
 // failed and skipped.
 func TestClassifyCutShort(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "suite.yaml")
-	os.WriteFile(p, []byte("focus: ['\\[sig-network\\] Services ']\nskip:\n- match: LoadBalancer\n  why: no cloud provider here\n"), 0o644)
-	s, err := suite.Load(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := servicesSuite(t)
 	junit := strings.Replace(sampleJUnit, `<testcase name="[It] [sig-network] Services should be able to switch session affinity" status="failed" time="30">
       <failure message="" type="failed">[FAILED] affinity broke&#xA;In [It] at: service.go:1</failure>`, `<testcase name="[It] [sig-network] Services should be able to switch session affinity" status="timedout" time="30">
       <failure message="" type="timedout">[TIMEDOUT] A suite timeout occurred</failure>`, 1)
