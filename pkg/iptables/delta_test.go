@@ -29,12 +29,12 @@ func newCluster(t *testing.T, n int) *cluster {
 
 func (c *cluster) setService(i, endpoints, shift int) {
 	name := fmt.Sprintf("svc-%d", i)
-	s := svcSpec{ns: "bench", name: name, typ: v1.ServiceTypeNodePort,
-		clusterIPs: []string{fmt.Sprintf("172.30.%d.%d", i/250, i%250+1)}, ports: []v1.ServicePort{tcpPort("http", 80, int32(3000+i))}}
-	c.tr.OnService(types.NamespacedName{Namespace: "bench", Name: name}, s.object())
+	s := svcSpec{Namespace: "bench", Name: name, Type: v1.ServiceTypeNodePort,
+		ClusterIPs: []string{fmt.Sprintf("172.30.%d.%d", i/250, i%250+1)}, Ports: []v1.ServicePort{tcpPort("http", 80, int32(3000+i))}}
+	c.tr.OnService(types.NamespacedName{Namespace: "bench", Name: name}, s.Object())
 	var eps []ep
 	for e := range endpoints {
-		eps = append(eps, ep{ip: fmt.Sprintf("10.%d.%d.%d", 100+i/250, i%250, e+1+shift), node: "n"})
+		eps = append(eps, ep{IP: fmt.Sprintf("10.%d.%d.%d", 100+i/250, i%250, e+1+shift), Node: "n"})
 	}
 	c.tr.OnEndpointSlice(slice("bench", name, name+"-1", 8080, "http", eps...), false)
 }
@@ -324,14 +324,14 @@ func TestSyncResultCounts(t *testing.T) {
 func TestNoLocalEndpointsCounted(t *testing.T) {
 	tr := watch.NewTracker(testNode)
 	for i, s := range []svcSpec{
-		{ns: "a", name: "etp", typ: v1.ServiceTypeNodePort, etpLocal: true},
-		{ns: "a", name: "itp", typ: v1.ServiceTypeClusterIP, itpLocal: true},
-		{ns: "a", name: "both", typ: v1.ServiceTypeNodePort, etpLocal: true, itpLocal: true},
+		{Namespace: "a", Name: "etp", Type: v1.ServiceTypeNodePort, ETPLocal: true},
+		{Namespace: "a", Name: "itp", Type: v1.ServiceTypeClusterIP, ITPLocal: true},
+		{Namespace: "a", Name: "both", Type: v1.ServiceTypeNodePort, ETPLocal: true, ITPLocal: true},
 	} {
-		s.clusterIPs = []string{fmt.Sprintf("172.30.9.%d", i+1)}
-		s.ports = []v1.ServicePort{tcpPort("http", 80, int32(30100+i))}
-		tr.OnService(types.NamespacedName{Namespace: s.ns, Name: s.name}, s.object())
-		tr.OnEndpointSlice(slice(s.ns, s.name, s.name+"-1", 8080, "http", ep{ip: "10.9.9.9", node: "elsewhere"}), false)
+		s.ClusterIPs = []string{fmt.Sprintf("172.30.9.%d", i+1)}
+		s.Ports = []v1.ServicePort{tcpPort("http", 80, int32(30100+i))}
+		tr.OnService(types.NamespacedName{Namespace: s.Namespace, Name: s.Name}, s.Object())
+		tr.OnEndpointSlice(slice(s.Namespace, s.Name, s.Name+"-1", 8080, "http", ep{IP: "10.9.9.9", Node: "elsewhere"}), false)
 	}
 	rs := Plan(tr.Snapshot(), defaultOpts())
 	if in, ex := rs.NoLocalEndpoints(); in != 2 || ex != 2 {

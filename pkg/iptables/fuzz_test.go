@@ -42,29 +42,29 @@ func applyChange(tr *watch.Tracker, op, a, b byte) {
 	case 0:
 		tr.OnService(key, nil)
 	case 1, 2:
-		s := svcSpec{ns: "fz", name: name, clusterIPs: []string{fmt.Sprintf("172.30.9.%d", i+1)},
-			ports: []v1.ServicePort{tcpPort("p", 80, 0)}}
+		s := svcSpec{Namespace: "fz", Name: name, ClusterIPs: []string{fmt.Sprintf("172.30.9.%d", i+1)},
+			Ports: []v1.ServicePort{tcpPort("p", 80, 0)}}
 		if b&1 != 0 {
-			s.typ, s.ports[0].NodePort = v1.ServiceTypeLoadBalancer, int32(3000+i)
-			s.lbIPs = []string{fmt.Sprintf("198.51.100.%d", i+1)}
+			s.Type, s.Ports[0].NodePort = v1.ServiceTypeLoadBalancer, int32(3000+i)
+			s.LBIPs = []string{fmt.Sprintf("198.51.100.%d", i+1)}
 		}
 		if b&2 != 0 {
-			s.externalIPs = []string{fmt.Sprintf("192.168.99.%d", i+1)}
+			s.ExternalIPs = []string{fmt.Sprintf("192.168.99.%d", i+1)}
 		}
-		s.etpLocal = b&4 != 0 && s.typ == v1.ServiceTypeLoadBalancer
-		s.itpLocal = b&8 != 0
+		s.ETPLocal = b&4 != 0 && s.Type == v1.ServiceTypeLoadBalancer
+		s.ITPLocal = b&8 != 0
 		if b&16 != 0 {
-			s.affinity = 60
+			s.AffinitySeconds = 60
 		}
-		if b&32 != 0 && s.typ == v1.ServiceTypeLoadBalancer {
-			s.ranges = []string{"203.0.113.0/25"}
+		if b&32 != 0 && s.Type == v1.ServiceTypeLoadBalancer {
+			s.SourceRanges = []string{"203.0.113.0/25"}
 		}
-		tr.OnService(key, s.object())
+		tr.OnService(key, s.Object())
 	case 3:
 		var eps []ep
 		for e := range int(b % 5) {
-			eps = append(eps, ep{ip: fmt.Sprintf("10.9.%d.%d", i, e+1), node: []string{testNode, "other"}[(int(b)>>e)&1],
-				notReady: (int(b)>>(e+3))&1 == 1, serving: true, terminat: true})
+			eps = append(eps, ep{IP: fmt.Sprintf("10.9.%d.%d", i, e+1), Node: []string{testNode, "other"}[(int(b)>>e)&1],
+				NotReady: (int(b)>>(e+3))&1 == 1, Serving: true, Terminating: true})
 		}
 		tr.OnEndpointSlice(slice("fz", name, name+"-1", 8080, "p", eps...), false)
 	}

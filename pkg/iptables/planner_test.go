@@ -24,33 +24,33 @@ type goldenCase struct {
 }
 
 func goldenCases() []goldenCase {
-	web := svcSpec{ns: "ns1", name: "web", clusterIPs: []string{"172.30.0.41"}, ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
-	webSlice := slice("ns1", "web", "web-1", 8080, "http", ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"})
-	lb := svcSpec{ns: "ns1", name: "lb", typ: v1.ServiceTypeLoadBalancer, clusterIPs: []string{"172.30.0.42"},
-		ports: []v1.ServicePort{tcpPort("p80", 80, 3001)}, externalIPs: []string{"192.168.99.11"}, lbIPs: []string{"198.51.100.4"}}
-	lbSlice := slice("ns1", "lb", "lb-1", 80, "p80", ep{ip: "10.180.0.2", node: testNode}, ep{ip: "10.180.1.2", node: "remote"})
+	web := svcSpec{Namespace: "ns1", Name: "web", ClusterIPs: []string{"172.30.0.41"}, Ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
+	webSlice := slice("ns1", "web", "web-1", 8080, "http", ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"})
+	lb := svcSpec{Namespace: "ns1", Name: "lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"172.30.0.42"},
+		Ports: []v1.ServicePort{tcpPort("p80", 80, 3001)}, ExternalIPs: []string{"192.168.99.11"}, LBIPs: []string{"198.51.100.4"}}
+	lbSlice := slice("ns1", "lb", "lb-1", 80, "p80", ep{IP: "10.180.0.2", Node: testNode}, ep{IP: "10.180.1.2", Node: "remote"})
 	withRanges := lb
-	withRanges.ranges = []string{"203.0.113.0/25", "192.168.0.0/24"}
+	withRanges.SourceRanges = []string{"203.0.113.0/25", "192.168.0.0/24"}
 	etp := lb
-	etp.etpLocal, etp.hcPort = true, 30000
+	etp.ETPLocal, etp.HealthCheckNodePort = true, 30000
 	itp := web
-	itp.itpLocal = true
+	itp.ITPLocal = true
 	sticky := web
-	sticky.affinity = 10800
+	sticky.AffinitySeconds = 10800
 	udp := web
-	udp.ports = []v1.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53}, {Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 53}}
-	udpSlice := slice("ns1", "web", "web-1", 53, "dns", ep{ip: "10.180.0.1", node: testNode})
+	udp.Ports = []v1.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53}, {Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 53}}
+	udpSlice := slice("ns1", "web", "web-1", 53, "dns", ep{IP: "10.180.0.1", Node: testNode})
 	udpSlice.Ports = append(udpSlice.Ports, discovery.EndpointPort{Name: strPtr("sctp"), Protocol: protoPtr(v1.ProtocolSCTP), Port: int32Ptr(53)})
 	terminating := slice("ns1", "web", "web-1", 8080, "http",
-		ep{ip: "10.0.1.2", node: testNode, notReady: true, serving: true, terminat: true},
-		ep{ip: "10.0.1.4", node: "other", notReady: true, serving: false, terminat: true})
+		ep{IP: "10.0.1.2", Node: testNode, NotReady: true, Serving: true, Terminating: true},
+		ep{IP: "10.0.1.4", Node: "other", NotReady: true, Serving: false, Terminating: true})
 
 	proxyMode := lb
-	proxyMode.proxyLBIPs = []string{"198.51.100.9"}
-	v6 := svcSpec{ns: "ns1", name: "web6", typ: v1.ServiceTypeNodePort, clusterIPs: []string{"172.30.0.71", "fd00:172:30::71"},
-		ports: []v1.ServicePort{tcpPort("p80", 80, 3071)}}
-	v6Slice := slice("ns1", "web6", "web6-v6", 80, "p80", ep{ip: "fd00:10:180::71", node: testNode}, ep{ip: "fd00:10:180::2:71", node: "node2"})
-	v4Slice := slice("ns1", "web6", "web6-v4", 80, "p80", ep{ip: "10.180.0.71", node: testNode})
+	proxyMode.ProxyLBIPs = []string{"198.51.100.9"}
+	v6 := svcSpec{Namespace: "ns1", Name: "web6", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"172.30.0.71", "fd00:172:30::71"},
+		Ports: []v1.ServicePort{tcpPort("p80", 80, 3071)}}
+	v6Slice := slice("ns1", "web6", "web6-v6", 80, "p80", ep{IP: "fd00:10:180::71", Node: testNode}, ep{IP: "fd00:10:180::2:71", Node: "node2"})
+	v4Slice := slice("ns1", "web6", "web6-v4", 80, "p80", ep{IP: "10.180.0.71", Node: testNode})
 
 	return []goldenCase{
 		{name: "loadbalancer-ipmode-proxy-left-alone", svcs: []svcSpec{proxyMode}, slices: []*discovery.EndpointSlice{lbSlice}},
@@ -66,7 +66,7 @@ func goldenCases() []goldenCase {
 		{name: "loadbalancer-nodeport-externalip", svcs: []svcSpec{lb}, slices: []*discovery.EndpointSlice{lbSlice}},
 		{name: "loadbalancer-source-ranges", svcs: []svcSpec{withRanges}, slices: []*discovery.EndpointSlice{lbSlice}},
 		{name: "etp-local", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{lbSlice}},
-		{name: "etp-local-no-local-endpoint", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{slice("ns1", "lb", "lb-1", 80, "p80", ep{ip: "10.180.1.2", node: "remote"})}},
+		{name: "etp-local-no-local-endpoint", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{slice("ns1", "lb", "lb-1", 80, "p80", ep{IP: "10.180.1.2", Node: "remote"})}},
 		{name: "itp-local", svcs: []svcSpec{itp}, slices: []*discovery.EndpointSlice{webSlice}},
 		{name: "session-affinity", svcs: []svcSpec{sticky}, slices: []*discovery.EndpointSlice{webSlice}},
 		{name: "udp-sctp", svcs: []svcSpec{udp}, slices: []*discovery.EndpointSlice{udpSlice}},

@@ -17,7 +17,7 @@ import (
 )
 
 var (
-	webSvc = svcSpec{ns: "ns1", name: "web", clusterIPs: []string{"172.30.0.41"}, ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
+	webSvc = svcSpec{Namespace: "ns1", Name: "web", ClusterIPs: []string{"172.30.0.41"}, Ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
 	vip    = VSKey{v1.ProtocolTCP, netip.MustParseAddr("172.30.0.41"), 80}
 )
 
@@ -34,9 +34,9 @@ func others(n int) ([]svcSpec, []*discovery.EndpointSlice) {
 	var slices []*discovery.EndpointSlice
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("s%03d", i)
-		svcs = append(svcs, svcSpec{ns: "bulk", name: name, typ: v1.ServiceTypeNodePort, clusterIPs: []string{fmt.Sprintf("172.30.%d.%d", 10+i/250, 1+i%250)},
-			ports: []v1.ServicePort{tcpPort("p", 80, int32(4000+i))}})
-		slices = append(slices, slice("bulk", name, name+"-1", 80, "p", ep{ip: fmt.Sprintf("10.181.%d.%d", i/250, 1+i%250), node: testNode}, ep{ip: fmt.Sprintf("10.182.%d.%d", i/250, 1+i%250), node: "n2"}))
+		svcs = append(svcs, svcSpec{Namespace: "bulk", Name: name, Type: v1.ServiceTypeNodePort, ClusterIPs: []string{fmt.Sprintf("172.30.%d.%d", 10+i/250, 1+i%250)},
+			Ports: []v1.ServicePort{tcpPort("p", 80, int32(4000+i))}})
+		slices = append(slices, slice("bulk", name, name+"-1", 80, "p", ep{IP: fmt.Sprintf("10.181.%d.%d", i/250, 1+i%250), Node: testNode}, ep{IP: fmt.Sprintf("10.182.%d.%d", i/250, 1+i%250), Node: "n2"}))
 	}
 	return svcs, slices
 }
@@ -47,13 +47,13 @@ func others(n int) ([]svcSpec, []*discovery.EndpointSlice) {
 // ipsets again.
 func TestDeltaOneEndpointOneCall(t *testing.T) {
 	svcs, slices := others(300)
-	tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"}))...)
+	tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"}))...)
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
 	restores := e.sets.Restores
 
 	e.ipvs.ResetCalls()
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"}, ep{ip: "10.180.2.2", node: "node2"}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"}, ep{IP: "10.180.2.2", Node: "node2"}), false)
 	res := e.sync(t, tr.Snapshot())
 	if res.Full {
 		t.Errorf("an endpoint change made a full sync")
@@ -67,7 +67,7 @@ func TestDeltaOneEndpointOneCall(t *testing.T) {
 
 	e.ipvs.SetConns(vip, ap("10.180.2.1:8080"), 1, 0)
 	e.ipvs.ResetCalls()
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.2", node: "node2"}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.2", Node: "node2"}), false)
 	e.sync(t, tr.Snapshot())
 	// One weight change, and one read of that virtual server's real
 	// servers to see whether the drained one can go yet.
@@ -82,11 +82,11 @@ func TestDeltaOneEndpointOneCall(t *testing.T) {
 // TestDeltaLocalEndpointTouchesLoopbackSet: a new local endpoint adds one
 // hairpin member with one ipset restore.
 func TestDeltaLocalEndpointTouchesLoopbackSet(t *testing.T) {
-	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{ip: "10.180.0.1", node: testNode}))
+	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{IP: "10.180.0.1", Node: testNode}))
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
 	restores := e.sets.Restores
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.0.3", node: testNode}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.0.3", Node: testNode}), false)
 	e.sync(t, tr.Snapshot())
 	if e.sets.Restores != restores+1 {
 		t.Errorf("ipset restores: %d, want %d", e.sets.Restores, restores+1)
@@ -99,13 +99,13 @@ func TestDeltaLocalEndpointTouchesLoopbackSet(t *testing.T) {
 // TestGracefulTermination: a removed TCP real server drains at weight 0 and
 // goes when its connections reach 0, or when its grace period ends.
 func TestGracefulTermination(t *testing.T) {
-	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"}))
+	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"}))
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
 	gone := ap("10.180.2.1:8080")
 	e.ipvs.SetConns(vip, gone, 1, 2)
 
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}), false)
 	e.sync(t, tr.Snapshot())
 	if w, ok := weight(e, vip, gone); !ok || w != 0 {
 		t.Fatalf("removed real server: weight %d present %v, want draining at 0", w, ok)
@@ -126,11 +126,11 @@ func TestGracefulTermination(t *testing.T) {
 	}
 
 	// A second one keeps its connections past the bound.
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.9", node: "node2"}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.9", Node: "node2"}), false)
 	e.sync(t, tr.Snapshot())
 	busy := ap("10.180.2.9:8080")
 	e.ipvs.SetConns(vip, busy, 5, 0)
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}), false)
 	e.sync(t, tr.Snapshot())
 	e.clock.step(DefaultGracePeriod - time.Second)
 	_ = e.p.Reap()
@@ -147,14 +147,14 @@ func TestGracefulTermination(t *testing.T) {
 // TestGracefulTerminationRevived: an endpoint that comes back while
 // draining gets its weight back.
 func TestGracefulTerminationRevived(t *testing.T) {
-	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"}))
+	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"}))
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
 	rs := ap("10.180.2.1:8080")
 	e.ipvs.SetConns(vip, rs, 1, 0)
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}), false)
 	e.sync(t, tr.Snapshot())
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"}), false)
 	e.sync(t, tr.Snapshot())
 	if w, _ := weight(e, vip, rs); w != 1 || e.p.Applier().Draining() != 0 {
 		t.Errorf("revived real server: weight %d, %d draining", w, e.p.Applier().Draining())
@@ -163,16 +163,16 @@ func TestGracefulTerminationRevived(t *testing.T) {
 
 // TestUDPRealServerGoesAtOnce: UDP and SCTP real servers are not drained.
 func TestUDPRealServerGoesAtOnce(t *testing.T) {
-	dns := svcSpec{ns: "ns1", name: "dns", clusterIPs: []string{"172.30.0.53"}, ports: []v1.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53}}}
+	dns := svcSpec{Namespace: "ns1", Name: "dns", ClusterIPs: []string{"172.30.0.53"}, Ports: []v1.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53}}}
 	mk := func(eps ...ep) *discovery.EndpointSlice {
 		s := slice("ns1", "dns", "dns-1", 53, "dns", eps...)
 		s.Ports[0].Protocol = ptr.To(v1.ProtocolUDP)
 		return s
 	}
-	tr := newTracker([]svcSpec{dns}, mk(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "n2"}))
+	tr := newTracker([]svcSpec{dns}, mk(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "n2"}))
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
-	tr.OnEndpointSlice(mk(ep{ip: "10.180.0.1", node: testNode}), false)
+	tr.OnEndpointSlice(mk(ep{IP: "10.180.0.1", Node: testNode}), false)
 	e.sync(t, tr.Snapshot())
 	if got, want := e.ipvs.Dump(), "UDP/172.30.0.53:53 rr -> 10.180.0.1:53 w1\n"; got != want {
 		t.Errorf("IPVS table:\n%s\nwant:\n%s", got, want)
@@ -182,7 +182,7 @@ func TestUDPRealServerGoesAtOnce(t *testing.T) {
 // TestDeletedServiceDrains: a deleted Service's virtual server and address
 // stay while its real servers drain, then go.
 func TestDeletedServiceDrains(t *testing.T) {
-	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{ip: "10.180.2.1", node: "node2"}))
+	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{IP: "10.180.2.1", Node: "node2"}))
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
 	e.ipvs.SetConns(vip, ap("10.180.2.1:8080"), 1, 0)
@@ -229,8 +229,8 @@ func addrs(t *testing.T, e *env) []netip.Addr {
 // server, an address, an ipset's members, a chain's rules) is found by
 // Verify and put back by the full sync that follows.
 func TestDriftRepair(t *testing.T) {
-	lb := svcSpec{ns: "ns1", name: "web", typ: v1.ServiceTypeLoadBalancer, clusterIPs: []string{"172.30.0.41"}, ports: []v1.ServicePort{tcpPort("http", 80, 3001)}, lbIPs: []string{"198.51.100.4"}}
-	tr := newTracker([]svcSpec{lb}, webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"}))
+	lb := svcSpec{Namespace: "ns1", Name: "web", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"172.30.0.41"}, Ports: []v1.ServicePort{tcpPort("http", 80, 3001)}, LBIPs: []string{"198.51.100.4"}}
+	tr := newTracker([]svcSpec{lb}, webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"}))
 	for _, tc := range []struct {
 		name, reason string
 		break_       func(e *env)
@@ -307,7 +307,7 @@ func TestAdoptionAndForeign(t *testing.T) {
 	o := ipvsOpts()
 	o.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("172.31.0.0/16")}
 	p := NewProxier(k, ipt, iptOpts(), o)
-	if _, err := p.Sync(snapshot(t, []svcSpec{webSvc}, webSlice(ep{ip: "10.180.0.1", node: testNode}))); err != nil {
+	if _, err := p.Sync(snapshot(t, []svcSpec{webSvc}, webSlice(ep{IP: "10.180.0.1", Node: testNode}))); err != nil {
 		t.Fatal(err)
 	}
 	want := strings.Join([]string{
@@ -332,7 +332,7 @@ func TestIPSetTypeMismatch(t *testing.T) {
 	if err := e.sets.Create("create KUBE-CLUSTER-IP hash:ip family inet"); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.p.Sync(snapshot(t, []svcSpec{webSvc}, webSlice(ep{ip: "10.180.0.1", node: testNode})))
+	_, err := e.p.Sync(snapshot(t, []svcSpec{webSvc}, webSlice(ep{IP: "10.180.0.1", Node: testNode})))
 	if err == nil || !strings.Contains(err.Error(), "KUBE-CLUSTER-IP") {
 		t.Errorf("sync with a mismatched ipset: %v", err)
 	}
@@ -341,8 +341,8 @@ func TestIPSetTypeMismatch(t *testing.T) {
 // TestNodeAddressChange: NodePort virtual servers follow the node's
 // addresses.
 func TestNodeAddressChange(t *testing.T) {
-	np := svcSpec{ns: "ns1", name: "np", typ: v1.ServiceTypeNodePort, clusterIPs: []string{"172.30.0.41"}, ports: []v1.ServicePort{tcpPort("http", 80, 3001)}}
-	snap := snapshot(t, []svcSpec{np}, slice("ns1", "np", "np-1", 80, "http", ep{ip: "10.180.2.1", node: "n2"}))
+	np := svcSpec{Namespace: "ns1", Name: "np", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"172.30.0.41"}, Ports: []v1.ServicePort{tcpPort("http", 80, 3001)}}
+	snap := snapshot(t, []svcSpec{np}, slice("ns1", "np", "np-1", 80, "http", ep{IP: "10.180.2.1", Node: "n2"}))
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, snap)
 	e.link.SetHost(nodeIP4, netip.MustParseAddr("192.168.7.7"))
@@ -381,8 +381,8 @@ func TestSetup(t *testing.T) {
 // TestSwitchFromIPTablesMode: the first IPVS-mode sync over iptables mode's
 // rules leaves none of iptables mode's Service chains or fixed chains.
 func TestSwitchFromIPTablesMode(t *testing.T) {
-	lb := svcSpec{ns: "ns1", name: "web", typ: v1.ServiceTypeLoadBalancer, clusterIPs: []string{"172.30.0.41"}, ports: []v1.ServicePort{tcpPort("http", 80, 3001)}, lbIPs: []string{"198.51.100.4"}}
-	snap := snapshot(t, []svcSpec{lb}, webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"}))
+	lb := svcSpec{Namespace: "ns1", Name: "web", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"172.30.0.41"}, Ports: []v1.ServicePort{tcpPort("http", 80, 3001)}, LBIPs: []string{"198.51.100.4"}}
+	snap := snapshot(t, []svcSpec{lb}, webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"}))
 	ipt := iptables.NewFake()
 	io := iptOpts()
 	io.LocalhostNodePorts = true
@@ -410,43 +410,48 @@ func TestSwitchFromIPTablesMode(t *testing.T) {
 // TestPodVethAddressesKeepDeltas: an IPv6 link-local address appearing on
 // the node (every new pod veth has one) does not turn syncs into full ones.
 func TestPodVethAddressesKeepDeltas(t *testing.T) {
-	web6 := svcSpec{ns: "ns1", name: "web", clusterIPs: []string{"fd00:172:30::41"}, ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
-	tr := newTracker([]svcSpec{web6}, webSlice(ep{ip: "fd00:10:180::1", node: testNode}))
+	web6 := svcSpec{Namespace: "ns1", Name: "web", ClusterIPs: []string{"fd00:172:30::41"}, Ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
+	tr := newTracker([]svcSpec{web6}, webSlice(ep{IP: "fd00:10:180::1", Node: testNode}))
 	io := iptOpts()
 	io.Family, io.LocalDetector, io.NodeIP = v1.IPv6Protocol, iptables.ClusterCIDRDetector(netip.MustParsePrefix("fd00:10::/64")), nodeIP6
 	e := newEnv(t, io, Options{Family: v1.IPv6Protocol, NodeIP: nodeIP6})
 	e.sync(t, tr.Snapshot())
 	e.link.SetHost(append(e.link.Host(), netip.MustParseAddr("fe80::1234"))...)
 	e.ipvs.ResetCalls()
-	tr.OnEndpointSlice(webSlice(ep{ip: "fd00:10:180::1", node: testNode}, ep{ip: "fd00:10:180::2:1", node: "node2"}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "fd00:10:180::1", Node: testNode}, ep{IP: "fd00:10:180::2:1", Node: "node2"}), false)
 	if res := e.sync(t, tr.Snapshot()); res.Full || e.ipvs.Calls["Services"] != 0 || e.ipvs.Mutations() != 1 {
 		t.Errorf("a new link-local address made a full sync (calls %v)", e.ipvs.Calls)
 	}
 }
 
-// TestVerifyStepsAroundASync: the drift check runs in steps with the lock
-// free in between; a sync between two steps (an endpoint added, a Service
-// deleted) is not reported as drift, and real drift after it still is.
+// TestVerifyStepsAroundASync: the drift check frees the lock between its
+// steps; a sync there (an endpoint added, a Service deleted) is not
+// reported as drift, and real drift after it still is.
 func TestVerifyStepsAroundASync(t *testing.T) {
 	svcs, slices := others(3)
-	tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{ip: "10.180.0.1", node: testNode}))...)
+	tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{IP: "10.180.0.1", Node: testNode}))...)
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
-	d, keys, err := e.p.applier.verifyServices()
-	if err != nil || d != nil || len(keys) == 0 {
-		t.Fatalf("verifyServices: %v %v, %d keys", d, err, len(keys))
-	}
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.9", node: "n2"}), false)
-	tr.deleteService("bulk", "s001")
-	e.sync(t, tr.Snapshot())
-	for _, k := range keys {
-		if d, err := e.p.applier.verifyRealServers(k); err != nil || d != nil {
-			t.Errorf("%s after a sync: drift %v, err %v", k, d, err)
+	steps := 0
+	e.p.betweenSteps = func() {
+		steps++
+		if !e.p.mu.TryLock() {
+			t.Fatalf("the lock is held after step %d of the drift check", steps)
+		}
+		e.p.mu.Unlock()
+		if steps == 1 { // the virtual servers are listed; their real servers not yet read
+			tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.9", Node: "n2"}), false)
+			tr.deleteService("bulk", "s001")
+			e.sync(t, tr.Snapshot())
 		}
 	}
-	if d, err := e.p.applier.verifyAddrsAndSets(); err != nil || d != nil {
-		t.Errorf("addresses and sets after a sync: drift %v, err %v", d, err)
+	if d, err := e.p.Verify(); err != nil || d != nil {
+		t.Errorf("a sync between the drift check's steps: drift %v, err %v", d, err)
 	}
+	if steps < 3 {
+		t.Errorf("the drift check ran %d steps; want the listing, each virtual server and the addresses", steps)
+	}
+	e.p.betweenSteps = nil
 	if err := e.ipvs.DeleteDestination(vip, ap("10.180.2.9:8080")); err != nil {
 		t.Fatal(err)
 	}
@@ -459,10 +464,10 @@ func TestVerifyStepsAroundASync(t *testing.T) {
 // anything (reading the node's addresses) still consumed its snapshot's
 // change set, so the next sync must be a full one that applies it.
 func TestFailedSyncMakesNextSyncFull(t *testing.T) {
-	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{ip: "10.180.0.1", node: testNode}))
+	tr := newTracker([]svcSpec{webSvc}, webSlice(ep{IP: "10.180.0.1", Node: testNode}))
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
-	tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.7", node: "n2"}), false)
+	tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.7", Node: "n2"}), false)
 	e.link.SetHost(e.link.Host()...) // an address notification: the next sync reads them
 	e.link.Fail = errors.New("netlink: no buffer space")
 	if _, err := e.p.Sync(tr.Snapshot()); err == nil {
@@ -483,7 +488,7 @@ func TestFailedSyncMakesNextSyncFull(t *testing.T) {
 // periodic Reap's, so an unrelated change reads none of them.
 func TestSyncLeavesEarlierDrainsToTheTimer(t *testing.T) {
 	svcs, slices := others(5)
-	tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{ip: "10.180.0.1", node: testNode}))...)
+	tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{IP: "10.180.0.1", Node: testNode}))...)
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
 	for i := range 5 {
@@ -496,7 +501,7 @@ func TestSyncLeavesEarlierDrainsToTheTimer(t *testing.T) {
 		t.Fatalf("nothing drains after deleting Services with connections")
 	}
 	cost := e.measure(func() {
-		tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.4", node: "n2"}), false)
+		tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.4", Node: "n2"}), false)
 		e.sync(t, tr.Snapshot())
 	})
 	if cost["ipvs.Destinations"] != 0 || cost["ipvs.AddDestination"] != 1 {

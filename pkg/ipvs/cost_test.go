@@ -50,12 +50,12 @@ func (e *env) measure(fn func()) kernelCost {
 // sync runs too.
 func oneEndpointChangeCost(t *testing.T, n int) (add, remove kernelCost) {
 	svcs, slices := others(n)
-	two := webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"})
+	two := webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"})
 	tr := newTracker(append(svcs, webSvc), append(slices, two)...)
 	e := newEnv(t, iptOpts(), ipvsOpts())
 	e.sync(t, tr.Snapshot())
 	add = e.measure(func() {
-		tr.OnEndpointSlice(webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"}, ep{ip: "10.180.2.2", node: "node2"}), false)
+		tr.OnEndpointSlice(webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"}, ep{IP: "10.180.2.2", Node: "node2"}), false)
 		e.sync(t, tr.Snapshot())
 	})
 	remove = e.measure(func() {
@@ -102,7 +102,7 @@ func BenchmarkOneEndpointChange(b *testing.B) {
 	for _, n := range []int{200, 1000, 5000} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			svcs, slices := others(n)
-			tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"}))...)
+			tr := newTracker(append(svcs, webSvc), append(slices, webSlice(ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"}))...)
 			k, _, _, _, _ := NewFakeKernel(hostAddrs...)
 			p := NewProxier(k, iptables.NewFake(), iptOpts(), ipvsOpts())
 			if _, err := p.Sync(tr.Snapshot()); err != nil {
@@ -111,7 +111,7 @@ func BenchmarkOneEndpointChange(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				eps := []ep{{ip: "10.180.0.1", node: testNode}, {ip: fmt.Sprintf("10.180.3.%d", i%2+1), node: "node2"}}
+				eps := []ep{{IP: "10.180.0.1", Node: testNode}, {IP: fmt.Sprintf("10.180.3.%d", i%2+1), Node: "node2"}}
 				tr.OnEndpointSlice(webSlice(eps...), false)
 				snap := tr.Snapshot()
 				b.StartTimer()

@@ -29,38 +29,38 @@ type goldenCase struct {
 }
 
 func goldenCases() []goldenCase {
-	web := svcSpec{ns: "ns1", name: "web", clusterIPs: []string{"172.30.0.41"}, ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
-	webSlice := slice("ns1", "web", "web-1", 8080, "http", ep{ip: "10.180.0.1", node: testNode}, ep{ip: "10.180.2.1", node: "node2"})
-	lb := svcSpec{ns: "ns1", name: "lb", typ: v1.ServiceTypeLoadBalancer, clusterIPs: []string{"172.30.0.42"},
-		ports: []v1.ServicePort{tcpPort("p80", 80, 3001)}, externalIPs: []string{"198.51.100.99"}, lbIPs: []string{"198.51.100.4"}}
-	lbSlice := slice("ns1", "lb", "lb-1", 80, "p80", ep{ip: "10.180.0.2", node: testNode}, ep{ip: "10.180.1.2", node: "remote"})
+	web := svcSpec{Namespace: "ns1", Name: "web", ClusterIPs: []string{"172.30.0.41"}, Ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
+	webSlice := slice("ns1", "web", "web-1", 8080, "http", ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"})
+	lb := svcSpec{Namespace: "ns1", Name: "lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"172.30.0.42"},
+		Ports: []v1.ServicePort{tcpPort("p80", 80, 3001)}, ExternalIPs: []string{"198.51.100.99"}, LBIPs: []string{"198.51.100.4"}}
+	lbSlice := slice("ns1", "lb", "lb-1", 80, "p80", ep{IP: "10.180.0.2", Node: testNode}, ep{IP: "10.180.1.2", Node: "remote"})
 	onNode := lb
-	onNode.externalIPs = []string{nodeIP4b.String()}
+	onNode.ExternalIPs = []string{nodeIP4b.String()}
 	withRanges := lb
-	withRanges.ranges = []string{"203.0.113.0/25", "192.168.0.0/24"}
+	withRanges.SourceRanges = []string{"203.0.113.0/25", "192.168.0.0/24"}
 	etp := lb
-	etp.etpLocal, etp.hcPort = true, 30000
+	etp.ETPLocal, etp.HealthCheckNodePort = true, 30000
 	etpRanges := etp
-	etpRanges.ranges = withRanges.ranges
+	etpRanges.SourceRanges = withRanges.SourceRanges
 	both := etp
-	both.itpLocal = true
+	both.ITPLocal = true
 	itp := web
-	itp.itpLocal = true
+	itp.ITPLocal = true
 	sticky := web
-	sticky.affinity = 10800
+	sticky.AffinitySeconds = 10800
 	udp := web
-	udp.typ = v1.ServiceTypeNodePort
-	udp.ports = []v1.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, NodePort: 3053}, {Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 53, NodePort: 3054}}
-	udpSlice := slice("ns1", "web", "web-1", 53, "dns", ep{ip: "10.180.0.1", node: testNode})
+	udp.Type = v1.ServiceTypeNodePort
+	udp.Ports = []v1.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, NodePort: 3053}, {Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 53, NodePort: 3054}}
+	udpSlice := slice("ns1", "web", "web-1", 53, "dns", ep{IP: "10.180.0.1", Node: testNode})
 	udpSlice.Ports[0].Protocol = ptr.To(v1.ProtocolUDP)
 	udpSlice.Ports = append(udpSlice.Ports, discovery.EndpointPort{Name: ptr.To("sctp"), Protocol: ptr.To(v1.ProtocolSCTP), Port: ptr.To(int32(53))})
 	terminating := slice("ns1", "web", "web-1", 8080, "http",
-		ep{ip: "10.0.1.2", node: testNode, notReady: true, serving: true, terminat: true},
-		ep{ip: "10.0.1.4", node: "other", notReady: true, serving: false, terminat: true})
-	v6 := svcSpec{ns: "ns1", name: "web6", typ: v1.ServiceTypeNodePort, clusterIPs: []string{"172.30.0.71", "fd00:172:30::71"},
-		ports: []v1.ServicePort{tcpPort("p80", 80, 3071)}}
-	v6Slice := slice("ns1", "web6", "web6-v6", 80, "p80", ep{ip: "fd00:10:180::71", node: testNode}, ep{ip: "fd00:10:180::2:71", node: "node2"})
-	v4Slice := slice("ns1", "web6", "web6-v4", 80, "p80", ep{ip: "10.180.0.71", node: testNode})
+		ep{IP: "10.0.1.2", Node: testNode, NotReady: true, Serving: true, Terminating: true},
+		ep{IP: "10.0.1.4", Node: "other", NotReady: true, Serving: false, Terminating: true})
+	v6 := svcSpec{Namespace: "ns1", Name: "web6", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"172.30.0.71", "fd00:172:30::71"},
+		Ports: []v1.ServicePort{tcpPort("p80", 80, 3071)}}
+	v6Slice := slice("ns1", "web6", "web6-v6", 80, "p80", ep{IP: "fd00:10:180::71", Node: testNode}, ep{IP: "fd00:10:180::2:71", Node: "node2"})
+	v4Slice := slice("ns1", "web6", "web6-v4", 80, "p80", ep{IP: "10.180.0.71", Node: testNode})
 
 	return []goldenCase{
 		{name: "clusterip", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}},
@@ -72,10 +72,10 @@ func goldenCases() []goldenCase {
 		{name: "loadbalancer-source-ranges", svcs: []svcSpec{withRanges}, slices: []*discovery.EndpointSlice{lbSlice}},
 		{name: "etp-local", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{lbSlice}},
 		{name: "etp-local-source-ranges", svcs: []svcSpec{etpRanges}, slices: []*discovery.EndpointSlice{lbSlice}},
-		{name: "etp-local-no-local-endpoint", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{slice("ns1", "lb", "lb-1", 80, "p80", ep{ip: "10.180.1.2", node: "remote"})}},
+		{name: "etp-local-no-local-endpoint", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{slice("ns1", "lb", "lb-1", 80, "p80", ep{IP: "10.180.1.2", Node: "remote"})}},
 		{name: "etp-and-itp-local", svcs: []svcSpec{both}, slices: []*discovery.EndpointSlice{lbSlice}},
 		{name: "itp-local", svcs: []svcSpec{itp}, slices: []*discovery.EndpointSlice{webSlice}},
-		{name: "itp-local-no-local-endpoint", svcs: []svcSpec{itp}, slices: []*discovery.EndpointSlice{slice("ns1", "web", "web-1", 8080, "http", ep{ip: "10.180.2.1", node: "node2"})}},
+		{name: "itp-local-no-local-endpoint", svcs: []svcSpec{itp}, slices: []*discovery.EndpointSlice{slice("ns1", "web", "web-1", 8080, "http", ep{IP: "10.180.2.1", Node: "node2"})}},
 		{name: "session-affinity", svcs: []svcSpec{sticky}, slices: []*discovery.EndpointSlice{webSlice}},
 		{name: "udp-sctp-nodeports", svcs: []svcSpec{udp}, slices: []*discovery.EndpointSlice{udpSlice}},
 		{name: "terminating-fallback", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{terminating}},

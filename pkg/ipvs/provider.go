@@ -1,8 +1,6 @@
 package ipvs
 
 import (
-	v1 "k8s.io/api/core/v1"
-
 	"svcproxy.dev/svcproxy/pkg/iptables"
 	"svcproxy.dev/svcproxy/pkg/proxy"
 	"svcproxy.dev/svcproxy/pkg/watch"
@@ -32,6 +30,3 @@ func (p Provider) Verify() (reason, detail string, err error) {
 	}
 	return d.Reason, d.Detail, nil
 }
-
-// Family is the IP family the provider programs.
-func (p Provider) Family() v1.IPFamily { return p.Proxier.Family() }

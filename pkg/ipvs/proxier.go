@@ -52,6 +52,9 @@ type Proxier struct {
 	// calls counts the kernel calls made through k since the last reset;
 	// every use of k holds mu, so a Sync's count is exactly its own.
 	calls callCounts
+	// betweenSteps, when set (tests), runs after each step of the drift
+	// check, where the lock must be free.
+	betweenSteps func()
 }
 
 type hostCache struct {
@@ -279,7 +282,7 @@ func (p *Proxier) Verify() (*Drift, error) {
 // for more than one read.
 func (p *Proxier) verifyIPVS() (*Drift, error) {
 	var keys []VSKey
-	d, err := p.underLock(func() (d *Drift, err error) {
+	d, err := p.step(func() (d *Drift, err error) {
 		d, keys, err = p.applier.verifyServices()
 		return d, err
 	})
@@ -287,17 +290,26 @@ func (p *Proxier) verifyIPVS() (*Drift, error) {
 		return d, err
 	}
 	for _, k := range keys {
-		if d, err := p.underLock(func() (*Drift, error) { return p.applier.verifyRealServers(k) }); err != nil || d != nil {
+		if d, err := p.step(func() (*Drift, error) { return p.applier.verifyRealServers(k) }); err != nil || d != nil {
 			return d, err
 		}
 	}
-	return p.underLock(p.applier.verifyAddrsAndSets)
+	return p.step(p.applier.verifyAddrsAndSets)
 }
 
-func (p *Proxier) underLock(step func() (*Drift, error)) (*Drift, error) {
+// step runs one step of the drift check under the lock.
+func (p *Proxier) step(check func() (*Drift, error)) (*Drift, error) {
+	d, err := p.underLock(check)
+	if p.betweenSteps != nil {
+		p.betweenSteps()
+	}
+	return d, err
+}
+
+func (p *Proxier) underLock(check func() (*Drift, error)) (*Drift, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return step()
+	return check()
 }
 
 // ForceFull makes the next Sync rewrite everything.
