@@ -95,27 +95,42 @@ func forward(mark string, opts PlanOptions) []string {
 
 // jumps returns the rules in built-in chains that lead into ours.
 func jumps(opts PlanOptions) []Jump {
-	newConn := []string{"-m", "conntrack", "--ctstate", "NEW"}
-	j := func(table, chain, text, target string, extra ...string) Jump {
-		rule := append(append([]string{}, extra...), "-m", "comment", "--comment", text, "-j", target)
-		return Jump{Table: table, Chain: chain, Rule: rule}
-	}
-	out := []Jump{
-		j(TableNAT, "PREROUTING", "kubernetes service portals", ChainServices),
-		j(TableNAT, "OUTPUT", "kubernetes service portals", ChainServices),
-		j(TableNAT, "POSTROUTING", "kubernetes postrouting rules", ChainPostrouting),
-		j(TableFilter, "INPUT", "kubernetes load balancer firewall", ChainProxyFirewall, newConn...),
-		j(TableFilter, "INPUT", "kubernetes health check service ports", ChainNodePorts),
-		j(TableFilter, "INPUT", "kubernetes externally-visible service portals", ChainExternalServices, newConn...),
-		j(TableFilter, "FORWARD", "kubernetes load balancer firewall", ChainProxyFirewall, newConn...),
-		j(TableFilter, "FORWARD", "kubernetes forwarding rules", ChainForward),
-		j(TableFilter, "FORWARD", "kubernetes service portals", ChainServices, newConn...),
-		j(TableFilter, "FORWARD", "kubernetes externally-visible service portals", ChainExternalServices, newConn...),
-		j(TableFilter, "OUTPUT", "kubernetes load balancer firewall", ChainProxyFirewall, newConn...),
-		j(TableFilter, "OUTPUT", "kubernetes service portals", ChainServices, newConn...),
-	}
+	out := StandardJumps()
 	if LocalhostNodePorts(opts) {
-		out = append(out, j(TableFilter, "INPUT", "kubernetes firewall for dropping marked packets", ChainFirewall))
+		out = append(out, NewJump(TableFilter, "INPUT", "kubernetes firewall for dropping marked packets", ChainFirewall, false))
 	}
 	return out
+}
+
+// NewJump is a rule in a built-in chain that jumps to target, marked with
+// the comment text kube-proxy uses; newOnly limits it to new connections.
+func NewJump(table, chain, text, target string, newOnly bool) Jump {
+	var rule []string
+	if newOnly {
+		rule = []string{"-m", "conntrack", "--ctstate", "NEW"}
+	}
+	return Jump{Table: table, Chain: chain, Rule: append(rule, "-m", "comment", "--comment", text, "-j", target)}
+}
+
+// StandardJumps is kube-proxy's layout of jumps from the built-in chains,
+// shared by both modes; inputFirst go at the head of filter INPUT's
+// jumps (IPVS mode's access filter and service portals).
+func StandardJumps(inputFirst ...Jump) []Jump {
+	out := []Jump{
+		NewJump(TableNAT, "PREROUTING", "kubernetes service portals", ChainServices, false),
+		NewJump(TableNAT, "OUTPUT", "kubernetes service portals", ChainServices, false),
+		NewJump(TableNAT, "POSTROUTING", "kubernetes postrouting rules", ChainPostrouting, false),
+	}
+	out = append(out, inputFirst...)
+	return append(out,
+		NewJump(TableFilter, "INPUT", "kubernetes load balancer firewall", ChainProxyFirewall, true),
+		NewJump(TableFilter, "INPUT", "kubernetes health check service ports", ChainNodePorts, false),
+		NewJump(TableFilter, "INPUT", "kubernetes externally-visible service portals", ChainExternalServices, true),
+		NewJump(TableFilter, "FORWARD", "kubernetes load balancer firewall", ChainProxyFirewall, true),
+		NewJump(TableFilter, "FORWARD", "kubernetes forwarding rules", ChainForward, false),
+		NewJump(TableFilter, "FORWARD", "kubernetes service portals", ChainServices, true),
+		NewJump(TableFilter, "FORWARD", "kubernetes externally-visible service portals", ChainExternalServices, true),
+		NewJump(TableFilter, "OUTPUT", "kubernetes load balancer firewall", ChainProxyFirewall, true),
+		NewJump(TableFilter, "OUTPUT", "kubernetes service portals", ChainServices, true),
+	)
 }

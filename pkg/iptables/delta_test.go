@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
+	"svcproxy.dev/svcproxy/pkg/watch/watchtest"
 )
 
 // cluster is a tracker pre-filled with n Services of 10 endpoints each.
@@ -20,7 +21,7 @@ type cluster struct {
 }
 
 func newCluster(t *testing.T, n int) *cluster {
-	c := &cluster{t: t, tr: watch.NewTracker(testNode)}
+	c := &cluster{t: t, tr: watch.NewTracker(watchtest.Node)}
 	for i := range n {
 		c.setService(i, 10, 0)
 	}
@@ -29,14 +30,14 @@ func newCluster(t *testing.T, n int) *cluster {
 
 func (c *cluster) setService(i, endpoints, shift int) {
 	name := fmt.Sprintf("svc-%d", i)
-	s := svcSpec{Namespace: "bench", Name: name, Type: v1.ServiceTypeNodePort,
-		ClusterIPs: []string{fmt.Sprintf("172.30.%d.%d", i/250, i%250+1)}, Ports: []v1.ServicePort{tcpPort("http", 80, int32(3000+i))}}
+	s := watchtest.Service{Namespace: "bench", Name: name, Type: v1.ServiceTypeNodePort,
+		ClusterIPs: []string{fmt.Sprintf("172.30.%d.%d", i/250, i%250+1)}, Ports: []v1.ServicePort{watchtest.TCPPort("http", 80, int32(3000+i))}}
 	c.tr.OnService(types.NamespacedName{Namespace: "bench", Name: name}, s.Object())
-	var eps []ep
+	var eps []watchtest.Endpoint
 	for e := range endpoints {
-		eps = append(eps, ep{IP: fmt.Sprintf("10.%d.%d.%d", 100+i/250, i%250, e+1+shift), Node: "n"})
+		eps = append(eps, watchtest.Endpoint{IP: fmt.Sprintf("10.%d.%d.%d", 100+i/250, i%250, e+1+shift), Node: "n"})
 	}
-	c.tr.OnEndpointSlice(slice("bench", name, name+"-1", 8080, "http", eps...), false)
+	c.tr.OnEndpointSlice(watchtest.Slice("bench", name, name+"-1", 8080, "http", eps...), false)
 }
 
 // converge applies a sync to the fake and checks that the fake now holds
@@ -322,16 +323,16 @@ func TestSyncResultCounts(t *testing.T) {
 }
 
 func TestNoLocalEndpointsCounted(t *testing.T) {
-	tr := watch.NewTracker(testNode)
-	for i, s := range []svcSpec{
+	tr := watch.NewTracker(watchtest.Node)
+	for i, s := range []watchtest.Service{
 		{Namespace: "a", Name: "etp", Type: v1.ServiceTypeNodePort, ETPLocal: true},
 		{Namespace: "a", Name: "itp", Type: v1.ServiceTypeClusterIP, ITPLocal: true},
 		{Namespace: "a", Name: "both", Type: v1.ServiceTypeNodePort, ETPLocal: true, ITPLocal: true},
 	} {
 		s.ClusterIPs = []string{fmt.Sprintf("172.30.9.%d", i+1)}
-		s.Ports = []v1.ServicePort{tcpPort("http", 80, int32(30100+i))}
+		s.Ports = []v1.ServicePort{watchtest.TCPPort("http", 80, int32(30100+i))}
 		tr.OnService(types.NamespacedName{Namespace: s.Namespace, Name: s.Name}, s.Object())
-		tr.OnEndpointSlice(slice(s.Namespace, s.Name, s.Name+"-1", 8080, "http", ep{IP: "10.9.9.9", Node: "elsewhere"}), false)
+		tr.OnEndpointSlice(watchtest.Slice(s.Namespace, s.Name, s.Name+"-1", 8080, "http", watchtest.Endpoint{IP: "10.9.9.9", Node: "elsewhere"}), false)
 	}
 	rs := Plan(tr.Snapshot(), defaultOpts())
 	if in, ex := rs.NoLocalEndpoints(); in != 2 || ex != 2 {

@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
+	"svcproxy.dev/svcproxy/pkg/watch/watchtest"
 )
 
 // FuzzRestorePayloads drives the planner and the restore writer with
@@ -22,7 +23,7 @@ func FuzzRestorePayloads(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fake := NewFake()
 		p := NewProxier(fake, defaultOpts())
-		tr := watch.NewTracker(testNode)
+		tr := watch.NewTracker(watchtest.Node)
 		for len(data) >= 3 {
 			applyChange(tr, data[0], data[1], data[2])
 			data = data[3:]
@@ -42,8 +43,8 @@ func applyChange(tr *watch.Tracker, op, a, b byte) {
 	case 0:
 		tr.OnService(key, nil)
 	case 1, 2:
-		s := svcSpec{Namespace: "fz", Name: name, ClusterIPs: []string{fmt.Sprintf("172.30.9.%d", i+1)},
-			Ports: []v1.ServicePort{tcpPort("p", 80, 0)}}
+		s := watchtest.Service{Namespace: "fz", Name: name, ClusterIPs: []string{fmt.Sprintf("172.30.9.%d", i+1)},
+			Ports: []v1.ServicePort{watchtest.TCPPort("p", 80, 0)}}
 		if b&1 != 0 {
 			s.Type, s.Ports[0].NodePort = v1.ServiceTypeLoadBalancer, int32(3000+i)
 			s.LBIPs = []string{fmt.Sprintf("198.51.100.%d", i+1)}
@@ -61,11 +62,11 @@ func applyChange(tr *watch.Tracker, op, a, b byte) {
 		}
 		tr.OnService(key, s.Object())
 	case 3:
-		var eps []ep
+		var eps []watchtest.Endpoint
 		for e := range int(b % 5) {
-			eps = append(eps, ep{IP: fmt.Sprintf("10.9.%d.%d", i, e+1), Node: []string{testNode, "other"}[(int(b)>>e)&1],
+			eps = append(eps, watchtest.Endpoint{IP: fmt.Sprintf("10.9.%d.%d", i, e+1), Node: []string{watchtest.Node, "other"}[(int(b)>>e)&1],
 				NotReady: (int(b)>>(e+3))&1 == 1, Serving: true, Terminating: true})
 		}
-		tr.OnEndpointSlice(slice("fz", name, name+"-1", 8080, "p", eps...), false)
+		tr.OnEndpointSlice(watchtest.Slice("fz", name, name+"-1", 8080, "p", eps...), false)
 	}
 }

@@ -11,22 +11,9 @@ import (
 	"svcproxy.dev/svcproxy/pkg/watch/watchtest"
 )
 
-// The test objects are shared with the other mode's tests (watchtest).
-const testNode = watchtest.Node
-
-type (
-	svcSpec = watchtest.Service
-	ep      = watchtest.Endpoint
-)
-
-var (
-	tcpPort = watchtest.TCPPort
-	slice   = watchtest.Slice
-)
-
 // snapshot feeds objects through a real Tracker, so tests plan from exactly
 // what the proxy would see.
-func snapshot(t *testing.T, svcs []svcSpec, slices ...*discovery.EndpointSlice) *watch.Snapshot {
+func snapshot(t *testing.T, svcs []watchtest.Service, slices ...*discovery.EndpointSlice) *watch.Snapshot {
 	t.Helper()
 	return watchtest.Tracker(svcs, slices...).Snapshot()
 }

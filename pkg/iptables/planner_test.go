@@ -12,23 +12,24 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 
 	"svcproxy.dev/svcproxy/e2e/testenv"
+	"svcproxy.dev/svcproxy/pkg/watch/watchtest"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
 type goldenCase struct {
 	name   string
-	svcs   []svcSpec
+	svcs   []watchtest.Service
 	slices []*discovery.EndpointSlice
 	opts   func(*PlanOptions)
 }
 
 func goldenCases() []goldenCase {
-	web := svcSpec{Namespace: "ns1", Name: "web", ClusterIPs: []string{"172.30.0.41"}, Ports: []v1.ServicePort{tcpPort("http", 80, 0)}}
-	webSlice := slice("ns1", "web", "web-1", 8080, "http", ep{IP: "10.180.0.1", Node: testNode}, ep{IP: "10.180.2.1", Node: "node2"})
-	lb := svcSpec{Namespace: "ns1", Name: "lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"172.30.0.42"},
-		Ports: []v1.ServicePort{tcpPort("p80", 80, 3001)}, ExternalIPs: []string{"192.168.99.11"}, LBIPs: []string{"198.51.100.4"}}
-	lbSlice := slice("ns1", "lb", "lb-1", 80, "p80", ep{IP: "10.180.0.2", Node: testNode}, ep{IP: "10.180.1.2", Node: "remote"})
+	web := watchtest.Service{Namespace: "ns1", Name: "web", ClusterIPs: []string{"172.30.0.41"}, Ports: []v1.ServicePort{watchtest.TCPPort("http", 80, 0)}}
+	webSlice := watchtest.Slice("ns1", "web", "web-1", 8080, "http", watchtest.Endpoint{IP: "10.180.0.1", Node: watchtest.Node}, watchtest.Endpoint{IP: "10.180.2.1", Node: "node2"})
+	lb := watchtest.Service{Namespace: "ns1", Name: "lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"172.30.0.42"},
+		Ports: []v1.ServicePort{watchtest.TCPPort("p80", 80, 3001)}, ExternalIPs: []string{"192.168.99.11"}, LBIPs: []string{"198.51.100.4"}}
+	lbSlice := watchtest.Slice("ns1", "lb", "lb-1", 80, "p80", watchtest.Endpoint{IP: "10.180.0.2", Node: watchtest.Node}, watchtest.Endpoint{IP: "10.180.1.2", Node: "remote"})
 	withRanges := lb
 	withRanges.SourceRanges = []string{"203.0.113.0/25", "192.168.0.0/24"}
 	etp := lb
@@ -39,40 +40,40 @@ func goldenCases() []goldenCase {
 	sticky.AffinitySeconds = 10800
 	udp := web
 	udp.Ports = []v1.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53}, {Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 53}}
-	udpSlice := slice("ns1", "web", "web-1", 53, "dns", ep{IP: "10.180.0.1", Node: testNode})
+	udpSlice := watchtest.Slice("ns1", "web", "web-1", 53, "dns", watchtest.Endpoint{IP: "10.180.0.1", Node: watchtest.Node})
 	udpSlice.Ports = append(udpSlice.Ports, discovery.EndpointPort{Name: strPtr("sctp"), Protocol: protoPtr(v1.ProtocolSCTP), Port: int32Ptr(53)})
-	terminating := slice("ns1", "web", "web-1", 8080, "http",
-		ep{IP: "10.0.1.2", Node: testNode, NotReady: true, Serving: true, Terminating: true},
-		ep{IP: "10.0.1.4", Node: "other", NotReady: true, Serving: false, Terminating: true})
+	terminating := watchtest.Slice("ns1", "web", "web-1", 8080, "http",
+		watchtest.Endpoint{IP: "10.0.1.2", Node: watchtest.Node, NotReady: true, Serving: true, Terminating: true},
+		watchtest.Endpoint{IP: "10.0.1.4", Node: "other", NotReady: true, Serving: false, Terminating: true})
 
 	proxyMode := lb
 	proxyMode.ProxyLBIPs = []string{"198.51.100.9"}
-	v6 := svcSpec{Namespace: "ns1", Name: "web6", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"172.30.0.71", "fd00:172:30::71"},
-		Ports: []v1.ServicePort{tcpPort("p80", 80, 3071)}}
-	v6Slice := slice("ns1", "web6", "web6-v6", 80, "p80", ep{IP: "fd00:10:180::71", Node: testNode}, ep{IP: "fd00:10:180::2:71", Node: "node2"})
-	v4Slice := slice("ns1", "web6", "web6-v4", 80, "p80", ep{IP: "10.180.0.71", Node: testNode})
+	v6 := watchtest.Service{Namespace: "ns1", Name: "web6", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"172.30.0.71", "fd00:172:30::71"},
+		Ports: []v1.ServicePort{watchtest.TCPPort("p80", 80, 3071)}}
+	v6Slice := watchtest.Slice("ns1", "web6", "web6-v6", 80, "p80", watchtest.Endpoint{IP: "fd00:10:180::71", Node: watchtest.Node}, watchtest.Endpoint{IP: "fd00:10:180::2:71", Node: "node2"})
+	v4Slice := watchtest.Slice("ns1", "web6", "web6-v4", 80, "p80", watchtest.Endpoint{IP: "10.180.0.71", Node: watchtest.Node})
 
 	return []goldenCase{
-		{name: "loadbalancer-ipmode-proxy-left-alone", svcs: []svcSpec{proxyMode}, slices: []*discovery.EndpointSlice{lbSlice}},
-		{name: "dual-stack-ipv6-family", svcs: []svcSpec{v6}, slices: []*discovery.EndpointSlice{v6Slice, v4Slice}, opts: func(o *PlanOptions) {
+		{name: "loadbalancer-ipmode-proxy-left-alone", svcs: []watchtest.Service{proxyMode}, slices: []*discovery.EndpointSlice{lbSlice}},
+		{name: "dual-stack-ipv6-family", svcs: []watchtest.Service{v6}, slices: []*discovery.EndpointSlice{v6Slice, v4Slice}, opts: func(o *PlanOptions) {
 			o.Family = v1.IPv6Protocol
 			o.LocalDetector = ClusterCIDRDetector(netip.MustParsePrefix("fd00:10::/64"))
 			o.NodeIP = netip.MustParseAddr("2001:db8::1")
 		}},
-		{name: "clusterip", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}},
-		{name: "clusterip-masquerade-all", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}, opts: func(o *PlanOptions) { o.MasqueradeAll = true }},
-		{name: "clusterip-no-detector", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{webSlice}, opts: func(o *PlanOptions) { o.LocalDetector = nil }},
-		{name: "no-endpoints-reject", svcs: []svcSpec{lb}},
-		{name: "loadbalancer-nodeport-externalip", svcs: []svcSpec{lb}, slices: []*discovery.EndpointSlice{lbSlice}},
-		{name: "loadbalancer-source-ranges", svcs: []svcSpec{withRanges}, slices: []*discovery.EndpointSlice{lbSlice}},
-		{name: "etp-local", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{lbSlice}},
-		{name: "etp-local-no-local-endpoint", svcs: []svcSpec{etp}, slices: []*discovery.EndpointSlice{slice("ns1", "lb", "lb-1", 80, "p80", ep{IP: "10.180.1.2", Node: "remote"})}},
-		{name: "itp-local", svcs: []svcSpec{itp}, slices: []*discovery.EndpointSlice{webSlice}},
-		{name: "session-affinity", svcs: []svcSpec{sticky}, slices: []*discovery.EndpointSlice{webSlice}},
-		{name: "udp-sctp", svcs: []svcSpec{udp}, slices: []*discovery.EndpointSlice{udpSlice}},
-		{name: "terminating-fallback", svcs: []svcSpec{web}, slices: []*discovery.EndpointSlice{terminating}},
-		{name: "nodeport-addresses", svcs: []svcSpec{lb}, slices: []*discovery.EndpointSlice{lbSlice}, opts: func(o *PlanOptions) { o.NodePortAddresses = []netip.Addr{nodeIPs[0]} }},
-		{name: "localhost-nodeports-off", svcs: []svcSpec{lb}, slices: []*discovery.EndpointSlice{lbSlice}, opts: func(o *PlanOptions) { o.LocalhostNodePorts = false }},
+		{name: "clusterip", svcs: []watchtest.Service{web}, slices: []*discovery.EndpointSlice{webSlice}},
+		{name: "clusterip-masquerade-all", svcs: []watchtest.Service{web}, slices: []*discovery.EndpointSlice{webSlice}, opts: func(o *PlanOptions) { o.MasqueradeAll = true }},
+		{name: "clusterip-no-detector", svcs: []watchtest.Service{web}, slices: []*discovery.EndpointSlice{webSlice}, opts: func(o *PlanOptions) { o.LocalDetector = nil }},
+		{name: "no-endpoints-reject", svcs: []watchtest.Service{lb}},
+		{name: "loadbalancer-nodeport-externalip", svcs: []watchtest.Service{lb}, slices: []*discovery.EndpointSlice{lbSlice}},
+		{name: "loadbalancer-source-ranges", svcs: []watchtest.Service{withRanges}, slices: []*discovery.EndpointSlice{lbSlice}},
+		{name: "etp-local", svcs: []watchtest.Service{etp}, slices: []*discovery.EndpointSlice{lbSlice}},
+		{name: "etp-local-no-local-endpoint", svcs: []watchtest.Service{etp}, slices: []*discovery.EndpointSlice{watchtest.Slice("ns1", "lb", "lb-1", 80, "p80", watchtest.Endpoint{IP: "10.180.1.2", Node: "remote"})}},
+		{name: "itp-local", svcs: []watchtest.Service{itp}, slices: []*discovery.EndpointSlice{webSlice}},
+		{name: "session-affinity", svcs: []watchtest.Service{sticky}, slices: []*discovery.EndpointSlice{webSlice}},
+		{name: "udp-sctp", svcs: []watchtest.Service{udp}, slices: []*discovery.EndpointSlice{udpSlice}},
+		{name: "terminating-fallback", svcs: []watchtest.Service{web}, slices: []*discovery.EndpointSlice{terminating}},
+		{name: "nodeport-addresses", svcs: []watchtest.Service{lb}, slices: []*discovery.EndpointSlice{lbSlice}, opts: func(o *PlanOptions) { o.NodePortAddresses = []netip.Addr{nodeIPs[0]} }},
+		{name: "localhost-nodeports-off", svcs: []watchtest.Service{lb}, slices: []*discovery.EndpointSlice{lbSlice}, opts: func(o *PlanOptions) { o.LocalhostNodePorts = false }},
 	}
 }
 

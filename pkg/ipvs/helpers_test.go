@@ -14,18 +14,13 @@ import (
 	"svcproxy.dev/svcproxy/pkg/watch/watchtest"
 )
 
-// The test objects are shared with the other mode's tests (watchtest).
+// Test objects come from watchtest, shared with the other mode's tests.
+type svcSpec = watchtest.Service
+type ep = watchtest.Endpoint
+
 const testNode = watchtest.Node
 
-type (
-	svcSpec = watchtest.Service
-	ep      = watchtest.Endpoint
-)
-
-var (
-	tcpPort = watchtest.TCPPort
-	slice   = watchtest.Slice
-)
+var tcpPort, slice = watchtest.TCPPort, watchtest.Slice
 
 // tracker feeds objects through a real watch.Tracker, so tests plan from
 // exactly what the proxy would see.

@@ -338,25 +338,8 @@ func natServicesTail(opts iptables.PlanOptions) []string {
 // IPs live on kube-ipvs0, so filter INPUT (which runs before IPVS) also
 // checks KUBE-SERVICES and the unknown-port filter.
 func jumps() []iptables.Jump {
-	newConn := []string{"-m", "conntrack", "--ctstate", "NEW"}
-	j := func(table, chain, text, target string, extra ...string) iptables.Jump {
-		rule := append(append([]string{}, extra...), "-m", "comment", "--comment", text, "-j", target)
-		return iptables.Jump{Table: table, Chain: chain, Rule: rule}
-	}
-	return []iptables.Jump{
-		j(tableNAT, "PREROUTING", "kubernetes service portals", chainServices),
-		j(tableNAT, "OUTPUT", "kubernetes service portals", chainServices),
-		j(tableNAT, "POSTROUTING", "kubernetes postrouting rules", chainPostrouting),
-		j(tableFilter, "INPUT", "kubernetes ipvs access filter", chainIPVSFilter, newConn...),
-		j(tableFilter, "INPUT", "kubernetes service portals", chainServices, newConn...),
-		j(tableFilter, "INPUT", "kubernetes load balancer firewall", chainProxyFirewall, newConn...),
-		j(tableFilter, "INPUT", "kubernetes health check service ports", chainNodePorts),
-		j(tableFilter, "INPUT", "kubernetes externally-visible service portals", chainExternalServices, newConn...),
-		j(tableFilter, "FORWARD", "kubernetes load balancer firewall", chainProxyFirewall, newConn...),
-		j(tableFilter, "FORWARD", "kubernetes forwarding rules", chainForward),
-		j(tableFilter, "FORWARD", "kubernetes service portals", chainServices, newConn...),
-		j(tableFilter, "FORWARD", "kubernetes externally-visible service portals", chainExternalServices, newConn...),
-		j(tableFilter, "OUTPUT", "kubernetes load balancer firewall", chainProxyFirewall, newConn...),
-		j(tableFilter, "OUTPUT", "kubernetes service portals", chainServices, newConn...),
-	}
+	return iptables.StandardJumps(
+		iptables.NewJump(tableFilter, "INPUT", "kubernetes ipvs access filter", chainIPVSFilter, true),
+		iptables.NewJump(tableFilter, "INPUT", "kubernetes service portals", chainServices, true),
+	)
 }
