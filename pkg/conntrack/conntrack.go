@@ -11,6 +11,7 @@ package conntrack
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 
 	v1 "k8s.io/api/core/v1"
@@ -60,26 +61,86 @@ func (a allowed) has(ep netip.AddrPort) bool {
 
 // BuildTargets lists the Service destinations of snap for one family.
 func BuildTargets(snap *watch.Snapshot, family v1.IPFamily, local []netip.Addr) *Targets {
-	t := &Targets{vips: map[dest]allowed{}, nodePorts: map[dest]allowed{}, local: map[netip.Addr]bool{}}
+	return NewBuilder(family).Build(snap, local)
+}
+
+// Builder builds one family's Targets round after round. Endpoint
+// selection, most of a round's work, runs again only for the Service ports
+// whose port or endpoints changed since the Builder's last round: the
+// Tracker's Snapshots share the *ServicePort and endpoint slice of every
+// Service that did not change, so the same pointers mean the same content.
+// A Builder is not safe for concurrent use.
+type Builder struct {
+	family v1.IPFamily
+	node   watch.NodeInfo
+	seen   map[watch.ServicePortName]selected
+}
+
+// selected is one Service port's allowed endpoints and what they were
+// selected from.
+type selected struct {
+	port *watch.ServicePort
+	eps  []*watch.Endpoint
+	to   allowed
+}
+
+// NewBuilder returns a Builder for family whose first round selects the
+// endpoints of every Service port.
+func NewBuilder(family v1.IPFamily) *Builder {
+	return &Builder{family: family, seen: map[watch.ServicePortName]selected{}}
+}
+
+// Build lists the Service destinations of snap; local are the node's
+// addresses (NodePort destinations).
+func (b *Builder) Build(snap *watch.Snapshot, local []netip.Addr) *Targets {
+	if !reflect.DeepEqual(snap.Node, b.node) {
+		// Locality and topology, and so every selection, depend on it.
+		b.node, b.seen = snap.Node, map[watch.ServicePortName]selected{}
+	}
+	t := &Targets{vips: make(map[dest]allowed, len(snap.Services)), nodePorts: map[dest]allowed{}, local: map[netip.Addr]bool{}}
 	for _, a := range local {
 		t.local[a] = true
+	}
+	for name := range b.seen {
+		if snap.Services[name] == nil {
+			delete(b.seen, name)
+		}
 	}
 	for name, port := range snap.Services {
 		proto := protoNumber(port.Protocol)
 		if proto == 0 {
 			continue
 		}
-		to := allowedEndpoints(port, snap, name, family, proto)
-		for _, ip := range serviceIPs(port) {
-			if watch.FamilyOf(ip) == family {
-				t.vips[dest{ip, uint16(port.Port), proto}] = to
+		s := b.selection(name, port, snap, proto)
+		for _, ips := range [...][]netip.Addr{port.ClusterIPs, port.ExternalIPs, port.LoadBalancerIPs} {
+			for _, ip := range ips {
+				if watch.FamilyOf(ip) == b.family {
+					t.vips[dest{ip, uint16(port.Port), proto}] = s.to
+				}
 			}
 		}
 		if port.NodePort != 0 {
-			t.nodePorts[dest{netip.Addr{}, uint16(port.NodePort), proto}] = to
+			t.nodePorts[dest{netip.Addr{}, uint16(port.NodePort), proto}] = s.to
 		}
 	}
 	return t
+}
+
+// selection returns the port's allowed endpoints, selecting them again
+// only when the port or its endpoints are not those of the last round.
+func (b *Builder) selection(name watch.ServicePortName, port *watch.ServicePort, snap *watch.Snapshot, proto uint8) selected {
+	eps := snap.Endpoints[name]
+	if s, ok := b.seen[name]; ok && s.port == port && sameSlice(s.eps, eps) {
+		return s
+	}
+	s := selected{port: port, eps: eps, to: allowedEndpoints(port, snap, name, b.family, proto)}
+	b.seen[name] = s
+	return s
+}
+
+// sameSlice reports whether a and b are the same slice (not merely equal).
+func sameSlice(a, b []*watch.Endpoint) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // allowedEndpoints returns the endpoints of family that port's traffic
@@ -98,10 +159,6 @@ func allowedEndpoints(port *watch.ServicePort, snap *watch.Snapshot, name watch.
 	}
 	slices.SortFunc(to.eps, netip.AddrPort.Compare)
 	return to
-}
-
-func serviceIPs(p *watch.ServicePort) []netip.Addr {
-	return slices.Concat(p.ClusterIPs, p.ExternalIPs, p.LoadBalancerIPs)
 }
 
 func protoNumber(p v1.Protocol) uint8 {

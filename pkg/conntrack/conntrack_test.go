@@ -1,7 +1,9 @@
 package conntrack
 
 import (
+	"fmt"
 	"net/netip"
+	"reflect"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -11,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
+	"svcproxy.dev/svcproxy/pkg/watch/watchtest"
 )
 
 func udpSnapshot(endpoints ...string) *watch.Snapshot {
@@ -99,5 +102,47 @@ func TestStaleManyEndpoints(t *testing.T) {
 	}
 	if !targets.Stale(protoUDP, a("172.30.0.10"), 53, a("10.0.0.4"), 5353) {
 		t.Error("flow to an address between live ones must be stale")
+	}
+}
+
+// TestBuilderFollowsChanges: a Builder that has seen earlier Snapshots
+// gives, after endpoint changes, a deleted and a new Service, and a Node
+// change, the same Targets as a fresh one.
+func TestBuilderFollowsChanges(t *testing.T) {
+	udp := func(name string, port int32) watchtest.Service {
+		return watchtest.Service{Namespace: "ns", Name: name, ClusterIPs: []string{"172.30.0." + fmt.Sprint(port-5000)},
+			Ports: []v1.ServicePort{{Name: "p", Protocol: v1.ProtocolUDP, Port: port}}}
+	}
+	udpSlice := func(name string, ips ...string) *discovery.EndpointSlice {
+		var eps []watchtest.Endpoint
+		for _, ip := range ips {
+			eps = append(eps, watchtest.Endpoint{IP: ip, Node: "elsewhere"})
+		}
+		es := watchtest.Slice("ns", name, name+"-1", 53, "p", eps...)
+		es.Ports[0].Protocol = ptr.To(v1.ProtocolUDP)
+		return es
+	}
+	tr := watchtest.Tracker([]watchtest.Service{udp("a", 5001), udp("b", 5002), udp("c", 5003)},
+		udpSlice("a", "10.0.0.1"), udpSlice("b", "10.0.0.2"), udpSlice("c", "10.0.0.3"))
+	b := NewBuilder(v1.IPv4Protocol)
+	b.Build(tr.Snapshot(), nil)
+
+	tr.OnEndpointSlice(udpSlice("a", "10.0.0.1", "10.0.0.11"), false)
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "b"}, nil)
+	d := udp("d", 5004)
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "d"}, d.Object())
+	tr.OnEndpointSlice(udpSlice("d", "10.0.0.4"), false)
+	sameTargets(t, "after endpoint and Service changes", b, tr.Snapshot())
+
+	tr.OnNode(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: watchtest.Node, Labels: map[string]string{v1.LabelTopologyZone: "z1"}}})
+	sameTargets(t, "after a Node change", b, tr.Snapshot())
+	sameTargets(t, "without changes", b, tr.Snapshot())
+}
+
+func sameTargets(t *testing.T, when string, b *Builder, snap *watch.Snapshot) {
+	t.Helper()
+	got, want := b.Build(snap, nil), BuildTargets(snap, v1.IPv4Protocol, nil)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s: the Builder's targets differ from a fresh build\n got %+v\nwant %+v", when, got, want)
 	}
 }

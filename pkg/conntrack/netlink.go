@@ -13,10 +13,12 @@ import (
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
-// Cleaner deletes stale entries from the kernel's conntrack table.
+// Cleaner deletes stale entries from the kernel's conntrack table. It is
+// not safe for concurrent use: the proxy runs its rounds one at a time.
 type Cleaner struct {
 	// Local returns the node's addresses (NodePort destinations).
-	Local func() []netip.Addr
+	Local    func() []netip.Addr
+	builders map[v1.IPFamily]*Builder
 }
 
 // Reconcile deletes every stale UDP/SCTP entry for snap's Services.
@@ -26,7 +28,13 @@ func (c *Cleaner) Reconcile(snap *watch.Snapshot, family v1.IPFamily) {
 	if c.Local != nil {
 		local = c.Local()
 	}
-	targets := BuildTargets(snap, family, local)
+	if c.builders[family] == nil {
+		if c.builders == nil {
+			c.builders = map[v1.IPFamily]*Builder{}
+		}
+		c.builders[family] = NewBuilder(family)
+	}
+	targets := c.builders[family].Build(snap, local)
 	nlFamily := netlink.FAMILY_V4
 	if family == v1.IPv6Protocol {
 		nlFamily = netlink.FAMILY_V6
