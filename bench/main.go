@@ -57,6 +57,7 @@ type options struct {
 	Soak           *soakOptions // set by -soak: the long load run instead of the bench
 	VM             *vmOptions   // set by -vm or -vm-guest: the IPVS vs iptables run in the QEMU guest
 	NoFloor        bool         // skip the floor (iptables-nft-restore of the dump)
+	Profile        bool         // svcproxy with enableProfiling; CPU profiles of churn and the fast latency series
 }
 
 func envOr(k, def string) string {
@@ -105,6 +106,7 @@ func main() {
 	flag.IntVar(&o.ShortChurn, "short-churn-seconds", defShort, "churn duration where a kube-proxy sync takes longer than 1 s")
 	flag.IntVar(&o.Writers, "writers", 16, "parallel API writers when creating the workload")
 	flag.StringVar(&o.OneChange, "one-change", "", "output of `go test -bench OneEndpointChange ./pkg/iptables/` to include in the report")
+	flag.BoolVar(&o.Profile, "profile", false, "run svcproxy with enableProfiling and take CPU profiles of its churn and fast latency series (profile-<mode>-<phase>-n<N>.pb.gz in -out; with -vm, in -out/profiles with a pprof -top beside each)")
 	proxies := flag.String("proxies", envOr("BENCH_PROXIES", SvcProxy+","+KubeProxy), "proxies to run, comma separated; env BENCH_PROXIES")
 	flag.StringVar(&o.LogDir, "log-dir", filepath.Join(root, ".cache", "bench", "logs"), "proxy logs and rule dumps")
 	soak := soakFlags()
@@ -196,6 +198,7 @@ type Settings struct {
 	ProbeInterval  string
 	AttemptTimeout string
 	SyncPeriod     string
+	Profiled       bool `json:",omitempty"` // -profile: svcproxy ran with enableProfiling, CPU profiles taken
 }
 
 func run(ctx context.Context, o options) error {

@@ -178,6 +178,9 @@ func (b *bench) proxyConfig(path, mode, minSync string) error {
 		return fmt.Errorf("config has no %s section", mode)
 	}
 	sec["minSyncPeriod"] = minSync
+	if b.o.Profile {
+		cfg["enableProfiling"] = true
+	}
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		return err
@@ -412,8 +415,20 @@ poll:
 // latency writes LatencySamples new Services one after the other and
 // measures each from its API write to the first TCP connection through
 // its ClusterIP; then it deletes them again and waits for the proxy.
+// latencyProfileSecs is how much of the fast latency series -profile
+// covers: its first Services, each written, synced and probed.
+const latencyProfileSecs = 30
+
 func (b *bench) latency(ctx context.Context, r *Run, e *env, proc *nsutil.Proc, tag, minSync string) (*Latency, error) {
 	L := &Latency{MinSync: minSync, MeanConntrackS: -1}
+	if tag == "fast" {
+		profiled := b.startProfile(ctx, r, e.topo.Node, "latency", latencyProfileSecs)
+		defer func() {
+			if err := profiled(); err != nil {
+				logf("  latency: %v", err)
+			}
+		}()
+	}
 	m0, _ := scrape(ctx, e.topo.Node)
 	deadline := time.Now().Add(b.o.Cap)
 	var names []string
@@ -563,6 +578,12 @@ func (b *bench) churn(ctx context.Context, r *Run, e *env, proc *nsutil.Proc) (*
 	if err != nil {
 		return c, err
 	}
+	profiled := b.startProfile(ctx, r, e.topo.Node, "churn", secs)
+	defer func() {
+		if err := profiled(); err != nil {
+			logf("  churn: %v", err)
+		}
+	}()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	var last time.Time

@@ -174,6 +174,9 @@ func (b *bench) bootGuest(ctx context.Context, exe, share, kc string, n int) (VM
 		"-proxy", b.o.Proxy, "-responder", b.o.Responder, "-cap", b.o.Cap.String(),
 		"-latency-samples", fmt.Sprint(b.o.LatencySamples), "-churn-seconds", fmt.Sprint(b.o.ChurnSeconds),
 		"-short-churn-seconds", fmt.Sprint(b.o.ShortChurn), "-writers", fmt.Sprint(b.o.Writers)}
+	if b.o.Profile {
+		args = append(args, "-profile")
+	}
 	logf("N=%d: booting the guest (%d vCPUs, %d MiB): %s", n, v.CPUs, v.Memory, strings.Join(args, " "))
 	// The guest's bench finds the repository from its working directory.
 	root, err := controlplane.RepoRoot()
@@ -202,6 +205,9 @@ func (b *bench) bootGuest(ctx context.Context, exe, share, kc string, n int) (VM
 	if err != nil {
 		boot.Err = err.Error()
 		logf("N=%d: %v", n, err)
+	}
+	if err := collectProfiles(out, b.o.Out); err != nil {
+		logf("N=%d: profiles: %v", n, err)
 	}
 	gr, rerr := readGuestResult(filepath.Join(out, guestResultFile))
 	if rerr != nil && boot.Err == "" {

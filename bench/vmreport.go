@@ -37,6 +37,7 @@ func newVMReport(o options) *VMReport {
 			LatencySamples: o.LatencySamples, ChurnSeconds: o.ChurnSeconds, ShortChurn: o.ShortChurn,
 			ServiceCIDR: serviceCIDR, ClusterCIDR: clusterCIDR, Writers: o.Writers,
 			ProbeInterval: probeInterval.String(), AttemptTimeout: attemptTimeout.String(), SyncPeriod: "30s",
+			Profiled: o.Profile,
 		},
 		// Both config loaders default 0s to 1s (see checkMinSync), so
 		// the fast series asks for 1ms; each start's log says what it got.
@@ -200,7 +201,11 @@ func renderVMSetup(w func(string, ...any), rep *VMReport) {
 	w("- Restart: SIGTERM, then the same binary again in the same namespace with its kernel state left in place (config with minSyncPeriod 1s, for the 1s latency series that follows).\n")
 	w("- The modes run in the order above in every boot, so the later one may find warmer caches (9p page cache of the binaries) or a busier host; the load averages are per run.\n")
 	w("- The ratio column is the second mode's figure over the first's: below 1, %s is lower (faster, smaller) than %s.\n", rep.Modes[len(rep.Modes)-1], rep.Modes[0])
-	w("- Memory: VmHWM (peak, over both processes) and VmRSS after the churn; CPU: utime+stime of the first process at its stop, plus its waited-for children.\n\n")
+	w("- Memory: VmHWM (peak, over both processes) and VmRSS after the churn; CPU: utime+stime of the first process at its stop, plus its waited-for children.\n")
+	if s.Profiled {
+		w("- Profiled (`-profile`): svcproxy ran with `enableProfiling: true`; a CPU profile (100 Hz sampling, which costs the proxy a little CPU) covered its whole churn and the first %d s of its fast latency series. The profiles and a `go tool pprof -top` of each are in `profiles/` beside this file.\n", latencyProfileSecs)
+	}
+	w("\n")
 }
 
 func renderVMN(w func(string, ...any), rep *VMReport, n int) {
