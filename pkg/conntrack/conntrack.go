@@ -15,6 +15,7 @@ import (
 	"slices"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
@@ -27,15 +28,15 @@ const (
 )
 
 // Targets is, per Service destination, the endpoints a flow may be DNATed to.
-// Keys and endpoints are plain values, not strings: the reconciler builds a
-// Targets for every Service after each sync, and at 5,000 Services a string
-// per destination and per endpoint was most of its time and 7 MB of garbage.
+// Keys and endpoints are plain values, not strings: at 5,000 Services a
+// string per destination and per endpoint was most of a round's time and
+// 7 MB of garbage.
 type Targets struct {
 	// vips maps a Service address, port and protocol to its endpoints.
-	vips map[dest]allowed
+	vips map[dest]claim
 	// nodePorts maps a NodePort (zero address) to its endpoints; only
 	// flows to a local address match.
-	nodePorts map[dest]allowed
+	nodePorts map[dest]claim
 	local     map[netip.Addr]bool
 }
 
@@ -45,6 +46,12 @@ type dest struct {
 	addr  netip.Addr
 	port  uint16
 	proto uint8
+}
+
+// claim is the Service port a destination belongs to and its endpoints.
+type claim struct {
+	owner watch.ServicePortName
+	to    allowed
 }
 
 // allowed is the endpoints a destination's flows may go to, sorted. For
@@ -64,78 +71,142 @@ func BuildTargets(snap *watch.Snapshot, family v1.IPFamily, local []netip.Addr) 
 	return NewBuilder(family).Build(snap, local)
 }
 
-// Builder builds one family's Targets round after round. Endpoint
-// selection, most of a round's work, runs again only for the Service ports
-// whose port or endpoints changed since the Builder's last round: the
-// Tracker's Snapshots share the *ServicePort and endpoint slice of every
-// Service that did not change, so the same pointers mean the same content.
-// A Builder is not safe for concurrent use.
+// Builder keeps one family's Targets from round to round and updates only
+// the Service ports whose port or endpoints changed since its last round.
+// After the Snapshot just before (by Seq) those are the Snapshot's Changed;
+// after a gap (the reconciler skips Snapshots while busy) it compares each
+// port with what it saw: the Tracker's Snapshots share the *ServicePort
+// and endpoint slice of every Service that did not change, so the same
+// pointers mean the same content. Either way a round after one change
+// selects one Service's endpoints instead of every Service's.
+//
+// Two Services may claim the same destination (the API allows one external
+// IP and port in two Services); the one updated last holds it, as map
+// order decided before, and if it goes, the other's flows are left alone
+// until that Service changes. A Builder is not safe for concurrent use.
 type Builder struct {
-	family v1.IPFamily
-	node   watch.NodeInfo
-	seen   map[watch.ServicePortName]selected
+	family    v1.IPFamily
+	node      watch.NodeInfo
+	targets   *Targets
+	seen      map[watch.ServicePortName]seenPort
+	byService map[types.NamespacedName][]watch.ServicePortName // the keys of seen
+	seq       uint64                                           // of the last Snapshot built; 0: none or built by hand
 }
 
-// selected is one Service port's allowed endpoints and what they were
-// selected from.
-type selected struct {
-	port *watch.ServicePort
-	eps  []*watch.Endpoint
-	to   allowed
+// seenPort is what one Service port's destinations were built from.
+type seenPort struct {
+	port  *watch.ServicePort
+	eps   []*watch.Endpoint
+	dests []dest // in vips; a NodePort is in nodePorts
 }
 
-// NewBuilder returns a Builder for family whose first round selects the
-// endpoints of every Service port.
+// NewBuilder returns a Builder for family whose first round builds every
+// Service port's destinations.
 func NewBuilder(family v1.IPFamily) *Builder {
-	return &Builder{family: family, seen: map[watch.ServicePortName]selected{}}
+	b := &Builder{family: family}
+	b.reset()
+	return b
 }
 
-// Build lists the Service destinations of snap; local are the node's
-// addresses (NodePort destinations).
+func (b *Builder) reset() {
+	b.targets = &Targets{vips: map[dest]claim{}, nodePorts: map[dest]claim{}}
+	b.seen = map[watch.ServicePortName]seenPort{}
+	b.byService = map[types.NamespacedName][]watch.ServicePortName{}
+	b.seq = 0
+}
+
+// Build returns the Service destinations of snap; local are the node's
+// addresses (NodePort destinations). The Targets are valid until the next
+// Build.
 func (b *Builder) Build(snap *watch.Snapshot, local []netip.Addr) *Targets {
 	if !reflect.DeepEqual(snap.Node, b.node) {
 		// Locality and topology, and so every selection, depend on it.
-		b.node, b.seen = snap.Node, map[watch.ServicePortName]selected{}
+		b.node = snap.Node
+		b.reset()
 	}
-	t := &Targets{vips: make(map[dest]allowed, len(snap.Services)), nodePorts: map[dest]allowed{}, local: map[netip.Addr]bool{}}
+	b.targets.local = map[netip.Addr]bool{}
 	for _, a := range local {
-		t.local[a] = true
+		b.targets.local[a] = true
 	}
+	if b.seq != 0 && snap.Seq == b.seq+1 {
+		for svc := range snap.Changed {
+			for _, name := range slices.Clone(b.byService[svc]) {
+				b.forget(name)
+			}
+			for _, port := range snap.ServicePorts()[svc] {
+				b.add(port.Name, port, snap)
+			}
+		}
+	} else {
+		b.compareAll(snap)
+	}
+	b.seq = snap.Seq
+	return b.targets
+}
+
+// compareAll updates every Service port that is not the one last seen.
+func (b *Builder) compareAll(snap *watch.Snapshot) {
 	for name := range b.seen {
 		if snap.Services[name] == nil {
-			delete(b.seen, name)
+			b.forget(name)
 		}
 	}
 	for name, port := range snap.Services {
-		proto := protoNumber(port.Protocol)
-		if proto == 0 {
+		eps := snap.Endpoints[name]
+		if s, ok := b.seen[name]; ok && s.port == port && sameSlice(s.eps, eps) {
 			continue
 		}
-		s := b.selection(name, port, snap, proto)
-		for _, ips := range [...][]netip.Addr{port.ClusterIPs, port.ExternalIPs, port.LoadBalancerIPs} {
-			for _, ip := range ips {
-				if watch.FamilyOf(ip) == b.family {
-					t.vips[dest{ip, uint16(port.Port), proto}] = s.to
-				}
-			}
-		}
-		if port.NodePort != 0 {
-			t.nodePorts[dest{netip.Addr{}, uint16(port.NodePort), proto}] = s.to
-		}
+		b.forget(name)
+		b.add(name, port, snap)
 	}
-	return t
 }
 
-// selection returns the port's allowed endpoints, selecting them again
-// only when the port or its endpoints are not those of the last round.
-func (b *Builder) selection(name watch.ServicePortName, port *watch.ServicePort, snap *watch.Snapshot, proto uint8) selected {
-	eps := snap.Endpoints[name]
-	if s, ok := b.seen[name]; ok && s.port == port && sameSlice(s.eps, eps) {
-		return s
+// add claims port's destinations with its endpoints in use.
+func (b *Builder) add(name watch.ServicePortName, port *watch.ServicePort, snap *watch.Snapshot) {
+	s := seenPort{port: port, eps: snap.Endpoints[name]}
+	defer func() { b.seen[name] = s }()
+	b.byService[name.NamespacedName] = append(b.byService[name.NamespacedName], name)
+	proto := protoNumber(port.Protocol)
+	if proto == 0 {
+		return
 	}
-	s := selected{port: port, eps: eps, to: allowedEndpoints(port, snap, name, b.family, proto)}
-	b.seen[name] = s
-	return s
+	c := claim{owner: name, to: allowedEndpoints(port, snap, name, b.family, proto)}
+	for _, ips := range [...][]netip.Addr{port.ClusterIPs, port.ExternalIPs, port.LoadBalancerIPs} {
+		for _, ip := range ips {
+			if watch.FamilyOf(ip) == b.family {
+				d := dest{ip, uint16(port.Port), proto}
+				b.targets.vips[d] = c
+				s.dests = append(s.dests, d)
+			}
+		}
+	}
+	if port.NodePort != 0 {
+		b.targets.nodePorts[dest{netip.Addr{}, uint16(port.NodePort), proto}] = c
+	}
+}
+
+// forget drops the destinations name still holds.
+func (b *Builder) forget(name watch.ServicePortName) {
+	s, ok := b.seen[name]
+	if !ok {
+		return
+	}
+	delete(b.seen, name)
+	svc := name.NamespacedName
+	if b.byService[svc] = slices.DeleteFunc(b.byService[svc], func(n watch.ServicePortName) bool { return n == name }); len(b.byService[svc]) == 0 {
+		delete(b.byService, svc)
+	}
+	for _, d := range s.dests {
+		if b.targets.vips[d].owner == name {
+			delete(b.targets.vips, d)
+		}
+	}
+	if np := s.port.NodePort; np != 0 {
+		d := dest{netip.Addr{}, uint16(np), protoNumber(s.port.Protocol)}
+		if b.targets.nodePorts[d].owner == name {
+			delete(b.targets.nodePorts, d)
+		}
+	}
 }
 
 // sameSlice reports whether a and b are the same slice (not merely equal).
@@ -184,19 +255,19 @@ func protoNumber(p v1.Protocol) uint8 {
 // connections to a removed endpoint are left to finish or fail on their own.
 func (t *Targets) Stale(proto uint8, origDst netip.Addr, origPort uint16, replySrc netip.Addr, replyPort uint16) bool {
 	origDst, replySrc = origDst.Unmap(), replySrc.Unmap()
-	to, ok := t.vips[dest{origDst, origPort, proto}]
+	c, ok := t.vips[dest{origDst, origPort, proto}]
 	if proto == protoTCP {
 		notDNATed := replySrc == origDst && replyPort == origPort
-		return ok && notDNATed && to.any
+		return ok && notDNATed && c.to.any
 	}
 	if proto != protoUDP && proto != protoSCTP {
 		return false
 	}
 	if !ok && t.local[origDst] {
-		to, ok = t.nodePorts[dest{netip.Addr{}, origPort, proto}]
+		c, ok = t.nodePorts[dest{netip.Addr{}, origPort, proto}]
 	}
 	if !ok {
 		return false
 	}
-	return !to.has(netip.AddrPortFrom(replySrc, replyPort))
+	return !c.to.has(netip.AddrPortFrom(replySrc, replyPort))
 }

@@ -106,8 +106,8 @@ func TestStaleManyEndpoints(t *testing.T) {
 }
 
 // TestBuilderFollowsChanges: a Builder that has seen earlier Snapshots
-// gives, after endpoint changes, a deleted and a new Service, and a Node
-// change, the same Targets as a fresh one.
+// gives, after endpoint changes, a deleted and a new Service, a Node
+// change and a Snapshot it skipped, the same Targets as a fresh one.
 func TestBuilderFollowsChanges(t *testing.T) {
 	udp := func(name string, port int32) watchtest.Service {
 		return watchtest.Service{Namespace: "ns", Name: name, ClusterIPs: []string{"172.30.0." + fmt.Sprint(port-5000)},
@@ -137,6 +137,13 @@ func TestBuilderFollowsChanges(t *testing.T) {
 	tr.OnNode(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: watchtest.Node, Labels: map[string]string{v1.LabelTopologyZone: "z1"}}})
 	sameTargets(t, "after a Node change", b, tr.Snapshot())
 	sameTargets(t, "without changes", b, tr.Snapshot())
+
+	// A Snapshot the Builder never sees: the next one's Changed does not
+	// cover the gap, so it must compare every port.
+	tr.OnEndpointSlice(udpSlice("c", "10.0.0.3", "10.0.0.33"), false)
+	tr.Snapshot()
+	tr.OnEndpointSlice(udpSlice("a", "10.0.0.1"), false)
+	sameTargets(t, "after a skipped Snapshot", b, tr.Snapshot())
 }
 
 func sameTargets(t *testing.T, when string, b *Builder, snap *watch.Snapshot) {

@@ -44,6 +44,7 @@ type Tracker struct {
 	// (a copy of the table, far cheaper than refilling it) and edits the
 	// changed Services only; one without changes shares them.
 	published published
+	seq       uint64 // of the last Snapshot
 }
 
 type published struct {
@@ -168,6 +169,8 @@ func (t *Tracker) Snapshot() *Snapshot {
 		Changed:      map[types.NamespacedName]bool{},
 		TriggerTimes: map[types.NamespacedName]time.Time{},
 	}
+	t.seq++
+	snap.Seq = t.seq
 	t.refreshNode(snap)
 	for name := range t.dirty {
 		if t.refreshService(name) {

@@ -146,6 +146,10 @@ type Snapshot struct {
 	// previous Snapshot. NodeChanged means every Service must be re-planned.
 	Changed     map[types.NamespacedName]bool
 	NodeChanged bool
+	// Seq numbers a Tracker's Snapshots from 1 (0: built by hand). A
+	// consumer that saw Seq-1 learns every difference from Changed; one
+	// that skipped Snapshots must compare the maps.
+	Seq uint64
 
 	// TriggerTimes holds, per changed Service, the earliest change trigger
 	// time of its EndpointSlices (for network programming latency).
