@@ -103,11 +103,13 @@ conformance: deps tools $(if $(filter ipvs,$(MODE)),vm)
 
 # svcproxy vs the reference kube-proxy, side by side on this machine (see
 # bench/README.md): writes bench/results/bench.md, bench.json, bench.png.
-# BENCH_N="1000 5000" picks the sizes; BENCH_QUICK=1 is a N=200 development
-# run into .cache/bench/quick (without the go test microbenchmark).
+# BENCH_N="1000 5000" picks the sizes; BENCH_OUT another directory for the
+# results; BENCH_QUICK=1 is a N=200 development run into .cache/bench/quick
+# (without the go test microbenchmark).
+BENCH_OUT ?= $(CURDIR)/bench/results
 bench: deps tools build
 	@set -e; \
-	if [ -n "$(BENCH_QUICK)" ] && [ "$(BENCH_QUICK)" != 0 ]; then out=$(CACHE)/bench/quick; else out=$(CURDIR)/bench/results; fi; \
+	if [ -n "$(BENCH_QUICK)" ] && [ "$(BENCH_QUICK)" != 0 ]; then out=$(CACHE)/bench/quick; else out='$(BENCH_OUT)'; fi; \
 	mkdir -p $$out; \
 	(cd bench && $(GO) build -o $(BIN)/bench .); \
 	onechange=; \
