@@ -22,6 +22,9 @@ name=$MODE-$PROXY
 
 started=$(date -u +%FT%TZ)
 t0=$SECONDS
+# Described before the run: the run writes its results into the tree,
+# which would make every tree look dirty.
+proxy_desc="svcproxy $(git -C "$root" describe --always --dirty 2>/dev/null) (config/daemonset.yaml)"
 "$here/build.sh"
 "$here/down.sh" >/dev/null 2>&1 || true
 trap '[[ ${KEEP:-0} == 1 ]] || "$here/down.sh"' EXIT
@@ -60,7 +63,6 @@ junit=$(ls "$work"/report/junit*.xml 2>/dev/null | head -1)
 # compresses 20-fold.
 gzip -9 -n < "$junit" > "$results/$name.xml.gz"
 
-proxy_desc="svcproxy $(git -C "$root" describe --always --dirty 2>/dev/null) (config/daemonset.yaml)"
 [[ $PROXY == reference ]] && proxy_desc="kube-proxy $K8S_VERSION (kubeadm's manifests)"
 {
 	echo "# make conformance MODE=$MODE PROXY=$PROXY"
