@@ -242,7 +242,7 @@ func (p *Proxier) sync(snap *watch.Snapshot) (Result, error) {
 // sync never waits for more than one read.
 func (p *Proxier) Reap() error {
 	p.mu.Lock()
-	keys := []VSKey(nil)
+	var keys []VSKey
 	if p.prev != nil {
 		keys = p.applier.Reaping()
 	}
@@ -299,17 +299,13 @@ func (p *Proxier) verifyIPVS() (*Drift, error) {
 
 // step runs one step of the drift check under the lock.
 func (p *Proxier) step(check func() (*Drift, error)) (*Drift, error) {
-	d, err := p.underLock(check)
+	p.mu.Lock()
+	d, err := check()
+	p.mu.Unlock()
 	if p.betweenSteps != nil {
 		p.betweenSteps()
 	}
 	return d, err
-}
-
-func (p *Proxier) underLock(check func() (*Drift, error)) (*Drift, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return check()
 }
 
 // ForceFull makes the next Sync rewrite everything.
