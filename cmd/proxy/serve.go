@@ -24,6 +24,7 @@ import (
 	"svcproxy.dev/svcproxy/pkg/config"
 	"svcproxy.dev/svcproxy/pkg/conntrack"
 	"svcproxy.dev/svcproxy/pkg/health"
+	"svcproxy.dev/svcproxy/pkg/hostaddr"
 	"svcproxy.dev/svcproxy/pkg/metrics"
 	"svcproxy.dev/svcproxy/pkg/proxy"
 	"svcproxy.dev/svcproxy/pkg/watch"
@@ -57,7 +58,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 
 	tracker := watch.NewTracker(nodeName)
 	tracker.SetReporter(eventReporter(ctx, client, nodeName))
-	cleaner := &conntrack.Cleaner{Local: localAddrs}
+	cleaner := &conntrack.Cleaner{Local: hostaddr.NewCache(hostaddr.Node()).Addrs}
 	conntrackWork := newLatest[*watch.Snapshot]()
 	go conntrackWork.each(ctx, func(snap *watch.Snapshot) {
 		for _, b := range providers {

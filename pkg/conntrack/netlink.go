@@ -16,8 +16,10 @@ import (
 // Cleaner deletes stale entries from the kernel's conntrack table. It is
 // not safe for concurrent use: the proxy runs its rounds one at a time.
 type Cleaner struct {
-	// Local returns the node's addresses (NodePort destinations).
-	Local    func() []netip.Addr
+	// Local returns the node's addresses (NodePort destinations). It is
+	// called every round, so it should answer from a cache (see
+	// hostaddr.Cache) rather than list every address each time.
+	Local    func() ([]netip.Addr, error)
 	builders map[v1.IPFamily]*Builder
 }
 
@@ -26,7 +28,10 @@ func (c *Cleaner) Reconcile(snap *watch.Snapshot, family v1.IPFamily) {
 	start := time.Now()
 	var local []netip.Addr
 	if c.Local != nil {
-		local = c.Local()
+		var err error
+		if local, err = c.Local(); err != nil {
+			klog.ErrorS(err, "Listing the node's addresses; UDP NodePort flows are not checked this round")
+		}
 	}
 	if c.builders[family] == nil {
 		if c.builders == nil {

@@ -20,6 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
+
+	"svcproxy.dev/svcproxy/pkg/hostaddr"
 )
 
 // IPVS is the kernel's virtual server table of this network namespace.
@@ -95,7 +97,7 @@ func NewKernel() Kernel {
 	b := &bounded{timeout: DefaultCallTimeout}
 	return Kernel{
 		IPVS:   &netlinkIPVS{b: b},
-		Link:   &netlinkLink{b: b, watch: &addrWatch{}},
+		Link:   &netlinkLink{b: b, watch: hostaddr.Node()},
 		IPSets: execIPSets{},
 		Sysctl: procSysctl{root: "/proc/sys"},
 	}
@@ -332,7 +334,7 @@ func (n *netlinkIPVS) SetTimeouts(tcp, tcpFin, udp time.Duration) error {
 // netlinkLink manages kube-ipvs0 over rtnetlink.
 type netlinkLink struct {
 	b     *bounded
-	watch *addrWatch
+	watch *hostaddr.Watch // ignores kube-ipvs0 once dummy has found it
 }
 
 func nlFamily(f v1.IPFamily) int {
@@ -345,7 +347,7 @@ func nlFamily(f v1.IPFamily) int {
 func (l *netlinkLink) dummy() (netlink.Link, error) {
 	link, err := netlink.LinkByName(DummyInterface)
 	if err == nil {
-		l.watch.dummyIndex.Store(int32(link.Attrs().Index))
+		l.watch.Ignore(link.Attrs().Index)
 	}
 	return link, err
 }
@@ -420,26 +422,16 @@ func (l *netlinkLink) DelAddr(a netip.Addr) error {
 func (l *netlinkLink) HostAddrs(f v1.IPFamily) ([]netip.Addr, error) {
 	var out []netip.Addr
 	err := l.b.do("list node addresses", func() error {
-		skip := -1
-		if link, err := l.dummy(); err == nil {
-			skip = link.Attrs().Index
-		}
-		list, err := netlink.AddrList(nil, nlFamily(f))
-		if err != nil {
-			return err
-		}
-		for _, a := range list {
-			if a.LinkIndex == skip {
-				continue
-			}
-			if ip, ok := netip.AddrFromSlice(a.IP); ok {
-				out = append(out, ip.Unmap())
-			}
-		}
-		return nil
+		_, _ = l.dummy() // so that the listing leaves out its addresses
+		var err error
+		out, err = l.watch.List(nlFamily(f))
+		return err
 	})
 	return out, err
 }
+
+// HostAddrsVersion is the address watch's version (see hostaddr.Watch).
+func (l *netlinkLink) HostAddrsVersion() (uint64, bool) { return l.watch.Version() }
 
 // execIPSets runs the ipset tool.
 type execIPSets struct{}

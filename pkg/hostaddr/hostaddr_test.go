@@ -1,8 +1,10 @@
-package ipvs
+package hostaddr
 
 import (
 	"net"
+	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -14,11 +16,11 @@ import (
 	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
-// TestAddrWatchRealKernel: in a throwaway network namespace, the address
+// TestWatchRealKernel: in a throwaway network namespace, the address
 // watch starts in the caller's namespace, ignores addresses added to
 // kube-ipvs0 (the service IPs every sync adds) and bumps its version for
 // an address on any other interface.
-func TestAddrWatchRealKernel(t *testing.T) {
+func TestWatchRealKernel(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testenv.Missing(t, "needs root for a network namespace")
 	}
@@ -50,7 +52,7 @@ func TestAddrWatchRealKernel(t *testing.T) {
 		}
 		return l
 	}
-	ipvs0, eth := dummy(DummyInterface), dummy("eth9")
+	ipvs0, eth := dummy("kube-ipvs0"), dummy("eth9")
 	addAddr := func(l netlink.Link, cidr string) {
 		ip, n, err := net.ParseCIDR(cidr)
 		if err != nil {
@@ -62,10 +64,21 @@ func TestAddrWatchRealKernel(t *testing.T) {
 		}
 	}
 
-	link := &netlinkLink{b: &bounded{timeout: DefaultCallTimeout}, watch: &addrWatch{}}
-	link.watch.dummyIndex.Store(int32(ipvs0.Attrs().Index))
-	if err := nsutil.Do(ns, func() error { link.HostAddrsVersion(); return nil }); err != nil {
-		t.Fatal(err)
+	w := New()
+	w.Ignore(ipvs0.Attrs().Index)
+	cache := NewCache(w)
+	list := func() []netip.Addr {
+		t.Helper()
+		var got []netip.Addr
+		err := nsutil.Do(ns, func() error {
+			var err error
+			got, err = cache.Addrs()
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
@@ -75,15 +88,25 @@ func TestAddrWatchRealKernel(t *testing.T) {
 			}
 		}
 	}
-	waitFor("subscription", func() bool { _, ok := link.HostAddrsVersion(); return ok })
+	list() // subscribes in the namespace
+	waitFor("subscription", func() bool { _, ok := w.Version(); return ok })
+	addAddr(eth, "192.168.77.1/24")
+	waitFor("version change after a node address", func() bool { return slices.Contains(list(), netip.MustParseAddr("192.168.77.1")) })
 
-	before, _ := link.HostAddrsVersion()
+	before, _ := w.Version()
 	for i := 1; i <= 20; i++ {
 		addAddr(ipvs0, "172.30.0."+strconv.Itoa(i)+"/32")
 	}
+	if got := list(); slices.Contains(got, netip.MustParseAddr("172.30.0.1")) {
+		t.Errorf("the cache lists an address of the ignored link: %v", got)
+	}
 	addAddr(eth, "192.168.77.2/24") // a marker: every earlier notification has been read once it counts
-	waitFor("version change after a node address", func() bool { v, _ := link.HostAddrsVersion(); return v > before })
-	if v, _ := link.HostAddrsVersion(); v != before+1 {
+	waitFor("version change after a node address", func() bool { v, _ := w.Version(); return v > before })
+	if v, _ := w.Version(); v != before+1 {
 		t.Errorf("version moved by %d for 20 kube-ipvs0 addresses and one node address, want 1", v-before)
+	}
+	got := list()
+	if !slices.Contains(got, netip.MustParseAddr("192.168.77.2")) || slices.Contains(got, netip.MustParseAddr("172.30.0.20")) {
+		t.Errorf("after the version moved the cache lists %v, want 192.168.77.2 and no kube-ipvs0 address", got)
 	}
 }
