@@ -58,7 +58,7 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 
 	tracker := watch.NewTracker(nodeName)
 	tracker.SetReporter(eventReporter(ctx, client, nodeName))
-	cleaner := &conntrack.Cleaner{Local: hostaddr.NewCache(hostaddr.Node()).Addrs}
+	cleaner := &conntrack.Cleaner{Local: hostaddr.NewCache(hostaddr.Node()).Addrs, FullEvery: syncPeriod}
 	conntrackWork := newLatest[*watch.Snapshot]()
 	go conntrackWork.each(ctx, func(snap *watch.Snapshot) {
 		for _, b := range providers {
@@ -70,13 +70,16 @@ func serve(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, f *flags, 
 	daemon := proxy.New(proxy.Options{
 		Tracker: tracker, Providers: providers, Health: hs, SvcHealth: svcHealth, SyncPeriod: syncPeriod,
 		Repair: func() { runner.Trigger() },
-		OnSynced: func(_, snap *watch.Snapshot) {
+		OnSynced: func(snap *watch.Snapshot, full bool) {
 			// The other mode's state goes only once this mode's rules are
 			// complete, so Services keep answering through a mode switch.
 			leftovers.Do(func() {
 				removeOtherModeLeftovers(providers)
 				notifyStatus(fmt.Sprintf("first sync done at %s; keeping %s rules in sync", time.Now().Format(time.TimeOnly), cfg.Mode))
 			})
+			if full {
+				cleaner.ReadNext()
+			}
 			conntrackWork.offer(snap)
 		},
 	})

@@ -91,6 +91,12 @@ type Builder struct {
 	seen      map[watch.ServicePortName]seenPort
 	byService map[types.NamespacedName][]watch.ServicePortName // the keys of seen
 	seq       uint64                                           // of the last Snapshot built; 0: none or built by hand
+	local     []netip.Addr                                     // the targets' local addresses, as given
+
+	// gone holds the ports forgotten this round, so that add can tell
+	// what changed; mayBeStale is the answer for the round (MayBeStale).
+	gone       map[watch.ServicePortName]seenPort
+	mayBeStale bool
 }
 
 // seenPort is what one Service port's destinations were built from.
@@ -98,6 +104,8 @@ type seenPort struct {
 	port  *watch.ServicePort
 	eps   []*watch.Endpoint
 	dests []dest // in vips; a NodePort is in nodePorts
+	proto uint8
+	any   bool // whether it had endpoints in use
 }
 
 // NewBuilder returns a Builder for family whose first round builds every
@@ -112,7 +120,9 @@ func (b *Builder) reset() {
 	b.targets = &Targets{vips: map[dest]claim{}, nodePorts: map[dest]claim{}}
 	b.seen = map[watch.ServicePortName]seenPort{}
 	b.byService = map[types.NamespacedName][]watch.ServicePortName{}
+	b.gone = map[watch.ServicePortName]seenPort{}
 	b.seq = 0
+	b.local = nil
 }
 
 // Build returns the Service destinations of snap; local are the node's
@@ -124,9 +134,16 @@ func (b *Builder) Build(snap *watch.Snapshot, local []netip.Addr) *Targets {
 		b.node = snap.Node
 		b.reset()
 	}
-	b.targets.local = map[netip.Addr]bool{}
-	for _, a := range local {
-		b.targets.local[a] = true
+	clear(b.gone)
+	b.mayBeStale = b.seq == 0
+	if b.targets.local == nil || !slices.Equal(local, b.local) {
+		// UDP NodePort flows to an address that just became local.
+		b.mayBeStale = true
+		b.local = slices.Clone(local)
+		b.targets.local = map[netip.Addr]bool{}
+		for _, a := range local {
+			b.targets.local[a] = true
+		}
 	}
 	if b.seq != 0 && snap.Seq == b.seq+1 {
 		for svc := range snap.Changed {
@@ -143,6 +160,15 @@ func (b *Builder) Build(snap *watch.Snapshot, local []netip.Addr) *Targets {
 	b.seq = snap.Seq
 	return b.targets
 }
+
+// MayBeStale reports whether the last Build changed anything that can make
+// a conntrack entry stale: a UDP or SCTP port's endpoints, a TCP port that
+// gained its first endpoint (flows it rejected or dropped before), the
+// node's addresses, the Node, or everything (the first Build). A round
+// after which it is false has nothing new to delete, as long as nothing
+// outside the proxy changed the rules; the Cleaner still reads the table
+// now and then for that case.
+func (b *Builder) MayBeStale() bool { return b.mayBeStale }
 
 // compareAll updates every Service port that is not the one last seen.
 func (b *Builder) compareAll(snap *watch.Snapshot) {
@@ -163,14 +189,18 @@ func (b *Builder) compareAll(snap *watch.Snapshot) {
 
 // add claims port's destinations with its endpoints in use.
 func (b *Builder) add(name watch.ServicePortName, port *watch.ServicePort, snap *watch.Snapshot) {
-	s := seenPort{port: port, eps: snap.Endpoints[name]}
-	defer func() { b.seen[name] = s }()
-	b.byService[name.NamespacedName] = append(b.byService[name.NamespacedName], name)
 	proto := protoNumber(port.Protocol)
+	s := seenPort{port: port, eps: snap.Endpoints[name], proto: proto}
+	defer func() {
+		b.seen[name] = s
+		b.mayBeStale = b.mayBeStale || makesStale(b.gone[name], s)
+	}()
+	b.byService[name.NamespacedName] = append(b.byService[name.NamespacedName], name)
 	if proto == 0 {
 		return
 	}
 	c := claim{owner: name, to: allowedEndpoints(port, snap, name, b.family, proto)}
+	s.any = c.to.any
 	for _, ips := range [...][]netip.Addr{port.ClusterIPs, port.ExternalIPs, port.LoadBalancerIPs} {
 		for _, ip := range ips {
 			if watch.FamilyOf(ip) == b.family {
@@ -192,6 +222,7 @@ func (b *Builder) forget(name watch.ServicePortName) {
 		return
 	}
 	delete(b.seen, name)
+	b.gone[name] = s
 	svc := name.NamespacedName
 	if b.byService[svc] = slices.DeleteFunc(b.byService[svc], func(n watch.ServicePortName) bool { return n == name }); len(b.byService[svc]) == 0 {
 		delete(b.byService, svc)
@@ -207,6 +238,20 @@ func (b *Builder) forget(name watch.ServicePortName) {
 			delete(b.targets.nodePorts, d)
 		}
 	}
+}
+
+// makesStale reports whether a port built as now, where it was built as
+// before (zero if it is new), can leave conntrack entries stale: a UDP or
+// SCTP port may have lost endpoints; a TCP port's entries go stale only
+// when it gains its first endpoint (see Targets.Stale).
+func makesStale(before, now seenPort) bool {
+	switch now.proto {
+	case protoUDP, protoSCTP:
+		return true
+	case protoTCP:
+		return now.any && !(before.proto == protoTCP && before.any)
+	}
+	return false
 }
 
 // sameSlice reports whether a and b are the same slice (not merely equal).

@@ -153,3 +153,57 @@ func sameTargets(t *testing.T, when string, b *Builder, snap *watch.Snapshot) {
 		t.Errorf("%s: the Builder's targets differ from a fresh build\n got %+v\nwant %+v", when, got, want)
 	}
 }
+
+// TestMayBeStale: after each kind of change, whether the Builder says the
+// round can have made an entry stale (so that the table must be read).
+// Both paths are checked: the Snapshot just after the last one built
+// (Changed) and one after a skipped Snapshot (every port compared).
+func TestMayBeStale(t *testing.T) {
+	svc := func(name string, proto v1.Protocol) watchtest.Service {
+		return watchtest.Service{Namespace: "ns", Name: name, ClusterIPs: []string{"172.30.1." + fmt.Sprint(len(name))},
+			Ports: []v1.ServicePort{{Name: "p", Protocol: proto, Port: 80}}}
+	}
+	slice := func(name string, proto v1.Protocol, ips ...string) *discovery.EndpointSlice {
+		var eps []watchtest.Endpoint
+		for _, ip := range ips {
+			eps = append(eps, watchtest.Endpoint{IP: ip})
+		}
+		es := watchtest.Slice("ns", name, name+"-1", 8080, "p", eps...)
+		es.Ports[0].Protocol = ptr.To(proto)
+		return es
+	}
+	local := []netip.Addr{netip.MustParseAddr("10.99.0.1")}
+	for _, skip := range []bool{false, true} {
+		tr := watchtest.Tracker([]watchtest.Service{svc("t", v1.ProtocolTCP), svc("none", v1.ProtocolTCP), svc("udp", v1.ProtocolUDP)},
+			slice("t", v1.ProtocolTCP, "10.0.0.1"), slice("udp", v1.ProtocolUDP, "10.0.0.2"))
+		b := NewBuilder(v1.IPv4Protocol)
+		check := func(what string, want bool) {
+			t.Helper()
+			if skip {
+				tr.Snapshot() // never shown to the Builder
+			}
+			if b.Build(tr.Snapshot(), local); b.MayBeStale() != want {
+				t.Errorf("skipped Snapshot %v: after %s MayBeStale() = %v, want %v", skip, what, !want, want)
+			}
+		}
+		check("the first build", true)
+		check("nothing", false)
+		tr.OnEndpointSlice(slice("t", v1.ProtocolTCP, "10.0.0.1", "10.0.0.3"), false)
+		check("a TCP endpoint added beside another", false)
+		tr.OnEndpointSlice(slice("t", v1.ProtocolTCP, "10.0.0.3"), false)
+		check("a TCP endpoint removed, one left", false)
+		tr.OnService(types.NamespacedName{Namespace: "ns", Name: "t"}, nil)
+		check("a TCP Service deleted", false)
+		tr.OnEndpointSlice(slice("none", v1.ProtocolTCP, "10.0.0.4"), false)
+		check("a TCP Service's first endpoint", true)
+		n := svc("newtcp", v1.ProtocolTCP)
+		tr.OnService(types.NamespacedName{Namespace: "ns", Name: "newtcp"}, n.Object())
+		check("a new TCP Service without endpoints", false)
+		tr.OnEndpointSlice(slice("udp", v1.ProtocolUDP, "10.0.0.5"), false)
+		check("a UDP endpoint replaced", true)
+		local = append(local, netip.MustParseAddr("10.99.0.2"))
+		check("a new node address", true)
+		tr.OnNode(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: watchtest.Node, Labels: map[string]string{v1.LabelTopologyZone: "z" + fmt.Sprint(skip)}}})
+		check("a Node change", true)
+	}
+}

@@ -3,6 +3,7 @@ package conntrack
 import (
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -19,11 +20,28 @@ type Cleaner struct {
 	// Local returns the node's addresses (NodePort destinations). It is
 	// called every round, so it should answer from a cache (see
 	// hostaddr.Cache) rather than list every address each time.
-	Local    func() ([]netip.Addr, error)
+	Local func() ([]netip.Addr, error)
+	// FullEvery is how long a family's table may go unread while no round
+	// can have made an entry stale (Builder.MayBeStale); rules changed by
+	// someone else are caught within it. Zero reads the table every round.
+	FullEvery time.Duration
+
 	builders map[v1.IPFamily]*Builder
+	lastRead map[v1.IPFamily]time.Time
+	// fullSyncs counts ReadNext calls; readAfter is, per family, the count
+	// when its table was last read.
+	fullSyncs atomic.Uint64
+	readAfter map[v1.IPFamily]uint64
 }
 
-// Reconcile deletes every stale UDP/SCTP entry for snap's Services.
+// ReadNext makes each family's next round read the table whatever changed:
+// after a full sync that repaired rules someone else changed, the flows
+// tried meanwhile were never DNATed. Safe to call beside Reconcile.
+func (c *Cleaner) ReadNext() { c.fullSyncs.Add(1) }
+
+// Reconcile deletes every stale entry for snap's Services (see
+// Targets.Stale). It skips reading the table when nothing since the last
+// round can have made an entry stale, for at most FullEvery.
 func (c *Cleaner) Reconcile(snap *watch.Snapshot, family v1.IPFamily) {
 	start := time.Now()
 	var local []netip.Addr
@@ -39,7 +57,13 @@ func (c *Cleaner) Reconcile(snap *watch.Snapshot, family v1.IPFamily) {
 		}
 		c.builders[family] = NewBuilder(family)
 	}
-	targets := c.builders[family].Build(snap, local)
+	b, fullSyncs := c.builders[family], c.fullSyncs.Load()
+	targets := b.Build(snap, local)
+	if !b.MayBeStale() && c.readAfter[family] == fullSyncs && c.FullEvery > 0 && time.Since(c.lastRead[family]) < c.FullEvery {
+		// Reading the table is the round's whole cost once the targets are
+		// kept between rounds; after a TCP-only change nothing is new.
+		return
+	}
 	nlFamily := netlink.FAMILY_V4
 	if family == v1.IPv6Protocol {
 		nlFamily = netlink.FAMILY_V6
@@ -50,6 +74,10 @@ func (c *Cleaner) Reconcile(snap *watch.Snapshot, family v1.IPFamily) {
 		klog.ErrorS(err, "Deleting stale conntrack entries", "family", family)
 		return
 	}
+	if c.lastRead == nil {
+		c.lastRead, c.readAfter = map[v1.IPFamily]time.Time{}, map[v1.IPFamily]uint64{}
+	}
+	c.lastRead[family], c.readAfter[family] = start, fullSyncs
 	if n > 0 {
 		metrics.ReconcileConntrackFlowsDeletedEntriesTotal.WithLabelValues(string(family)).Add(float64(n))
 		klog.V(2).InfoS("Deleted stale conntrack entries", "family", family, "count", n)

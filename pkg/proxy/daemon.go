@@ -70,16 +70,17 @@ type Options struct {
 	// Repair asks for a sync soon (the Runner's Trigger); drift found
 	// between syncs is repaired by it.
 	Repair func()
-	// OnSynced is called after each successful sync (for conntrack cleanup).
-	OnSynced func(prev, cur *watch.Snapshot)
+	// OnSynced is called after each successful sync (for conntrack
+	// cleanup); full says a provider rewrote its rules from a read of the
+	// kernel (start-up, repair of drift, a Node change).
+	OnSynced func(snap *watch.Snapshot, full bool)
 }
 
 // Daemon is the sync loop.
 type Daemon struct {
 	opts Options
 
-	mu   sync.Mutex // held by Sync, and by the drift check to force a full sync
-	prev *watch.Snapshot
+	mu sync.Mutex // held by Sync, and by the drift check to force a full sync
 
 	syncPeriod    atomic.Int64 // time.Duration; a reloaded config changes it
 	periodChanged chan struct{}
@@ -164,9 +165,8 @@ func (d *Daemon) Sync(ctx context.Context) error {
 	}
 	d.syncHealthChecks(snap)
 	if d.opts.OnSynced != nil {
-		d.opts.OnSynced(d.prev, snap)
+		d.opts.OnSynced(snap, full)
 	}
-	d.prev = snap
 	return nil
 }
 
