@@ -3,6 +3,7 @@ package ipvs
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -516,4 +517,56 @@ func TestSyncLeavesEarlierDrainsToTheTimer(t *testing.T) {
 	if cost["ipvs.Destinations"] == 0 || e.p.Applier().Draining() != 0 {
 		t.Errorf("the periodic Reap after the grace period: %s, %d still draining", cost, e.p.Applier().Draining())
 	}
+}
+
+// TestVerifyRealServersInTurns: above realServerChecks virtual servers a
+// drift check reads the real servers of that many, the next check the
+// next ones, so that every virtual server's are read once in
+// ceil(N / realServerChecks) checks and a real server deleted by hand is
+// found within as many, wherever it is.
+func TestVerifyRealServersInTurns(t *testing.T) {
+	svcs, eps := others(7)
+	tr := newTracker(append(svcs, webSvc), append(eps, webSlice(ep{IP: "10.180.0.1", Node: testNode}))...)
+	e := newEnv(t, iptOpts(), ipvsOpts())
+	e.sync(t, tr.Snapshot())
+	e.p.realServerChecks = 3
+	keys := slices.SortedFunc(maps.Keys(e.p.Applier().vs), compareKeys)
+	checks := (len(keys) + 2) / 3
+
+	read := map[VSKey]int{}
+	for range checks {
+		for _, k := range e.p.rotation(keys) {
+			read[k]++
+		}
+	}
+	if len(read) != len(keys) {
+		t.Errorf("%d turns read %d of %d virtual servers' real servers", checks, len(read), len(keys))
+	}
+
+	for range checks {
+		e.ipvs.ResetCalls()
+		if d, err := e.p.Verify(); err != nil || d != nil {
+			t.Fatalf("no drift yet: drift %v, err %v", d, err)
+		}
+		if got := e.ipvs.Calls["Destinations"]; got != 3 {
+			t.Errorf("one check read the real servers of %d virtual servers, want 3", got)
+		}
+	}
+	if err := e.ipvs.DeleteDestination(vip, ap("10.180.0.1:8080")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range checks {
+		d, err := e.p.Verify()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d != nil {
+			if d.Reason != "realserver" {
+				t.Errorf("drift %v, want a real server", d)
+			}
+			return
+		}
+		t.Logf("check %d: not found yet", i+1)
+	}
+	t.Errorf("a deleted real server was not found in %d checks of 3 of %d virtual servers", checks, len(keys))
 }
