@@ -135,7 +135,7 @@ func spn(svc, port string) watch.ServicePortName {
 // "(terminating)" / "(not ready)" markers.
 func describe(s *watch.Snapshot, name watch.ServicePortName) []string {
 	var out []string
-	for _, ep := range s.Endpoints[name] {
+	for _, ep := range s.Endpoints.Get(name) {
 		d := ep.String()
 		if ep.IsLocal {
 			d += "@local"
@@ -154,7 +154,7 @@ func describe(s *watch.Snapshot, name watch.ServicePortName) []string {
 // endpointsAre checks the endpoints of a port (and that the port exists).
 func endpointsAre(name watch.ServicePortName, want ...string) func(*watch.Snapshot) error {
 	return func(s *watch.Snapshot) error {
-		if _, ok := s.Services[name]; !ok {
+		if _, ok := s.Services.Lookup(name); !ok {
 			return fmt.Errorf("%s missing", name)
 		}
 		if got := describe(s, name); !slices.Equal(got, want) {
@@ -177,7 +177,7 @@ func all(checks ...func(*watch.Snapshot) error) func(*watch.Snapshot) error {
 
 func absent(svc string) func(*watch.Snapshot) error {
 	return func(s *watch.Snapshot) error {
-		for n := range s.Services {
+		for n := range s.Services.All() {
 			if n.Namespace == ns && n.Name == svc {
 				return fmt.Errorf("%s still present", n)
 			}
@@ -188,7 +188,7 @@ func absent(svc string) func(*watch.Snapshot) error {
 
 func portIs(name watch.ServicePortName, port int32) func(*watch.Snapshot) error {
 	return func(s *watch.Snapshot) error {
-		p, ok := s.Services[name]
+		p, ok := s.Services.Lookup(name)
 		if !ok {
 			return fmt.Errorf("%s missing", name)
 		}
@@ -382,14 +382,14 @@ func TestWatchEndToEnd(t *testing.T) {
 		create(slice(svc+"-1", svc, discovery.AddressTypeIPv4, []slicePort{{"http", 8080}}, endpoint("10.1.9.1", nodeName)))
 	}
 	at = rec.waitFor(t, at, "web appears", func(s *watch.Snapshot) error {
-		p, ok := s.Services[spn("web", "http")]
+		p, ok := s.Services.Lookup(spn("web", "http"))
 		if !ok || p.Port != 80 || len(p.ClusterIPs) != 1 || p.ClusterIPs[0].String() != "172.30.10.10" {
 			return fmt.Errorf("web:http = %+v", p)
 		}
-		if _, ok := s.Services[spn("web", "metrics")]; !ok {
+		if _, ok := s.Services.Lookup(spn("web", "metrics")); !ok {
 			return fmt.Errorf("web:metrics missing")
 		}
-		if len(s.Endpoints[spn("web", "http")]) != 0 {
+		if len(s.Endpoints.Get(spn("web", "http"))) != 0 {
 			return fmt.Errorf("web has endpoints before any slice")
 		}
 		return nil
@@ -494,7 +494,7 @@ func TestWatchEndToEnd(t *testing.T) {
 		t.Errorf("Changed while db is invalid = %v, want [web]", got)
 	}
 	for _, s := range rec.since(mark) {
-		if _, ok := s.Services[spn("db", "sql2")]; ok {
+		if _, ok := s.Services.Lookup(spn("db", "sql2")); ok {
 			t.Fatal("invalid db programmed")
 		}
 	}
@@ -538,7 +538,7 @@ func TestWatchEndToEnd(t *testing.T) {
 		if !s.NodeChanged || s.Node.Zone != "zone-b" {
 			return fmt.Errorf("NodeChanged %v zone %q", s.NodeChanged, s.Node.Zone)
 		}
-		for name := range s.Services {
+		for name := range s.Services.All() {
 			if !s.Changed[name.NamespacedName] {
 				return fmt.Errorf("%s not in Changed on a Node change", name)
 			}
@@ -554,7 +554,7 @@ func TestWatchEndToEnd(t *testing.T) {
 	// Throughout, the Services another proxy owns, the headless one and the
 	// ExternalName one never reached a Snapshot.
 	for _, s := range rec.since(0) {
-		for n := range s.Services {
+		for n := range s.Services.All() {
 			if n.Namespace == ns && (n.Name == "other" || n.Name == "headless" || n.Name == "extname") {
 				t.Errorf("Snapshot holds %s", n)
 			}

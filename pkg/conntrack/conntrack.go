@@ -150,7 +150,7 @@ func (b *Builder) Build(snap *watch.Snapshot, local []netip.Addr) *Targets {
 			for _, name := range slices.Clone(b.byService[svc]) {
 				b.forget(name)
 			}
-			for _, port := range snap.ServicePorts()[svc] {
+			for _, port := range snap.ServicePorts().Get(svc) {
 				b.add(port.Name, port, snap)
 			}
 		}
@@ -173,12 +173,12 @@ func (b *Builder) MayBeStale() bool { return b.mayBeStale }
 // compareAll updates every Service port that is not the one last seen.
 func (b *Builder) compareAll(snap *watch.Snapshot) {
 	for name := range b.seen {
-		if snap.Services[name] == nil {
+		if snap.Services.Get(name) == nil {
 			b.forget(name)
 		}
 	}
-	for name, port := range snap.Services {
-		eps := snap.Endpoints[name]
+	for name, port := range snap.Services.All() {
+		eps := snap.Endpoints.Get(name)
 		if s, ok := b.seen[name]; ok && s.port == port && sameSlice(s.eps, eps) {
 			continue
 		}
@@ -190,7 +190,7 @@ func (b *Builder) compareAll(snap *watch.Snapshot) {
 // add claims port's destinations with its endpoints in use.
 func (b *Builder) add(name watch.ServicePortName, port *watch.ServicePort, snap *watch.Snapshot) {
 	proto := protoNumber(port.Protocol)
-	s := seenPort{port: port, eps: snap.Endpoints[name], proto: proto}
+	s := seenPort{port: port, eps: snap.Endpoints.Get(name), proto: proto}
 	defer func() {
 		b.seen[name] = s
 		b.mayBeStale = b.mayBeStale || makesStale(b.gone[name], s)
@@ -263,7 +263,7 @@ func sameSlice(a, b []*watch.Endpoint) bool {
 // may go to; the list is kept for UDP and SCTP only.
 func allowedEndpoints(port *watch.ServicePort, snap *watch.Snapshot, name watch.ServicePortName, family v1.IPFamily, proto uint8) allowed {
 	var to allowed
-	for _, ep := range watch.Select(port, snap.Endpoints[name], snap.Node).All {
+	for _, ep := range watch.Select(port, snap.Endpoints.Get(name), snap.Node).All {
 		if watch.FamilyOf(ep.Addr) != family {
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 	"svcproxy.dev/svcproxy/pkg/iptables"
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
@@ -87,35 +88,31 @@ func planPort(f Family, snap *watch.Snapshot, name watch.ServicePortName) *iptab
 	if sub == nil {
 		return nil
 	}
-	return planRules(f, sub).Services[name.NamespacedName.String()]
+	return planRules(f, sub).Services.Get(name.NamespacedName.String())
 }
 
 // portSnapshot is the snapshot of one Service port alone (nil when the
 // snapshot lacks it).
 func portSnapshot(snap *watch.Snapshot, name watch.ServicePortName) *watch.Snapshot {
-	port, ok := snap.Services[name]
+	port, ok := snap.Services.Lookup(name)
 	if !ok {
 		return nil
 	}
 	return &watch.Snapshot{
-		Services:  map[watch.ServicePortName]*watch.ServicePort{name: port},
-		Endpoints: map[watch.ServicePortName][]*watch.Endpoint{name: snap.Endpoints[name]},
+		Services:  cowmap.From(map[watch.ServicePortName]*watch.ServicePort{name: port}),
+		Endpoints: cowmap.From(map[watch.ServicePortName][]*watch.Endpoint{name: snap.Endpoints.Get(name)}),
 		Node:      snap.Node,
 	}
 }
 
 // serviceSnapshot is the snapshot of every port of one Service.
 func serviceSnapshot(snap *watch.Snapshot, svc types.NamespacedName) *watch.Snapshot {
-	sub := &watch.Snapshot{
-		Services:  map[watch.ServicePortName]*watch.ServicePort{},
-		Endpoints: map[watch.ServicePortName][]*watch.Endpoint{},
-		Node:      snap.Node,
-	}
+	services, endpoints := map[watch.ServicePortName]*watch.ServicePort{}, map[watch.ServicePortName][]*watch.Endpoint{}
 	for _, p := range snap.PortsOf(svc) {
-		sub.Services[p.Name] = p
-		sub.Endpoints[p.Name] = snap.Endpoints[p.Name]
+		services[p.Name] = p
+		endpoints[p.Name] = snap.Endpoints.Get(p.Name)
 	}
-	return sub
+	return &watch.Snapshot{Services: cowmap.From(services), Endpoints: cowmap.From(endpoints), Node: snap.Node}
 }
 
 // plannedOwners maps every chain of a planned port to its owner.

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 	"svcproxy.dev/svcproxy/pkg/iptables"
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
@@ -73,7 +74,7 @@ func Diff(snap *watch.Snapshot, families []Family) *DiffReport {
 		}
 		plan := planRules(f, snap)
 		owners := map[iptables.ChainKey]Owner{}
-		for key, sr := range plan.Services {
+		for key, sr := range plan.Services.All() {
 			plannedOwners(owners, sr, Owner{Service: key})
 		}
 		att := Attribute(f.Kernel, owners)
@@ -106,9 +107,9 @@ func Diff(snap *watch.Snapshot, families []Family) *DiffReport {
 // that DeltaPayload's textual comparison sees only real differences; the
 // rest keep the kernel's text, which iptables-restore accepts back (-D).
 func kernelServices(k Kernel, att *Attribution, plan *iptables.Ruleset) *iptables.Ruleset {
-	rs := &iptables.Ruleset{Family: plan.Family, Base: map[iptables.ChainKey][]string{}, Services: map[string]*iptables.ServiceRules{}}
+	services := cowmap.Map[string, *iptables.ServiceRules]{}.Edit()
 	for _, svc := range att.Services() {
-		want := plan.Services[svc]
+		want := plan.Services.Get(svc)
 		if want == nil {
 			want = &iptables.ServiceRules{}
 		}
@@ -136,9 +137,9 @@ func kernelServices(k Kernel, att *Attribution, plan *iptables.Ruleset) *iptable
 				have.Entries[key] = append(have.Entries[key], r)
 			}
 		}
-		rs.Services[svc] = have
+		services.Set(svc, have)
 	}
-	return rs
+	return &iptables.Ruleset{Family: plan.Family, Base: map[iptables.ChainKey][]string{}, Services: services.Map()}
 }
 
 // baseDiff checks what belongs to no Service: the fixed chains, the tail

@@ -106,7 +106,7 @@ func (b *builder) ipvsCheck(f Family, name types.NamespacedName, port *watch.Ser
 	c := &IPVSCheck{Planned: []VirtualServerInfo{}, Kernel: []VirtualServerInfo{}, Addresses: []string{}}
 	var want *ipvs.ServiceState
 	if sub := portSnapshot(b.in.Snapshot, port.Name); sub != nil {
-		want = ipvsPlan(f, sub).Services[name.String()]
+		want = ipvsPlan(f, sub).Services.Get(name.String())
 	}
 	if want == nil {
 		want = &ipvs.ServiceState{}
@@ -212,7 +212,7 @@ func (b *builder) ipvsStale(name types.NamespacedName) {
 		if f.IPVS == nil || f.IPVS.Kernel == nil {
 			continue
 		}
-		want := ipvsPlan(f, serviceSnapshot(b.in.Snapshot, name)).Services[name.String()]
+		want := ipvsPlan(f, serviceSnapshot(b.in.Snapshot, name)).Services.Get(name.String())
 		if want == nil {
 			continue
 		}

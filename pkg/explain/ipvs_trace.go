@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 	"svcproxy.dev/svcproxy/pkg/iptables"
 	"svcproxy.dev/svcproxy/pkg/ipvs"
 	"svcproxy.dev/svcproxy/pkg/watch"
@@ -183,9 +184,9 @@ func resolveSets(rs *iptables.Ruleset, agg *ipvs.Aggregate, pkt iptables.Packet)
 		}
 		return out
 	}
-	res = &iptables.Ruleset{Family: rs.Family, Base: map[iptables.ChainKey][]string{}, Services: map[string]*iptables.ServiceRules{}}
+	services := cowmap.Map[string, *iptables.ServiceRules]{}.Edit()
 	// Service entries come before the base rules of a shared chain.
-	for name, sr := range rs.Services {
+	for name, sr := range rs.Services.All() {
 		n := &iptables.ServiceRules{Chains: map[iptables.ChainKey][]string{}, Entries: map[iptables.ChainKey][]string{}}
 		for k, rules := range sr.Entries {
 			n.Entries[k] = rewrite(k, rules)
@@ -193,8 +194,9 @@ func resolveSets(rs *iptables.Ruleset, agg *ipvs.Aggregate, pkt iptables.Packet)
 		for k, rules := range sr.Chains {
 			n.Chains[k] = rewrite(k, rules)
 		}
-		res.Services[name] = n
+		services.Set(name, n)
 	}
+	res = &iptables.Ruleset{Family: rs.Family, Base: map[iptables.ChainKey][]string{}, Services: services.Map()}
 	for k, rules := range rs.Base {
 		res.Base[k] = rewrite(k, rules)
 	}

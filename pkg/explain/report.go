@@ -301,7 +301,7 @@ func (b *builder) port(name types.NamespacedName, sp v1.ServicePort, snapPorts [
 	if port == nil {
 		return pi
 	}
-	eps := b.in.Snapshot.Endpoints[port.Name]
+	eps := b.in.Snapshot.Endpoints.Get(port.Name)
 	if len(eps) == 0 {
 		pi.Problem, pi.Layer = b.noEndpoints(sp, pi.Protocol), LayerEndpoints
 	}
@@ -521,11 +521,11 @@ func (b *builder) unmatched(name types.NamespacedName, ports []*watch.ServicePor
 	if len(ports) == 0 {
 		return
 	}
-	for spn, eps := range b.in.Snapshot.Endpoints {
+	for spn, eps := range b.in.Snapshot.Endpoints.All() {
 		if spn.NamespacedName != name {
 			continue
 		}
-		if _, ok := b.in.Snapshot.Services[spn]; ok {
+		if _, ok := b.in.Snapshot.Services.Lookup(spn); ok {
 			continue
 		}
 		b.r.UnmatchedSlicePorts = append(b.r.UnmatchedSlicePorts,

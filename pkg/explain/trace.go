@@ -129,7 +129,7 @@ func outcomes(in []iptables.Outcome) []Outcome {
 // follow: every chain of ours as a fixed chain (shared ones whole), and the
 // rules of the built-in chains that lead into ours as jumps.
 func KernelRuleset(k Kernel, fam v1.IPFamily) *iptables.Ruleset {
-	rs := &iptables.Ruleset{Family: fam, Base: map[iptables.ChainKey][]string{}, Services: map[string]*iptables.ServiceRules{}}
+	rs := &iptables.Ruleset{Family: fam, Base: map[iptables.ChainKey][]string{}}
 	for _, table := range []string{iptables.TableNAT, iptables.TableFilter} {
 		t := k[table]
 		if t == nil {

@@ -21,7 +21,7 @@ func readyEps() []ep {
 func chainOf(t *testing.T, s *v1.Service, prefix string) string {
 	t.Helper()
 	snap := DaemonSnapshot(testNode, nil, []*v1.Service{s}, nil)
-	for _, p := range snap.Services {
+	for _, p := range snap.Services.All() {
 		svc, svl, ext, _ := iptables.PortChains(p)
 		switch prefix {
 		case "KUBE-SVC-":

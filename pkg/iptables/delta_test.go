@@ -133,7 +133,7 @@ func deltaPayloadSize(t *testing.T, n int) int {
 
 // svcChainOf returns the KUBE-SVC chain of port "http" of bench/name.
 func svcChainOf(snap *watch.Snapshot, name string) string {
-	for spn, port := range snap.Services {
+	for spn, port := range snap.Services.All() {
 		if spn.Name == name && spn.Port == "http" {
 			return portChain(prefixSVC, port)
 		}
@@ -346,7 +346,7 @@ func TestPayloadSize(t *testing.T) {
 	rs := Plan(c.tr.Snapshot(), defaultOpts())
 	p := prelude(rs, nil)
 	for _, svc := range rs.ServiceKeys() {
-		for k, rules := range rs.Services[svc].Chains {
+		for k, rules := range rs.Services.Get(svc).Chains {
 			p.declare(k)
 			p.appendRules(k, rules)
 		}

@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
+
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 )
 
 // Table names.
@@ -59,7 +61,7 @@ type ServiceRules struct {
 // NoLocalEndpoints sums NoLocalInternal and NoLocalExternal over every
 // Service.
 func (rs *Ruleset) NoLocalEndpoints() (internal, external int) {
-	for _, sr := range rs.Services {
+	for _, sr := range rs.Services.All() {
 		internal += sr.NoLocalInternal
 		external += sr.NoLocalExternal
 	}
@@ -87,7 +89,7 @@ type Ruleset struct {
 	// kept in place with -C/-I rather than through restore.
 	Jumps []Jump
 	// Services maps "namespace/name" to what that Service owns.
-	Services map[string]*ServiceRules
+	Services cowmap.Map[string, *ServiceRules]
 	// LargeCluster is set when the rules were planned without per-endpoint
 	// comments (see LargeClusterEndpoints); every endpoint rule differs
 	// when it flips, so a flip calls for a full sync.
@@ -127,9 +129,9 @@ func (r *Ruleset) ServiceKeys() []string {
 // planning, so they stay valid.
 func (r *Ruleset) index() {
 	r.once.Do(func() {
-		r.keys = slices.Sorted(maps.Keys(r.Services))
+		r.keys = slices.Sorted(r.Services.Keys())
 		r.owners = map[string]*ServiceRules{}
-		for _, sr := range r.Services {
+		for _, sr := range r.Services.All() {
 			for k := range sr.Chains {
 				r.owners[k.Name] = sr
 			}
@@ -150,7 +152,7 @@ func (r *Ruleset) Chain(key ChainKey) ([]string, bool) {
 	}
 	var rules []string
 	for _, svc := range r.keys {
-		rules = append(rules, r.Services[svc].Entries[key]...)
+		rules = append(rules, r.Services.Get(svc).Entries[key]...)
 	}
 	return append(rules, base...), found
 }
@@ -182,7 +184,7 @@ func (r *Ruleset) ChainKeys() []ChainKey {
 	for k := range r.Base {
 		set[k] = true
 	}
-	for _, sr := range r.Services {
+	for _, sr := range r.Services.All() {
 		for k := range sr.Chains {
 			set[k] = true
 		}
@@ -197,7 +199,7 @@ func (r *Ruleset) RuleCount() map[string]int {
 	n := maps.Clone(r.serviceRules)
 	if n == nil {
 		n = map[string]int{}
-		for _, sr := range r.Services {
+		for _, sr := range r.Services.All() {
 			sr.addRuleCounts(n, 1)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"svcproxy.dev/svcproxy/e2e/nsutil"
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 
 	"svcproxy.dev/svcproxy/e2e/testenv"
 )
@@ -68,14 +69,14 @@ func TestParseSaveAllocations(t *testing.T) {
 
 func TestChainReader(t *testing.T) {
 	nat := func(name string) ChainKey { return ChainKey{TableNAT, name} }
-	rs := &Ruleset{Services: map[string]*ServiceRules{"ns/a": {Chains: map[ChainKey][]string{
+	rs := &Ruleset{Services: cowmap.From(map[string]*ServiceRules{"ns/a": {Chains: map[ChainKey][]string{
 		nat("KUBE-SVC-SAME"):  {"-m comment --comment \"ns/a\" -d 10.0.0.1 -j KUBE-SEP-B"},
 		nat("KUBE-SVC-MORE"):  {"-j KUBE-SEP-B"},
 		nat("KUBE-SVC-SPLIT"): {"-j KUBE-SEP-B", "-j KUBE-SEP-C"},
 		nat("KUBE-SVC-TWICE"): {"-j KUBE-SEP-B"},
 		nat("KUBE-SEP-EMPTY"): {},
 		nat("KUBE-SEP-NEW"):   {"-j KUBE-MARK-MASQ"},
-	}}}}
+	}}})}
 	save := []byte(`*nat
 :KUBE-SERVICES - [0:0]
 :KUBE-FIREWALL - [0:0]

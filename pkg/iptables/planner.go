@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
@@ -49,8 +50,8 @@ const LargeClusterEndpoints = 1000
 // endpoints of family across its Service ports, counted as kube-proxy does.
 func IsLargeCluster(snap *watch.Snapshot, family v1.IPFamily) bool {
 	n := 0
-	for name := range snap.Services {
-		for _, ep := range snap.Endpoints[name] {
+	for name := range snap.Services.All() {
+		for _, ep := range snap.Endpoints.Get(name) {
 			if watch.FamilyOf(ep.Addr) == family {
 				n++
 			}
@@ -114,10 +115,11 @@ type PortPlanner func(sr *ServiceRules, port *watch.ServicePort, eps []*watch.En
 // order. Both modes' planners share it, so both plan incrementally alike.
 func PlanServices(rs *Ruleset, prev *Ruleset, snap *watch.Snapshot, family v1.IPFamily, planPort PortPlanner) {
 	var toPlan map[types.NamespacedName][]*watch.ServicePort
+	var services *cowmap.Editor[string, *ServiceRules]
 	if prev != nil && !snap.NodeChanged {
-		// Copying the map of unchanged Services costs far less than
-		// walking every Service port.
-		rs.Services = maps.Clone(prev.Services)
+		// Unchanged Services share prev's rules (and, through the
+		// copy-on-write map, all but a few shards of its table).
+		services = prev.Services.Edit()
 		rs.serviceRules = prev.RuleCount()
 		for k, rules := range prev.Base {
 			rs.serviceRules[k.Table] -= len(rules)
@@ -125,23 +127,24 @@ func PlanServices(rs *Ruleset, prev *Ruleset, snap *watch.Snapshot, family v1.IP
 		toPlan = map[types.NamespacedName][]*watch.ServicePort{}
 		ports := snap.ServicePorts()
 		for name := range snap.Changed {
-			if old := rs.Services[name.String()]; old != nil {
+			if old := services.Get(name.String()); old != nil {
 				old.addRuleCounts(rs.serviceRules, -1)
-				delete(rs.Services, name.String())
+				services.Delete(name.String())
 			}
-			toPlan[name] = ports[name]
+			toPlan[name] = ports.Get(name)
 		}
 	} else {
-		rs.Services = map[string]*ServiceRules{}
+		services = cowmap.Map[string, *ServiceRules]{}.Edit()
 		rs.serviceRules = map[string]int{}
-		toPlan = snap.ServicePorts()
+		toPlan = maps.Collect(snap.ServicePorts().All())
 	}
 	for _, name := range slices.SortedFunc(maps.Keys(toPlan), compareNamespacedNames) {
 		if sr := planService(toPlan[name], snap, family, planPort); sr != nil {
-			rs.Services[name.String()] = sr
+			services.Set(name.String(), sr)
 			sr.addRuleCounts(rs.serviceRules, 1)
 		}
 	}
+	rs.Services = services.Map()
 }
 
 // planService plans the ports of one Service that have a ClusterIP of the
@@ -155,7 +158,7 @@ func planService(ports []*watch.ServicePort, snap *watch.Snapshot, family v1.IPF
 		if sr == nil {
 			sr = &ServiceRules{Chains: map[ChainKey][]string{}, Entries: map[ChainKey][]string{}}
 		}
-		planPort(sr, port, watch.FamilyEndpoints(snap.Endpoints[port.Name], family))
+		planPort(sr, port, watch.FamilyEndpoints(snap.Endpoints.Get(port.Name), family))
 	}
 	return sr
 }

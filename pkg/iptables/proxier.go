@@ -398,7 +398,7 @@ func chainCounts(rs *Ruleset, table string) map[string]int {
 			out[k.Name] += len(rules)
 		}
 	}
-	for _, sr := range rs.Services {
+	for _, sr := range rs.Services.All() {
 		for k, rules := range sr.Chains {
 			if k.Table == table {
 				out[k.Name] += len(rules)
@@ -429,7 +429,7 @@ func explainedByOlder(older []*Ruleset, k ChainKey, n int, inKernel bool) bool {
 func chainCount(rs *Ruleset, k ChainKey) (int, bool) {
 	base, found := rs.Base[k]
 	n := len(base)
-	for _, sr := range rs.Services {
+	for _, sr := range rs.Services.All() {
 		if rules, ok := sr.Chains[k]; ok {
 			return len(rules), true
 		}

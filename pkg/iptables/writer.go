@@ -148,7 +148,7 @@ func FullPayloadSeq(rs *Ruleset, existing KernelChains, batchLines int) iter.Seq
 		}
 		batch, lines := newPayload(), 0
 		for _, svc := range rs.ServiceKeys() {
-			sr := rs.Services[svc]
+			sr := rs.Services.Get(svc)
 			for _, k := range sortedKeys(sr.Chains) {
 				if existing.InPlace(k) {
 					continue
@@ -224,7 +224,7 @@ func switchover(rs *Ruleset, existing KernelChains) *payload {
 func DeltaPayload(old, new *Ruleset, services []string) []byte {
 	p := newPayload()
 	for _, svc := range services {
-		deltaService(p, old.Services[svc], new.Services[svc])
+		deltaService(p, old.Services.Get(svc), new.Services.Get(svc))
 	}
 	if p.empty() {
 		return nil
@@ -241,7 +241,7 @@ func DeltaPayloadSeq(old, new *Ruleset, services []string, batchLines int) iter.
 	return func(yield func([]byte) bool) {
 		p := newPayload()
 		for _, svc := range services {
-			deltaService(p, old.Services[svc], new.Services[svc])
+			deltaService(p, old.Services.Get(svc), new.Services.Get(svc))
 			if p.lines() >= batchLines {
 				if !yield(p.Bytes()) {
 					return

@@ -127,10 +127,10 @@ func (a *Applier) applyDelta(desired *State, changed []string) error {
 	t := newTouched()
 	a.touched = t.vs
 	for _, svc := range changed {
-		if old := a.last.Services[svc]; old != nil {
+		if old := a.last.Services.Get(svc); old != nil {
 			a.refs.remove(svc, old, t)
 		}
-		if ss := desired.Services[svc]; ss != nil {
+		if ss := desired.Services.Get(svc); ss != nil {
 			a.refs.add(svc, ss, t)
 		}
 	}
@@ -153,8 +153,8 @@ func (a *Applier) applyDelta(desired *State, changed []string) error {
 // applyFull reads the kernel once, adopts what is ours and repairs it.
 func (a *Applier) applyFull(desired *State) error {
 	a.refs, a.touched = newRefs(), nil
-	for _, svc := range slices.Sorted(maps.Keys(desired.Services)) {
-		a.refs.add(svc, desired.Services[svc], nil)
+	for _, svc := range slices.Sorted(desired.Services.Keys()) {
+		a.refs.add(svc, desired.Services.Get(svc), nil)
 	}
 	if err := a.k.Link.EnsureDummy(); err != nil {
 		return err
@@ -401,7 +401,7 @@ func (a *Applier) desiredVS(desired *State, k VSKey) *VirtualServer {
 	if len(owners) == 0 {
 		return nil
 	}
-	return desired.Services[owners[0]].virtualServer(k)
+	return desired.Services.Get(owners[0]).virtualServer(k)
 }
 
 func (a *Applier) syncVirtualServers(desired *State, keys []VSKey) error {

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
+
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 )
 
 // VSKey identifies one IPVS virtual server: protocol, address and port.
@@ -105,7 +107,7 @@ func (s *ServiceState) virtualServer(k VSKey) *VirtualServer {
 // ("namespace/name"). It is never modified after planning.
 type State struct {
 	Family   v1.IPFamily
-	Services map[string]*ServiceState
+	Services cowmap.Map[string, *ServiceState]
 	opts     PlanOptions
 }
 
@@ -126,13 +128,13 @@ type Aggregate struct {
 // otherwise.
 func (s *State) Aggregate() *Aggregate {
 	r := newRefs()
-	for _, key := range slices.Sorted(maps.Keys(s.Services)) {
-		r.add(key, s.Services[key], nil)
+	for _, key := range slices.Sorted(s.Services.Keys()) {
+		r.add(key, s.Services.Get(key), nil)
 	}
 	a := &Aggregate{VirtualServers: map[VSKey]*VirtualServer{}, Owners: map[VSKey]string{}, Addresses: map[netip.Addr]bool{}, Sets: map[string]map[string]bool{}}
 	for k, owners := range r.vs {
 		a.Owners[k] = owners[0]
-		a.VirtualServers[k] = s.Services[owners[0]].virtualServer(k)
+		a.VirtualServers[k] = s.Services.Get(owners[0]).virtualServer(k)
 	}
 	for addr := range r.addrs {
 		a.Addresses[addr] = true

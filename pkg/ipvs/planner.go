@@ -8,6 +8,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
@@ -53,19 +54,20 @@ func PlanFrom(prev *State, snap *watch.Snapshot, opts PlanOptions) *State {
 		hostAddrs[a] = true
 	}
 	var toPlan map[types.NamespacedName][]*watch.ServicePort
+	var services *cowmap.Editor[string, *ServiceState]
 	if prev != nil && !snap.NodeChanged && prev.opts.equal(opts) {
-		// Copying the map of unchanged Services costs far less than
-		// walking every Service port.
-		st.Services = maps.Clone(prev.Services)
+		// Unchanged Services share prev's state (and, through the
+		// copy-on-write map, all but a few shards of its table).
+		services = prev.Services.Edit()
 		toPlan = map[types.NamespacedName][]*watch.ServicePort{}
 		ports := snap.ServicePorts()
 		for name := range snap.Changed {
-			delete(st.Services, name.String())
-			toPlan[name] = ports[name]
+			services.Delete(name.String())
+			toPlan[name] = ports.Get(name)
 		}
 	} else {
-		st.Services = map[string]*ServiceState{}
-		toPlan = snap.ServicePorts()
+		services = cowmap.Map[string, *ServiceState]{}.Edit()
+		toPlan = maps.Collect(snap.ServicePorts().All())
 	}
 	for name, ports := range toPlan {
 		b := newStateBuilder()
@@ -74,13 +76,14 @@ func PlanFrom(prev *State, snap *watch.Snapshot, opts PlanOptions) *State {
 			if _, ok := port.ClusterIP(opts.Family); !ok {
 				continue
 			}
-			planPort(b, port, watch.FamilyEndpoints(snap.Endpoints[port.Name], opts.Family), snap.Node, opts, hostAddrs)
+			planPort(b, port, watch.FamilyEndpoints(snap.Endpoints.Get(port.Name), opts.Family), snap.Node, opts, hostAddrs)
 			planned = true
 		}
 		if planned {
-			st.Services[name.String()] = b.build()
+			services.Set(name.String(), b.build())
 		}
 	}
+	st.Services = services.Map()
 	return st
 }
 

@@ -47,13 +47,13 @@ func HealthChecksOf(snap *Snapshot) HealthChecks {
 		LocalReady: map[types.NamespacedName]FamilyCount{},
 	}
 	seen := map[types.NamespacedName]map[netip.Addr]bool{}
-	for name, port := range snap.Services {
+	for name, port := range snap.Services.All() {
 		if port.HealthCheckNodePort == 0 {
 			continue
 		}
 		svc := name.NamespacedName
 		hc.Ports[svc] = uint16(port.HealthCheckNodePort)
-		for _, ep := range snap.Endpoints[name] {
+		for _, ep := range snap.Endpoints.Get(name) {
 			if !ep.IsLocal || !ep.Ready || seen[svc][ep.Addr] {
 				continue
 			}

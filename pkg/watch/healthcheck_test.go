@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/types"
+
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 )
 
 func TestHealthChecksOf(t *testing.T) {
@@ -25,14 +27,14 @@ func TestHealthChecksOf(t *testing.T) {
 		}
 		return out
 	}
-	snap := &Snapshot{Services: map[ServicePortName]*ServicePort{}, Endpoints: map[ServicePortName][]*Endpoint{}}
+	services, endpoints := map[ServicePortName]*ServicePort{}, map[ServicePortName][]*Endpoint{}
 	add := func(svc types.NamespacedName, name string, hc int32, specs ...epSpec) {
 		n, p := port(svc, name, hc)
 		if svc.Name == "web" {
 			p.ClusterIPs = append(p.ClusterIPs, netip.MustParseAddr("fd00:172:30::10"))
 		}
-		snap.Services[n] = p
-		snap.Endpoints[n] = eps(specs...)
+		services[n] = p
+		endpoints[n] = eps(specs...)
 	}
 	// web: the same two local pods behind two ports count once each; a
 	// remote, a not-ready and a terminating pod do not count; one IPv6 pod.
@@ -49,6 +51,7 @@ func TestHealthChecksOf(t *testing.T) {
 	// plain: no health-check port, so not served at all.
 	add(plain, "http", 0, epSpec{ip: "10.0.2.1", local: true})
 
+	snap := &Snapshot{Services: cowmap.From(services), Endpoints: cowmap.From(endpoints)}
 	hc := HealthChecksOf(snap)
 	if got := hc.LocalReady[v4only]; got != (FamilyCount{IPv4: 1}) {
 		t.Errorf("v4only: %+v, want 1 IPv4 and no IPv6", got)

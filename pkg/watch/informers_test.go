@@ -40,7 +40,7 @@ func TestWatchSyncedAfterHandlers(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("never synced")
 	}
-	if got := len(tracker.Snapshot().Services); got != n {
+	if got := tracker.Snapshot().Services.Len(); got != n {
 		t.Errorf("at sync the tracker holds %d Service ports, want %d", got, n)
 	}
 }

@@ -2,6 +2,7 @@ package watch
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -21,7 +22,7 @@ func TestSnapshotsAreImmutable(t *testing.T) {
 	tr := newTestTracker(t)
 	old := tr.Snapshot()
 	oldEps := endpointStrings(old, spn("ns1", "web", "http"))
-	oldLen := len(old.Services)
+	oldLen := old.Services.Len()
 
 	tr.OnService(nn("ns2", "db"), service("ns2", "db", "172.30.0.2", tcp("sql", 5432)))
 	tr.OnEndpointSlice(endpointSlice("ns1", "web", "web-1", "http", 8080, endpoint("10.0.0.7", "")), false)
@@ -29,8 +30,8 @@ func TestSnapshotsAreImmutable(t *testing.T) {
 	snap := tr.Snapshot()
 	wantChanged(t, snap, "ns1/web", "ns2/db")
 
-	if len(old.Services) != oldLen || len(old.Changed) != 0 || old.NodeChanged || len(old.TriggerTimes) != 0 {
-		t.Errorf("old Snapshot modified: %d services, Changed %v", len(old.Services), changedNames(old))
+	if old.Services.Len() != oldLen || len(old.Changed) != 0 || old.NodeChanged || len(old.TriggerTimes) != 0 {
+		t.Errorf("old Snapshot modified: %d services, Changed %v", old.Services.Len(), changedNames(old))
 	}
 	if got := endpointStrings(old, spn("ns1", "web", "http")); !slices.Equal(got, oldEps) {
 		t.Errorf("old Snapshot endpoints changed to %v", got)
@@ -155,11 +156,11 @@ func TestSnapshotPortsIndex(t *testing.T) {
 	tr.OnService(nn("b", "x"), service("b", "x", "172.30.0.2", tcp("z", 2), tcp("a", 1)))
 	tr.OnService(nn("a", "y"), service("a", "y", "172.30.0.1", tcp("", 1)))
 	first := tr.Snapshot()
-	firstIndex := fmt.Sprint(first.Ports)
+	firstIndex := fmt.Sprint(maps.Collect(first.Ports.All()))
 	check := func(snap *Snapshot) {
 		t.Helper()
 		rebuilt := (&Snapshot{Services: snap.Services}).ServicePorts()
-		if got, want := fmt.Sprint(snap.Ports), fmt.Sprint(rebuilt); got != want {
+		if got, want := fmt.Sprint(maps.Collect(snap.Ports.All())), fmt.Sprint(maps.Collect(rebuilt.All())); got != want {
 			t.Errorf("Ports index %s, Services say %s", got, want)
 		}
 	}
@@ -169,10 +170,10 @@ func TestSnapshotPortsIndex(t *testing.T) {
 	tr.OnService(nn("c", "w"), service("c", "w", "172.30.0.3", tcp("", 3)))
 	second := tr.Snapshot()
 	check(second)
-	if len(second.Ports) != 2 || len(second.Ports[nn("b", "x")]) != 1 {
-		t.Errorf("after the changes: Ports %v", second.Ports)
+	if second.Ports.Len() != 2 || len(second.Ports.Get(nn("b", "x"))) != 1 {
+		t.Errorf("after the changes: Ports %v", maps.Collect(second.Ports.All()))
 	}
-	if fmt.Sprint(first.Ports) != firstIndex {
+	if fmt.Sprint(maps.Collect(first.Ports.All())) != firstIndex {
 		t.Errorf("the first Snapshot's index changed to %v", first.Ports)
 	}
 	if third := tr.Snapshot(); len(third.Changed) != 0 || fmt.Sprint(third.Ports) != fmt.Sprint(second.Ports) {
@@ -194,5 +195,28 @@ func TestSnapshotSeq(t *testing.T) {
 	}
 	if first == 0 {
 		t.Error("a Tracker's Snapshot has Seq 0, which means built by hand")
+	}
+}
+
+// BenchmarkSnapshotAfterOneChange: the Snapshot after one endpoint change.
+// Its cost must not grow with the number of Services: the published maps
+// are copy-on-write, so it copies one shard of each, not every entry.
+func BenchmarkSnapshotAfterOneChange(b *testing.B) {
+	for _, n := range []int{200, 5000} {
+		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
+			tr := NewTracker(trNode)
+			for i := range n {
+				name := fmt.Sprintf("s%d", i)
+				tr.OnService(nn("bulk", name), service("bulk", name, fmt.Sprintf("172.30.%d.%d", i/250, i%250+1), tcp("", 80)))
+				tr.OnEndpointSlice(endpointSlice("bulk", name, name+"-1", "", 8080, endpoint(fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), "n2")), false)
+			}
+			tr.Snapshot()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				tr.OnEndpointSlice(endpointSlice("bulk", "s7", "s7-1", "", 8080, endpoint(fmt.Sprintf("10.1.0.%d", i%2+1), "n2")), false)
+				tr.Snapshot()
+			}
+		})
 	}
 }

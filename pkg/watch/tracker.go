@@ -1,7 +1,6 @@
 package watch
 
 import (
-	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -11,6 +10,8 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
+
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 )
 
 // Tracker records Service, EndpointSlice and Node events and hands out
@@ -40,17 +41,24 @@ type Tracker struct {
 	nodeInfo NodeInfo
 	first    bool
 	// published holds the maps the last Snapshot handed out. They are
-	// never written again: the next Snapshot with changes clones them
-	// (a copy of the table, far cheaper than refilling it) and edits the
-	// changed Services only; one without changes shares them.
+	// immutable: the next Snapshot with changes edits copies that share
+	// every shard the changed Services do not touch (see cowmap); one
+	// without changes shares them whole.
 	published published
 	seq       uint64 // of the last Snapshot
 }
 
 type published struct {
-	services  map[ServicePortName]*ServicePort
-	endpoints map[ServicePortName][]*Endpoint
-	ports     map[types.NamespacedName][]*ServicePort
+	services  cowmap.Map[ServicePortName, *ServicePort]
+	endpoints cowmap.Map[ServicePortName, []*Endpoint]
+	ports     cowmap.Map[types.NamespacedName, []*ServicePort]
+}
+
+// publishing edits copies of the published maps.
+type publishing struct {
+	services  *cowmap.Editor[ServicePortName, *ServicePort]
+	endpoints *cowmap.Editor[ServicePortName, []*Endpoint]
+	ports     *cowmap.Editor[types.NamespacedName, []*ServicePort]
 }
 
 // NewTracker returns a Tracker for the node called nodeName.
@@ -286,41 +294,33 @@ func (t *Tracker) convertService(name types.NamespacedName) (ports map[ServicePo
 }
 
 func (t *Tracker) publish(snap *Snapshot) {
-	pub := t.published
-	switch {
-	case pub.services == nil:
-		pub = published{services: map[ServicePortName]*ServicePort{}, endpoints: map[ServicePortName][]*Endpoint{},
-			ports: map[types.NamespacedName][]*ServicePort{}}
-		for name := range t.ports {
-			pub.set(name, t.ports[name])
-		}
-	case len(snap.Changed) > 0:
-		pub = published{services: maps.Clone(pub.services), endpoints: maps.Clone(pub.endpoints), ports: maps.Clone(pub.ports)}
+	if len(snap.Changed) > 0 {
+		pub := publishing{t.published.services.Edit(), t.published.endpoints.Edit(), t.published.ports.Edit()}
 		for name := range snap.Changed {
 			pub.set(name, t.ports[name])
 		}
+		t.published = published{pub.services.Map(), pub.endpoints.Map(), pub.ports.Map()}
 	}
-	t.published = pub
-	snap.Services, snap.Endpoints, snap.Ports = pub.services, pub.endpoints, pub.ports
+	snap.Services, snap.Endpoints, snap.Ports = t.published.services, t.published.endpoints, t.published.ports
 }
 
 // set replaces one Service's ports and endpoints.
-func (p published) set(name types.NamespacedName, state []portState) {
-	for _, old := range p.ports[name] {
-		delete(p.services, old.Name)
-		delete(p.endpoints, old.Name)
+func (p publishing) set(name types.NamespacedName, state []portState) {
+	for _, old := range p.ports.Get(name) {
+		p.services.Delete(old.Name)
+		p.endpoints.Delete(old.Name)
 	}
-	delete(p.ports, name)
+	p.ports.Delete(name)
 	if len(state) == 0 {
 		return
 	}
 	ports := make([]*ServicePort, 0, len(state))
 	for _, ps := range state {
 		ports = append(ports, ps.port)
-		p.services[ps.port.Name] = ps.port
+		p.services.Set(ps.port.Name, ps.port)
 		if len(ps.eps) > 0 {
-			p.endpoints[ps.port.Name] = ps.eps
+			p.endpoints.Set(ps.port.Name, ps.eps)
 		}
 	}
-	p.ports[name] = ports
+	p.ports.Set(name, ports)
 }

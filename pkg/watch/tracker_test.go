@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -84,7 +83,7 @@ func spn(ns, name, port string) ServicePortName {
 // for local ones).
 func endpointStrings(snap *Snapshot, name ServicePortName) []string {
 	var out []string
-	for _, ep := range snap.Endpoints[name] {
+	for _, ep := range snap.Endpoints.Get(name) {
 		s := ep.String()
 		if ep.IsLocal {
 			s += "@local"
@@ -141,7 +140,7 @@ func TestTrackerFirstSnapshot(t *testing.T) {
 	if snap.NodeChanged || len(snap.Changed) != 0 {
 		t.Errorf("second Snapshot without events: NodeChanged=%v Changed=%v", snap.NodeChanged, changedNames(snap))
 	}
-	p := snap.Services[spn("ns1", "web", "http")]
+	p := snap.Services.Get(spn("ns1", "web", "http"))
 	if p == nil || p.Port != 80 || p.ClusterIPs[0] != netip.MustParseAddr("172.30.0.1") {
 		t.Fatalf("web:http = %+v", p)
 	}
@@ -203,8 +202,8 @@ func TestTrackerNoChange(t *testing.T) {
 			if snap.NodeChanged {
 				t.Error("NodeChanged set")
 			}
-			if len(snap.Services) != 1 {
-				t.Errorf("Services = %v, want only web:http", slices.Collect(maps.Keys(snap.Services)))
+			if snap.Services.Len() != 1 {
+				t.Errorf("Services = %v, want only web:http", slices.Collect(snap.Services.Keys()))
 			}
 			wantEndpoints(t, snap, spn("ns1", "web", "http"), "10.0.0.1:8080@local", "10.0.0.2:8080")
 		})
@@ -216,7 +215,7 @@ func TestTrackerChanges(t *testing.T) {
 	tr.OnService(nn("ns2", "db"), service("ns2", "db", "172.30.0.2", tcp("sql", 5432)))
 	snap := tr.Snapshot()
 	wantChanged(t, snap, "ns2/db")
-	if _, ok := snap.Endpoints[spn("ns2", "db", "sql")]; ok {
+	if _, ok := snap.Endpoints.Lookup(spn("ns2", "db", "sql")); ok {
 		t.Error("db has endpoints before any slice")
 	}
 
@@ -232,7 +231,7 @@ func TestTrackerChanges(t *testing.T) {
 	tr.OnEndpointSlice(endpointSlice("ns1", "web", "web-1", "http", 8080, endpoint("10.0.0.1", trNode), notReady), false)
 	snap = tr.Snapshot()
 	wantChanged(t, snap, "ns1/web")
-	if eps := snap.Endpoints[spn("ns1", "web", "http")]; len(eps) != 2 || eps[1].Ready {
+	if eps := snap.Endpoints.Get(spn("ns1", "web", "http")); len(eps) != 2 || eps[1].Ready {
 		t.Errorf("endpoints after readiness change: %v", endpointStrings(snap, spn("ns1", "web", "http")))
 	}
 
@@ -240,7 +239,7 @@ func TestTrackerChanges(t *testing.T) {
 	tr.OnService(nn("ns2", "db"), service("ns2", "db", "172.30.0.2", tcp("sql", 5433)))
 	snap = tr.Snapshot()
 	wantChanged(t, snap, "ns2/db")
-	if p := snap.Services[spn("ns2", "db", "sql")]; p == nil || p.Port != 5433 {
+	if p := snap.Services.Get(spn("ns2", "db", "sql")); p == nil || p.Port != 5433 {
 		t.Errorf("db:sql = %+v, want port 5433", p)
 	}
 
@@ -248,7 +247,7 @@ func TestTrackerChanges(t *testing.T) {
 	tr.OnEndpointSlice(endpointSlice("ns1", "web", "web-1", "http", 8080), true)
 	snap = tr.Snapshot()
 	wantChanged(t, snap, "ns1/web")
-	if _, ok := snap.Services[spn("ns1", "web", "http")]; !ok {
+	if _, ok := snap.Services.Lookup(spn("ns1", "web", "http")); !ok {
 		t.Error("web:http gone after its slice was deleted")
 	}
 	wantEndpoints(t, snap, spn("ns1", "web", "http"))
@@ -257,7 +256,7 @@ func TestTrackerChanges(t *testing.T) {
 	tr.OnService(nn("ns2", "db"), nil)
 	snap = tr.Snapshot()
 	wantChanged(t, snap, "ns2/db")
-	if _, ok := snap.Services[spn("ns2", "db", "sql")]; ok {
+	if _, ok := snap.Services.Lookup(spn("ns2", "db", "sql")); ok {
 		t.Error("db:sql still present after delete")
 	}
 }
@@ -279,8 +278,8 @@ func TestTrackerIgnoresServices(t *testing.T) {
 	}
 	snap := tr.Snapshot()
 	wantChanged(t, snap)
-	if len(snap.Services) != 1 || len(snap.Endpoints) != 1 {
-		t.Errorf("Services %v / Endpoints %d, want only web", slices.Collect(maps.Keys(snap.Services)), len(snap.Endpoints))
+	if snap.Services.Len() != 1 || snap.Endpoints.Len() != 1 {
+		t.Errorf("Services %v / Endpoints %d, want only web", slices.Collect(snap.Services.Keys()), snap.Endpoints.Len())
 	}
 
 	// A handled Service that gets the label is taken away.
@@ -289,7 +288,7 @@ func TestTrackerIgnoresServices(t *testing.T) {
 	tr.OnService(nn("ns1", "web"), web)
 	snap = tr.Snapshot()
 	wantChanged(t, snap, "ns1/web")
-	if len(snap.Services) != 0 || len(snap.Endpoints) != 0 {
+	if snap.Services.Len() != 0 || snap.Endpoints.Len() != 0 {
 		t.Errorf("web still present after being labelled for another proxy: %v", snap.Services)
 	}
 }
@@ -353,7 +352,7 @@ func TestTrackerInvalidService(t *testing.T) {
 			tr := newTestTracker(t)
 			tr.OnService(nn("ns2", "db"), service("ns2", "db", "172.30.0.2", tcp("sql", 5432)))
 			first := tr.Snapshot()
-			goodWeb := first.Services[spn("ns1", "web", "http")]
+			goodWeb := first.Services.Get(spn("ns1", "web", "http"))
 
 			// web turns invalid while db changes and a new invalid
 			// Service appears: only db's change comes through.
@@ -368,15 +367,15 @@ func TestTrackerInvalidService(t *testing.T) {
 			tr.OnEndpointSlice(endpointSlice("ns2", "db", "db-1", "sql", 5432, endpoint("10.0.2.1", "")), false)
 			snap := tr.Snapshot()
 			wantChanged(t, snap, "ns2/db")
-			if got := snap.Services[spn("ns1", "web", "http")]; got != goodWeb {
+			if got := snap.Services.Get(spn("ns1", "web", "http")); got != goodWeb {
 				t.Errorf("web:http = %+v, want its last good state %+v", got, goodWeb)
 			}
 			wantEndpoints(t, snap, spn("ns1", "web", "http"), "10.0.0.1:8080@local", "10.0.0.2:8080")
-			if p := snap.Services[spn("ns2", "db", "sql")]; p == nil || p.Port != 5433 {
+			if p := snap.Services.Get(spn("ns2", "db", "sql")); p == nil || p.Port != 5433 {
 				t.Errorf("db:sql = %+v, want port 5433", p)
 			}
 			wantEndpoints(t, snap, spn("ns2", "db", "sql"), "10.0.2.1:5432")
-			for name := range snap.Services {
+			for name := range snap.Services.All() {
 				if name.Namespace == "ns3" {
 					t.Errorf("invalid new Service programmed: %s", name)
 				}
@@ -393,7 +392,7 @@ func TestTrackerInvalidService(t *testing.T) {
 			tr.OnService(nn("ns1", "web"), service("ns1", "web", "172.30.0.1", tcp("http", 8000)))
 			snap = tr.Snapshot()
 			wantChanged(t, snap, "ns1/web")
-			if p := snap.Services[spn("ns1", "web", "http")]; p == nil || p.Port != 8000 {
+			if p := snap.Services.Get(spn("ns1", "web", "http")); p == nil || p.Port != 8000 {
 				t.Errorf("web:http after fix = %+v, want port 8000", p)
 			}
 			wantEndpoints(t, snap, spn("ns1", "web", "http"), "10.0.0.5:8080")
@@ -404,7 +403,7 @@ func TestTrackerInvalidService(t *testing.T) {
 			tr.OnService(nn("ns1", "web"), nil)
 			snap = tr.Snapshot()
 			wantChanged(t, snap, "ns1/web")
-			if _, ok := snap.Services[spn("ns1", "web", "http")]; ok {
+			if _, ok := snap.Services.Lookup(spn("ns1", "web", "http")); ok {
 				t.Error("web:http still present after deleting the invalid Service")
 			}
 		})
@@ -431,8 +430,8 @@ func TestTrackerInvalidEndpoints(t *testing.T) {
 	snap := tr.Snapshot()
 	wantChanged(t, snap) // the valid part is what web already had
 	wantEndpoints(t, snap, spn("ns1", "web", "http"), "10.0.0.1:8080@local", "10.0.0.2:8080")
-	if len(snap.Endpoints) != 1 {
-		t.Errorf("endpoints for %d ports, want 1", len(snap.Endpoints))
+	if snap.Endpoints.Len() != 1 {
+		t.Errorf("endpoints for %d ports, want 1", snap.Endpoints.Len())
 	}
 }
 
@@ -525,7 +524,7 @@ func TestTrackerLocality(t *testing.T) {
 		if got := endpointStrings(snap, spn("ns1", "web", "http")); !slices.Equal(got, tc.want) {
 			t.Errorf("node %q: endpoints %v, want %v", tc.node, got, tc.want)
 		}
-		for _, ep := range snap.Endpoints[spn("ns1", "web", "http")] {
+		for _, ep := range snap.Endpoints.Get(spn("ns1", "web", "http")) {
 			if ep.Addr.String() == "10.0.0.1" && ep.NodeName != trNode {
 				t.Errorf("NodeName = %q", ep.NodeName)
 			}

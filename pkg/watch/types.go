@@ -15,6 +15,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"svcproxy.dev/svcproxy/pkg/cowmap"
 )
 
 // ServicePortName identifies one port of one Service, as kube-proxy does:
@@ -133,13 +135,13 @@ type NodeInfo struct {
 // Snapshot is the desired state of every Service port on this node at one
 // moment. It is never modified after the Tracker hands it out.
 type Snapshot struct {
-	Services  map[ServicePortName]*ServicePort
-	Endpoints map[ServicePortName][]*Endpoint
+	Services  cowmap.Map[ServicePortName, *ServicePort]
+	Endpoints cowmap.Map[ServicePortName, []*Endpoint]
 	// Ports indexes Services by Service, each Service's ports sorted by
 	// name, so a planner can re-plan the changed Services without walking
-	// all of them. Snapshots built by hand may leave it nil (see
+	// all of them. Snapshots built by hand may leave it empty (see
 	// ServicePorts).
-	Ports map[types.NamespacedName][]*ServicePort
+	Ports cowmap.Map[types.NamespacedName, []*ServicePort]
 	Node  NodeInfo
 
 	// Changed names the Services whose ports or endpoints differ from the
@@ -159,8 +161,8 @@ type Snapshot struct {
 // SortedNames returns the snapshot's service port names in a stable order,
 // so that plans and payloads are deterministic.
 func (s *Snapshot) SortedNames() []ServicePortName {
-	names := make([]ServicePortName, 0, len(s.Services))
-	for n := range s.Services {
+	names := make([]ServicePortName, 0, s.Services.Len())
+	for n := range s.Services.Keys() {
 		names = append(names, n)
 	}
 	slices.SortFunc(names, CompareNames)
@@ -169,18 +171,18 @@ func (s *Snapshot) SortedNames() []ServicePortName {
 
 // ServicePorts returns the Ports index, built from Services when the
 // snapshot has none.
-func (s *Snapshot) ServicePorts() map[types.NamespacedName][]*ServicePort {
-	if s.Ports != nil {
+func (s *Snapshot) ServicePorts() cowmap.Map[types.NamespacedName, []*ServicePort] {
+	if s.Ports.Len() > 0 || s.Services.Len() == 0 {
 		return s.Ports
 	}
 	out := map[types.NamespacedName][]*ServicePort{}
-	for n, p := range s.Services {
+	for n, p := range s.Services.All() {
 		out[n.NamespacedName] = append(out[n.NamespacedName], p)
 	}
 	for _, ports := range out {
 		sortPorts(ports)
 	}
-	return out
+	return cowmap.From(out)
 }
 
 func sortPorts(ports []*ServicePort) {
@@ -189,11 +191,11 @@ func sortPorts(ports []*ServicePort) {
 
 // PortsOf returns the ports of one Service, sorted.
 func (s *Snapshot) PortsOf(svc types.NamespacedName) []*ServicePort {
-	if s.Ports != nil {
-		return slices.Clone(s.Ports[svc])
+	if s.Ports.Len() > 0 || s.Services.Len() == 0 {
+		return slices.Clone(s.Ports.Get(svc))
 	}
 	var out []*ServicePort
-	for n, p := range s.Services {
+	for n, p := range s.Services.All() {
 		if n.NamespacedName == svc {
 			out = append(out, p)
 		}

@@ -1,0 +1,78 @@
+package cowmap
+
+import (
+	"fmt"
+	"maps"
+	"testing"
+)
+
+// TestEditLeavesOriginal: a copy edited by Set and Delete differs from its
+// original only there, the original and an earlier published copy never
+// change, and Len counts what All yields.
+func TestEditLeavesOriginal(t *testing.T) {
+	plain := map[string]int{}
+	for i := range 500 {
+		plain[fmt.Sprint("k", i)] = i
+	}
+	orig := From(plain)
+	check(t, "From", orig, plain)
+
+	e := orig.Edit()
+	e.Set("k1", -1)
+	e.Set("new", 7)
+	e.Delete("k2")
+	e.Delete("absent")
+	first := e.Map()
+	e.Set("k3", -3) // after Map: a new copy
+	second := e.Map()
+
+	check(t, "the original after edits", orig, plain)
+	want := maps.Clone(plain)
+	want["k1"], want["new"] = -1, 7
+	delete(want, "k2")
+	check(t, "the first copy", first, want)
+	want["k3"] = -3
+	check(t, "the second copy", second, want)
+	if v, ok := second.Lookup("k2"); ok {
+		t.Errorf("deleted k2 is present with %d", v)
+	}
+	if got := (Map[string, int]{}).Get("x"); got != 0 || (Map[string, int]{}).Len() != 0 {
+		t.Errorf("the zero Map is not empty")
+	}
+}
+
+// TestEditClonesOnlyWrittenShards: an edit of one key leaves every other
+// shard shared with the original.
+func TestEditClonesOnlyWrittenShards(t *testing.T) {
+	m := map[int]int{}
+	for i := range 5000 {
+		m[i] = i
+	}
+	orig := From(m)
+	e := orig.Edit()
+	e.Set(42, 0)
+	edited := e.Map()
+	shared := 0
+	for i := range shards {
+		if fmt.Sprintf("%p", orig.table[i]) == fmt.Sprintf("%p", edited.table[i]) {
+			shared++
+		}
+	}
+	if shared != shards-1 {
+		t.Errorf("%d of %d shards shared after editing one key, want %d", shared, shards, shards-1)
+	}
+}
+
+func check[K comparable, V comparable](t *testing.T, what string, m Map[K, V], want map[K]V) {
+	t.Helper()
+	got := maps.Collect(m.All())
+	if !maps.Equal(got, want) || m.Len() != len(want) {
+		t.Errorf("%s: %d entries (Len %d), want %d; equal %v", what, len(got), m.Len(), len(want), maps.Equal(got, want))
+	}
+	for k, v := range want {
+		if m.Get(k) != v {
+			t.Errorf("%s: Get(%v) = %v, want %v", what, k, m.Get(k), v)
+			return
+		}
+	}
+}
