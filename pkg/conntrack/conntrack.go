@@ -243,15 +243,26 @@ func (b *Builder) forget(name watch.ServicePortName) {
 // makesStale reports whether a port built as now, where it was built as
 // before (zero if it is new), can leave conntrack entries stale: a UDP or
 // SCTP port may have lost endpoints; a TCP port's entries go stale only
-// when it gains its first endpoint (see Targets.Stale).
+// when a destination gains its first endpoint (see Targets.Stale): the
+// port had none, or serves an address or port it did not serve before.
 func makesStale(before, now seenPort) bool {
 	switch now.proto {
 	case protoUDP, protoSCTP:
 		return true
 	case protoTCP:
-		return now.any && !(before.proto == protoTCP && before.any)
+		served := before.proto == protoTCP && before.any && sameDests(before, now)
+		return now.any && !served
 	}
 	return false
+}
+
+// sameDests reports whether two builds of a port have the same
+// destinations.
+func sameDests(a, b seenPort) bool {
+	if a.port == nil || b.port == nil {
+		return a.port == b.port
+	}
+	return a.port.NodePort == b.port.NodePort && slices.Equal(a.dests, b.dests)
 }
 
 // sameSlice reports whether a and b are the same slice (not merely equal).

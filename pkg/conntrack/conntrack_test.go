@@ -192,6 +192,10 @@ func TestMayBeStale(t *testing.T) {
 		check("a TCP endpoint added beside another", false)
 		tr.OnEndpointSlice(slice("t", v1.ProtocolTCP, "10.0.0.3"), false)
 		check("a TCP endpoint removed, one left", false)
+		moved := svc("t", v1.ProtocolTCP)
+		moved.Ports[0].Port = 81
+		tr.OnService(types.NamespacedName{Namespace: "ns", Name: "t"}, moved.Object())
+		check("a TCP Service's port changed", true)
 		tr.OnService(types.NamespacedName{Namespace: "ns", Name: "t"}, nil)
 		check("a TCP Service deleted", false)
 		tr.OnEndpointSlice(slice("none", v1.ProtocolTCP, "10.0.0.4"), false)
