@@ -58,6 +58,7 @@ type options struct {
 	VM             *vmOptions   // set by -vm or -vm-guest: the IPVS vs iptables run in the QEMU guest
 	NoFloor        bool         // skip the floor (iptables-nft-restore of the dump)
 	Profile        bool         // svcproxy with enableProfiling; CPU profiles of churn and the fast latency series
+	Trace          bool         // with Profile: an execution trace of the churn too
 }
 
 func envOr(k, def string) string {
@@ -107,6 +108,7 @@ func main() {
 	flag.IntVar(&o.Writers, "writers", 16, "parallel API writers when creating the workload")
 	flag.StringVar(&o.OneChange, "one-change", "", "output of `go test -bench OneEndpointChange ./pkg/iptables/` to include in the report")
 	flag.BoolVar(&o.Profile, "profile", false, "run svcproxy with enableProfiling and take CPU profiles of its churn and fast latency series (profile-<mode>-<phase>-n<N>.pb.gz in -out; with -vm, in -out/profiles with a pprof -top beside each)")
+	flag.BoolVar(&o.Trace, "trace", false, "with -profile: also take an execution trace of svcproxy's churn (trace-<mode>-churn-n<N>.out beside the profiles; `go tool trace` reads it), which shows where syncs wait")
 	proxies := flag.String("proxies", envOr("BENCH_PROXIES", SvcProxy+","+KubeProxy), "proxies to run, comma separated; env BENCH_PROXIES")
 	flag.StringVar(&o.LogDir, "log-dir", filepath.Join(root, ".cache", "bench", "logs"), "proxy logs and rule dumps")
 	soak := soakFlags()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,8 +16,11 @@ import (
 )
 
 // pprofURL is the CPU profile endpoint svcproxy serves beside /metrics
-// when the config sets enableProfiling.
-const pprofURL = "http://127.0.0.1:10249/debug/pprof/profile"
+// when the config sets enableProfiling; traceURL the execution trace's.
+const (
+	pprofURL = "http://127.0.0.1:10249/debug/pprof/profile"
+	traceURL = "http://127.0.0.1:10249/debug/pprof/trace"
+)
 
 // profileFile names the CPU profile of one phase of one run.
 func profileFile(r *Run, phase string) string {
@@ -35,16 +39,29 @@ func (b *bench) startProfile(ctx context.Context, r *Run, netns, phase string, s
 	if !b.o.Profile || r.Proxy != SvcProxy {
 		return func() error { return nil }
 	}
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() {
-		done <- fetchProfile(ctx, netns, secs, filepath.Join(b.o.Out, profileFile(r, phase)))
+		done <- fetchProfile(ctx, netns, pprofURL, secs, filepath.Join(b.o.Out, profileFile(r, phase)))
 	}()
-	return func() error { return <-done }
+	traced := b.o.Trace && phase == "churn"
+	if traced {
+		name := strings.Replace(strings.TrimSuffix(profileFile(r, phase), ".pb.gz"), "profile-", "trace-", 1) + ".out"
+		go func() { done <- fetchProfile(ctx, netns, traceURL, secs, filepath.Join(b.o.Out, name)) }()
+	}
+	return func() error {
+		err := <-done
+		if traced {
+			err = errors.Join(err, <-done)
+		}
+		return err
+	}
 }
 
-func fetchProfile(ctx context.Context, netns string, secs int, path string) error {
+// fetchProfile writes what url (a CPU profile or an execution trace)
+// serves for the next secs seconds to path.
+func fetchProfile(ctx context.Context, netns, url string, secs int, path string) error {
 	hc := nsutil.HTTPClient(netns, time.Duration(secs)*time.Second+time.Minute)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s?seconds=%d", pprofURL, secs), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s?seconds=%d", url, secs), nil)
 	if err != nil {
 		return err
 	}
@@ -75,6 +92,7 @@ func collectProfiles(dir, out string) error {
 	if err != nil || len(files) == 0 {
 		return err
 	}
+	traces, _ := filepath.Glob(filepath.Join(dir, "trace-*.out"))
 	dst := filepath.Join(out, "profiles")
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return err
@@ -90,6 +108,15 @@ func collectProfiles(dir, out string) error {
 		}
 		if err := writeTop(to); err != nil {
 			logf("pprof -top %s: %v", to, err)
+		}
+	}
+	for _, f := range traces {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dst, filepath.Base(f)), data, 0o644); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -177,6 +177,9 @@ func (b *bench) bootGuest(ctx context.Context, exe, share, kc string, n int) (VM
 	if b.o.Profile {
 		args = append(args, "-profile")
 	}
+	if b.o.Trace {
+		args = append(args, "-trace")
+	}
 	logf("N=%d: booting the guest (%d vCPUs, %d MiB): %s", n, v.CPUs, v.Memory, strings.Join(args, " "))
 	// The guest's bench finds the repository from its working directory.
 	root, err := controlplane.RepoRoot()

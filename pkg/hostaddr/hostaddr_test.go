@@ -93,7 +93,14 @@ func TestWatchRealKernel(t *testing.T) {
 	addAddr(eth, "192.168.77.1/24")
 	waitFor("version change after a node address", func() bool { return slices.Contains(list(), netip.MustParseAddr("192.168.77.1")) })
 
+	// Notifications of the first address (and of the link itself) may
+	// still be arriving: start counting once the version has settled.
 	before, _ := w.Version()
+	for settled := time.Now(); time.Since(settled) < 300*time.Millisecond; time.Sleep(10 * time.Millisecond) {
+		if v, _ := w.Version(); v != before {
+			before, settled = v, time.Now()
+		}
+	}
 	for i := 1; i <= 20; i++ {
 		addAddr(ipvs0, "172.30.0."+strconv.Itoa(i)+"/32")
 	}
