@@ -27,11 +27,16 @@ type Cleaner struct {
 	FullEvery time.Duration
 
 	builders map[v1.IPFamily]*Builder
-	lastRead map[v1.IPFamily]time.Time
-	// fullSyncs counts ReadNext calls; readAfter is, per family, the count
-	// when its table was last read.
+	lastRead map[v1.IPFamily]tableRead
+	// fullSyncs counts ReadNext calls.
 	fullSyncs atomic.Uint64
-	readAfter map[v1.IPFamily]uint64
+}
+
+// tableRead is when a family's table was last read, and how many full
+// syncs had been reported then.
+type tableRead struct {
+	at        time.Time
+	fullSyncs uint64
 }
 
 // ReadNext makes each family's next round read the table whatever changed:
@@ -59,7 +64,8 @@ func (c *Cleaner) Reconcile(snap *watch.Snapshot, family v1.IPFamily) {
 	}
 	b, fullSyncs := c.builders[family], c.fullSyncs.Load()
 	targets := b.Build(snap, local)
-	if !b.MayBeStale() && c.readAfter[family] == fullSyncs && c.FullEvery > 0 && time.Since(c.lastRead[family]) < c.FullEvery {
+	last := c.lastRead[family]
+	if !b.MayBeStale() && last.fullSyncs == fullSyncs && c.FullEvery > 0 && time.Since(last.at) < c.FullEvery {
 		// Reading the table is the round's whole cost once the targets are
 		// kept between rounds; after a TCP-only change nothing is new.
 		return
@@ -75,9 +81,9 @@ func (c *Cleaner) Reconcile(snap *watch.Snapshot, family v1.IPFamily) {
 		return
 	}
 	if c.lastRead == nil {
-		c.lastRead, c.readAfter = map[v1.IPFamily]time.Time{}, map[v1.IPFamily]uint64{}
+		c.lastRead = map[v1.IPFamily]tableRead{}
 	}
-	c.lastRead[family], c.readAfter[family] = start, fullSyncs
+	c.lastRead[family] = tableRead{at: start, fullSyncs: fullSyncs}
 	if n > 0 {
 		metrics.ReconcileConntrackFlowsDeletedEntriesTotal.WithLabelValues(string(family)).Add(float64(n))
 		klog.V(2).InfoS("Deleted stale conntrack entries", "family", family, "count", n)
