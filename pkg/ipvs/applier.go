@@ -33,8 +33,12 @@ type Applier struct {
 
 	last *State
 	refs *refs
-	// vs holds our virtual servers as applied, draining ones included.
+	// vs holds our virtual servers as applied, draining ones included;
+	// change it only through putVS and dropVS, which keep vsOnAddr.
 	vs map[VSKey]*appliedVS
+	// vsOnAddr counts the entries of vs on each address, so that freeing
+	// an address need not walk every virtual server.
+	vsOnAddr map[netip.Addr]int
 	// nodeVS records the virtual servers we created off kube-ipvs0
 	// (NodePorts on node IPs): ours to delete later.
 	nodeVS map[VSKey]bool
@@ -49,6 +53,8 @@ type Applier struct {
 	// touched holds the virtual servers the last delta Apply touched; nil
 	// after a full one (every virtual server).
 	touched map[VSKey]bool
+	// checking records set writes while a drift check reads the sets.
+	checking *setsCheck
 }
 
 // appliedVS is a virtual server as we last wrote it.
@@ -87,7 +93,7 @@ func NewApplier(k Kernel, opts ApplierOptions) *Applier {
 		opts.Now = time.Now
 	}
 	return &Applier{k: k, family: opts.Family, exclude: opts.ExcludeCIDRs, grace: opts.GracePeriod, now: opts.Now,
-		vs: map[VSKey]*appliedVS{}, nodeVS: map[VSKey]bool{}, addrs: map[netip.Addr]bool{}, sets: map[string]map[string]bool{}, reaping: map[VSKey]bool{}, full: true}
+		vs: map[VSKey]*appliedVS{}, vsOnAddr: map[netip.Addr]int{}, nodeVS: map[VSKey]bool{}, addrs: map[netip.Addr]bool{}, sets: map[string]map[string]bool{}, reaping: map[VSKey]bool{}, full: true}
 }
 
 // ForceFull makes the next Apply a full one.
@@ -208,7 +214,7 @@ func (a *Applier) adopt(nodeIPs []netip.Addr) error {
 		return err
 	}
 	prev := a.vs
-	a.vs, a.reaping = map[VSKey]*appliedVS{}, map[VSKey]bool{}
+	a.vs, a.vsOnAddr, a.reaping = map[VSKey]*appliedVS{}, map[netip.Addr]int{}, map[VSKey]bool{}
 	for _, s := range services {
 		k := s.Key
 		if (k.Addr.Is4() != (a.family == v1.IPv4Protocol)) || a.excluded(k.Addr) {
@@ -233,7 +239,7 @@ func (a *Applier) adopt(nodeIPs []netip.Addr) error {
 				}
 			}
 		}
-		a.vs[k] = av
+		a.putVS(k, av)
 		if len(av.terminating) > 0 {
 			a.reaping[k] = true
 		}
@@ -274,6 +280,9 @@ func (a *Applier) readSets() error {
 		return err
 	}
 	a.sets = map[string]map[string]bool{}
+	if a.checking != nil {
+		a.checking.void = true
+	}
 	var mismatched []string
 	for _, d := range defs {
 		ks, ok := kernel[d.Name]
@@ -341,6 +350,9 @@ func (a *Applier) restore(p *restorePayload) error {
 	if err := a.k.IPSets.Restore(p.bytes()); err != nil {
 		return err
 	}
+	if a.checking != nil && len(p.creates) > 0 {
+		a.checking.void = true
+	}
 	for _, l := range p.adds {
 		var op, set, m string
 		fmt.Sscan(l, &op, &set, &m)
@@ -348,11 +360,17 @@ func (a *Applier) restore(p *restorePayload) error {
 			a.sets[set] = map[string]bool{}
 		}
 		a.sets[set][m] = true
+		if a.checking != nil {
+			a.checking.wrote(set, m)
+		}
 	}
 	for _, l := range p.dels {
 		var op, set, m string
 		fmt.Sscan(l, &op, &set, &m)
 		delete(a.sets[set], m)
+		if a.checking != nil {
+			a.checking.wrote(set, m)
+		}
 	}
 	return nil
 }
@@ -373,18 +391,8 @@ func (a *Applier) addAddrs(addrs []netip.Addr) error {
 // removeAddrs removes addresses no Service wants and no draining virtual
 // server still needs.
 func (a *Applier) removeAddrs(addrs []netip.Addr) error {
-	var draining map[netip.Addr]bool
 	for _, addr := range addrs {
-		if a.refs.addrs[addr] > 0 || !a.addrs[addr] || a.excluded(addr) {
-			continue
-		}
-		if draining == nil {
-			draining = map[netip.Addr]bool{}
-			for k := range a.vs {
-				draining[k.Addr] = true
-			}
-		}
-		if draining[addr] {
+		if a.refs.addrs[addr] > 0 || !a.addrs[addr] || a.excluded(addr) || a.vsOnAddr[addr] > 0 {
 			continue
 		}
 		if err := a.k.Link.DelAddr(addr); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
@@ -393,6 +401,25 @@ func (a *Applier) removeAddrs(addrs []netip.Addr) error {
 		delete(a.addrs, addr)
 	}
 	return nil
+}
+
+// putVS records k as applied.
+func (a *Applier) putVS(k VSKey, av *appliedVS) {
+	if _, ok := a.vs[k]; !ok {
+		a.vsOnAddr[k.Addr]++
+	}
+	a.vs[k] = av
+}
+
+// dropVS forgets k.
+func (a *Applier) dropVS(k VSKey) {
+	if _, ok := a.vs[k]; !ok {
+		return
+	}
+	delete(a.vs, k)
+	if a.vsOnAddr[k.Addr]--; a.vsOnAddr[k.Addr] == 0 {
+		delete(a.vsOnAddr, k.Addr)
+	}
 }
 
 // desiredVS returns the virtual server the owning Service wants for k.
@@ -447,7 +474,7 @@ func (a *Applier) syncVS(k VSKey, want *VirtualServer) error {
 		default:
 			have = &appliedVS{svc: want.Service(), rs: map[netip.AddrPort]int{}, terminating: map[netip.AddrPort]time.Time{}}
 		}
-		a.vs[k] = have
+		a.putVS(k, have)
 		if !a.addrs[k.Addr] {
 			a.nodeVS[k] = true
 		}
@@ -514,7 +541,7 @@ func (a *Applier) dropIfEmpty(k VSKey, have *appliedVS) error {
 	if err := a.k.IPVS.DeleteService(k); err != nil && !errors.Is(err, syscall.ENOENT) {
 		return err
 	}
-	delete(a.vs, k)
+	a.dropVS(k)
 	delete(a.nodeVS, k)
 	return nil
 }

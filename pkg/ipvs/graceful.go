@@ -125,7 +125,7 @@ func (a *Applier) reapVS(k VSKey, have *appliedVS) (freed []netip.Addr, err erro
 	dests, err := a.k.IPVS.Destinations(k)
 	if errors.Is(err, syscall.ENOENT) {
 		// Gone behind our back; the next full sync sorts it out.
-		delete(a.vs, k)
+		a.dropVS(k)
 		return []netip.Addr{k.Addr}, nil
 	}
 	if err != nil {

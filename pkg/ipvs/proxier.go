@@ -52,6 +52,9 @@ type Proxier struct {
 	// calls counts the kernel calls made through k since the last reset;
 	// every use of k holds mu, so a Sync's count is exactly its own.
 	calls callCounts
+	// sets is the uncounted ipset tool, which the drift check runs
+	// without the lock (calls needs it).
+	sets IPSets
 	// betweenSteps, when set (tests), runs after each step of the drift
 	// check, where the lock must be free.
 	betweenSteps func()
@@ -86,7 +89,7 @@ func NewProxier(k Kernel, ipt iptables.Interface, iptOpts iptables.PlanOptions, 
 	}
 	iptOpts.Family = opts.Family
 	p := &Proxier{opts: opts, calls: callCounts{}, realServerChecks: RealServerChecks, rules: iptables.NewProxier(ipt, iptOpts).WithPlanner(PlanRules)}
-	p.k = countingKernel(k, &p.calls)
+	p.k, p.sets = countingKernel(k, &p.calls), k.IPSets
 	p.applier = NewApplier(p.k, ApplierOptions{Family: opts.Family, ExcludeCIDRs: opts.ExcludeCIDRs, GracePeriod: opts.GracePeriod, Now: opts.Now})
 	return p
 }
@@ -272,6 +275,13 @@ func (p *Proxier) Reap() error {
 	return errors.Join(errs...)
 }
 
+// Draining reports how many real servers are draining at weight 0.
+func (p *Proxier) Draining() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applier.Draining()
+}
+
 // Verify looks for drift in the IPVS table, kube-ipvs0, the ipsets and
 // the helper rules.
 func (p *Proxier) Verify() (*Drift, error) {
@@ -288,12 +298,13 @@ func (p *Proxier) Verify() (*Drift, error) {
 }
 
 // verifyIPVS compares the virtual servers, addresses and ipsets with what
-// the applier wrote. Each step (the virtual server dump, each virtual
-// server's real servers, the addresses and ipsets) reads and compares
-// under the lock, so it sees the applier's state of the moment and a sync
-// in between cannot pass for drift; between steps the lock is free, so a
-// check at 5,000 Services (5,000 real server reads) never holds up a sync
-// for more than one read.
+// the applier wrote. Each netlink step (the virtual server dump, each
+// virtual server's real servers, the addresses) reads and compares under
+// the lock, so it sees the applier's state of the moment and a sync in
+// between cannot pass for drift; between steps the lock is free, so a
+// check at 5,000 Services never holds up a sync for more than one read.
+// The ipsets are read by a child process, too slow to hold the lock for,
+// so that read runs without it (verifySets).
 func (p *Proxier) verifyIPVS() (*Drift, error) {
 	var keys []VSKey
 	d, err := p.step(func() (d *Drift, err error) {
@@ -308,7 +319,32 @@ func (p *Proxier) verifyIPVS() (*Drift, error) {
 			return d, err
 		}
 	}
-	return p.step(p.applier.verifyAddrsAndSets)
+	if d, err := p.step(p.applier.verifyAddrs); err != nil || d != nil {
+		return d, err
+	}
+	return p.verifySets()
+}
+
+// verifySets reads the ipsets without the lock (see setsCheck) and
+// compares them under it.
+func (p *Proxier) verifySets() (*Drift, error) {
+	p.mu.Lock()
+	begun := p.applier.beginSetsCheck()
+	p.mu.Unlock()
+	if !begun {
+		return nil, nil
+	}
+	if p.betweenSteps != nil {
+		p.betweenSteps()
+	}
+	save, err := p.sets.Save()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d, cmpErr := p.applier.endSetsCheck(save)
+	if err != nil {
+		return nil, err
+	}
+	return d, cmpErr
 }
 
 // rotation returns the virtual servers (of keys, sorted) whose real servers

@@ -13,25 +13,6 @@ type Drift struct {
 	Detail string
 }
 
-// Verify compares a fresh read of the kernel (one virtual server dump, the
-// real servers of our virtual servers, kube-ipvs0's addresses, one `ipset
-// save`) with what was applied. It returns nil when nothing is off, or
-// when nothing was applied yet. The Proxier runs its steps one at a time
-// under its lock (see Proxier.verifyIPVS), so that reading thousands of
-// real server lists never holds up a sync for long.
-func (a *Applier) Verify() (*Drift, error) {
-	d, keys, err := a.verifyServices()
-	if err != nil || d != nil {
-		return d, err
-	}
-	for _, k := range keys {
-		if d, err := a.verifyRealServers(k); err != nil || d != nil {
-			return d, err
-		}
-	}
-	return a.verifyAddrsAndSets()
-}
-
 // verifyServices checks that each of our virtual servers exists as
 // applied, and returns their keys for verifyRealServers.
 func (a *Applier) verifyServices() (*Drift, []VSKey, error) {
@@ -82,8 +63,8 @@ func (a *Applier) verifyRealServers(k VSKey) (*Drift, error) {
 	return nil, nil
 }
 
-// verifyAddrsAndSets checks kube-ipvs0's addresses and the ipsets.
-func (a *Applier) verifyAddrsAndSets() (*Drift, error) {
+// verifyAddrs checks that kube-ipvs0 has every address we added.
+func (a *Applier) verifyAddrs() (*Drift, error) {
 	if a.last == nil {
 		return nil, nil
 	}
@@ -100,14 +81,49 @@ func (a *Applier) verifyAddrsAndSets() (*Drift, error) {
 			return &Drift{"address", addr.String() + " is missing on " + DummyInterface}, nil
 		}
 	}
+	return nil, nil
+}
+
+// setsCheck records the ipset members the applier writes while a drift
+// check reads the sets without the lock: `ipset save` is a child process,
+// which took over a second in the emulated guest at 1,000 Services, and a
+// sync of the family waited for it while it ran under the lock. A member
+// written during the read may be in the read or not, so it is left out of
+// the comparison; a set written whole (a full sync) voids the check.
+type setsCheck struct {
+	written map[string]map[string]bool
+	void    bool
+}
+
+func (c *setsCheck) wrote(set, member string) {
+	if c.written[set] == nil {
+		c.written[set] = map[string]bool{}
+	}
+	c.written[set][member] = true
+}
+
+// beginSetsCheck starts recording set writes; it reports false when there
+// is nothing to check yet.
+func (a *Applier) beginSetsCheck() bool {
+	if a.last == nil {
+		return false
+	}
+	a.checking = &setsCheck{written: map[string]map[string]bool{}}
+	return true
+}
+
+// endSetsCheck compares save, an `ipset save` read since beginSetsCheck,
+// with what was applied, leaving out the members written meanwhile.
+func (a *Applier) endSetsCheck(save []byte) (*Drift, error) {
+	c := a.checking
+	a.checking = nil
+	if c == nil || c.void || a.last == nil {
+		return nil, nil
+	}
 	defs := setDefs(a.family)
 	want := map[string]bool{}
 	for _, d := range defs {
 		want[d.Name] = true
-	}
-	save, err := a.k.IPSets.Save()
-	if err != nil {
-		return nil, err
 	}
 	kernel, err := parseSave(save, want)
 	if err != nil {
@@ -118,9 +134,30 @@ func (a *Applier) verifyAddrsAndSets() (*Drift, error) {
 		if !ok {
 			return &Drift{"ipset", "ipset " + d.Name + " is missing"}, nil
 		}
-		if !maps.Equal(ks.Members, a.sets[d.Name]) && !(len(ks.Members) == 0 && len(a.sets[d.Name]) == 0) {
-			return &Drift{"ipset", fmt.Sprintf("ipset %s has %d members, want %d", d.Name, len(ks.Members), len(a.sets[d.Name]))}, nil
+		if m, extra, ok := firstDifference(ks.Members, a.sets[d.Name], c.written[d.Name]); ok {
+			what := "is missing"
+			if extra {
+				what = "should not be there"
+			}
+			return &Drift{"ipset", fmt.Sprintf("ipset %s: member %s %s (%d members, want %d)", d.Name, m, what, len(ks.Members), len(a.sets[d.Name]))}, nil
 		}
 	}
 	return nil, nil
+}
+
+// firstDifference returns the first member (in order) that is in exactly
+// one of got and want and not in skip, and whether it is the kernel's
+// extra one.
+func firstDifference(got, want, skip map[string]bool) (member string, extra, found bool) {
+	for _, m := range slices.Sorted(maps.Keys(want)) {
+		if !got[m] && !skip[m] {
+			return m, false, true
+		}
+	}
+	for _, m := range slices.Sorted(maps.Keys(got)) {
+		if !want[m] && !skip[m] {
+			return m, true, true
+		}
+	}
+	return "", false, false
 }
