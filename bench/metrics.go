@@ -39,6 +39,7 @@ const (
 	mNetProg       = "kubeproxy_network_programming_duration_seconds"
 	mSyncFailures  = "kubeproxy_sync_proxy_rules_sync_failures_total"
 	mKernelCalls   = "kubeproxy_sync_kernel_calls_total"
+	mDraining      = "kubeproxy_sync_proxy_rules_ipvs_real_servers_draining"
 	mGoroutines    = "go_goroutines"
 	mThreads       = "go_threads"
 	mHeapInuse     = "go_memstats_heap_inuse_bytes"

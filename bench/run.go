@@ -574,6 +574,11 @@ func (b *bench) churn(ctx context.Context, r *Run, e *env, proc *nsutil.Proc) (*
 	if secs != b.o.ChurnSeconds && why != "" {
 		c.Note = fmt.Sprintf("shortened to %d s: %s", secs, why)
 	}
+	// The latency series' Services drain for up to the grace period after
+	// their deletion; their deletions are not the churn's.
+	if err := waitDrained(ctx, e.topo.Node, drainWait); err != nil {
+		return c, fmt.Errorf("churn: before: %w", err)
+	}
 	m0, err := scrape(ctx, e.topo.Node)
 	if err != nil {
 		return c, err
@@ -602,6 +607,10 @@ func (b *bench) churn(ctx context.Context, r *Run, e *env, proc *nsutil.Proc) (*
 	}
 	if err := acceptance.WaitSynced(ctx, e.topo.Node, proc, last, b.o.Cap); err != nil {
 		return c, fmt.Errorf("churn: %w", err)
+	}
+	// The churn's own drained real servers are part of its cost.
+	if err := waitDrained(ctx, e.topo.Node, drainWait); err != nil {
+		return c, fmt.Errorf("churn: after: %w", err)
 	}
 	m1, err := scrape(ctx, e.topo.Node)
 	if err != nil {
@@ -632,6 +641,45 @@ func (b *bench) churn(ctx context.Context, r *Run, e *env, proc *nsutil.Proc) (*
 	}
 	logf("  churn: %d changes in %d s, %.0f syncs, %.3f s/sync (%s), %.0f bytes/sync, %.0f nat rules in last sync", c.Changes, secs, c.Syncs, c.SyncSPerChange, c.SyncMetric, c.BytesPerChange, c.NatRulesLast)
 	return c, nil
+}
+
+// drainWait bounds waitDrained: svcproxy's default grace period (30 s)
+// plus a few reap rounds.
+const drainWait = 45 * time.Second
+
+// waitDrained waits until the proxy in netns reports no IPVS real server
+// draining (kubeproxy_sync_proxy_rules_ipvs_real_servers_draining) on two
+// scrapes a second apart, the second one so that deletions still on their
+// way from the API server are seen; a proxy without the gauge has nothing
+// to wait for. A phase's kernel call counts then hold all of its own
+// deletions and none of an earlier phase's.
+func waitDrained(ctx context.Context, netns string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	zeros := 0
+	for {
+		m, err := scrape(ctx, netns)
+		if err != nil {
+			return err
+		}
+		n, ok := m.v4(mDraining)
+		if !ok {
+			return nil
+		}
+		if zeros = zeros + 1; n != 0 {
+			zeros = 0
+		}
+		if zeros == 2 {
+			return nil
+		}
+		if n != 0 && time.Now().After(deadline) {
+			return fmt.Errorf("%.0f IPVS real servers still draining after %s", n, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // MinSyncCheck is what each binary does with minSyncPeriod 0s (and the

@@ -37,8 +37,9 @@ func newIPVSProviders(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration,
 		iptOpts := f.opts
 		iptOpts.LocalhostNodePorts = false
 		p := ipvs.NewProxier(kernel, f.kernel, iptOpts, opts)
-		go reapLoop(ctx, p)
-		out = append(out, ipvs.Provider{Proxier: p})
+		prov := ipvs.Provider{Proxier: p}
+		go reapLoop(ctx, prov)
+		out = append(out, prov)
 	}
 	return out, nil
 }
@@ -61,7 +62,7 @@ func ipvsOptions(cfg *v1alpha1.KubeProxyConfiguration, f iptablesFamily) ipvs.Op
 
 // reapLoop deletes drained real servers every few seconds, between syncs,
 // until ctx is done.
-func reapLoop(ctx context.Context, p *ipvs.Proxier) {
+func reapLoop(ctx context.Context, p ipvs.Provider) {
 	ticker := time.NewTicker(reapInterval)
 	defer ticker.Stop()
 	for {

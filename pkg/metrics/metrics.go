@@ -157,6 +157,14 @@ var (
 	SyncKernelCallsTotal = newCounterVec("sync_kernel_calls_total",
 		"Cumulative kernel calls made by syncs (IPVS mode: netlink requests and ipset runs; both modes: iptables-restore runs), by call", labelCall, labelIPFamily)
 
+	// IPVSRealServersDraining is the number of IPVS real servers left at
+	// weight 0 after their endpoint went, waiting for their connections to
+	// end or their grace period to pass (IPVS mode only). It answers "why
+	// is this old backend still in ipvsadm -Ln", and tells a benchmark
+	// when the deletions of earlier changes are over.
+	IPVSRealServersDraining = newGaugeVec("sync_proxy_rules_ipvs_real_servers_draining",
+		"IPVS real servers draining at weight 0 before their deletion", labelIPFamily)
+
 	// SyncProxyRulesSyncFailuresTotal counts syncs that failed for any reason,
 	// independent of the backend-specific restore failure counters.
 	SyncProxyRulesSyncFailuresTotal = newCounterVec("sync_proxy_rules_sync_failures_total",
@@ -196,6 +204,7 @@ func newRegistry() *prometheus.Registry {
 
 		SyncProxyRulesRestoreBytes,
 		SyncProxyRulesDriftRepairsTotal,
+		IPVSRealServersDraining,
 		SyncProxyRulesSyncFailuresTotal,
 		SyncKernelCallsTotal,
 	)
