@@ -37,9 +37,8 @@ func newIPVSProviders(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration,
 		iptOpts := f.opts
 		iptOpts.LocalhostNodePorts = false
 		p := ipvs.NewProxier(kernel, f.kernel, iptOpts, opts)
-		prov := ipvs.Provider{Proxier: p}
-		go reapLoop(ctx, prov)
-		out = append(out, prov)
+		go reapLoop(ctx, p)
+		out = append(out, ipvs.Provider{Proxier: p})
 	}
 	return out, nil
 }
@@ -62,7 +61,7 @@ func ipvsOptions(cfg *v1alpha1.KubeProxyConfiguration, f iptablesFamily) ipvs.Op
 
 // reapLoop deletes drained real servers every few seconds, between syncs,
 // until ctx is done.
-func reapLoop(ctx context.Context, p ipvs.Provider) {
+func reapLoop(ctx context.Context, p *ipvs.Proxier) {
 	ticker := time.NewTicker(reapInterval)
 	defer ticker.Stop()
 	for {

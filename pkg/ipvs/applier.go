@@ -348,6 +348,9 @@ func (a *Applier) restore(p *restorePayload) error {
 		return nil
 	}
 	if err := a.k.IPSets.Restore(p.bytes()); err != nil {
+		if a.checking != nil {
+			a.checking.void = true // the lines before the failed one landed
+		}
 		return err
 	}
 	if a.checking != nil && len(p.creates) > 0 {

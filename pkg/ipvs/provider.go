@@ -2,7 +2,6 @@ package ipvs
 
 import (
 	"svcproxy.dev/svcproxy/pkg/iptables"
-	"svcproxy.dev/svcproxy/pkg/metrics"
 	"svcproxy.dev/svcproxy/pkg/proxy"
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
@@ -19,7 +18,6 @@ func (p Provider) Sync(snap *watch.Snapshot) (proxy.Result, error) {
 		iptables.CountRestoreFailure(p.Family(), err)
 		return proxy.Result{}, err
 	}
-	p.countDraining()
 	return proxy.Result{Full: res.Full, PayloadBytes: res.PayloadBytes, Rules: res.Rules.RuleCount(), Written: res.Written, KernelCalls: res.KernelCalls}, nil
 }
 
@@ -31,16 +29,4 @@ func (p Provider) Verify() (reason, detail string, err error) {
 		return "", "", err
 	}
 	return d.Reason, d.Detail, nil
-}
-
-// Reap deletes drained real servers (Proxier.Reap) and updates the
-// draining gauge.
-func (p Provider) Reap() error {
-	err := p.Proxier.Reap()
-	p.countDraining()
-	return err
-}
-
-func (p Provider) countDraining() {
-	metrics.IPVSRealServersDraining.WithLabelValues(string(p.Family())).Set(float64(p.Draining()))
 }

@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"svcproxy.dev/svcproxy/pkg/iptables"
+	"svcproxy.dev/svcproxy/pkg/metrics"
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
@@ -200,6 +201,8 @@ func NodePortIPs(host []netip.Addr, allowed []netip.Addr) []netip.Addr {
 func (p *Proxier) Sync(snap *watch.Snapshot) (Result, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// A failed sync may have retired real servers too.
+	defer p.countDraining()
 	p.calls.take() // what drift checks and timed reaps did since
 	res, err := p.sync(snap)
 	if err != nil {
@@ -272,14 +275,16 @@ func (p *Proxier) Reap() error {
 		}
 		p.mu.Unlock()
 	}
+	p.mu.Lock()
+	p.countDraining()
+	p.mu.Unlock()
 	return errors.Join(errs...)
 }
 
-// Draining reports how many real servers are draining at weight 0.
-func (p *Proxier) Draining() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.applier.Draining()
+// countDraining sets the draining gauge; the caller holds p.mu, so that a
+// Reap's count cannot overwrite a later Sync's.
+func (p *Proxier) countDraining() {
+	metrics.IPVSRealServersDraining.WithLabelValues(string(p.opts.Family)).Set(float64(p.applier.Draining()))
 }
 
 // Verify looks for drift in the IPVS table, kube-ipvs0, the ipsets and
@@ -325,8 +330,8 @@ func (p *Proxier) verifyIPVS() (*Drift, error) {
 	return p.verifySets()
 }
 
-// verifySets reads the ipsets without the lock (see setsCheck) and
-// compares them under it.
+// verifySets reads and parses the ipsets without the lock (see setsCheck)
+// and compares them under it.
 func (p *Proxier) verifySets() (*Drift, error) {
 	p.mu.Lock()
 	begun := p.applier.beginSetsCheck()
@@ -337,14 +342,14 @@ func (p *Proxier) verifySets() (*Drift, error) {
 	if p.betweenSteps != nil {
 		p.betweenSteps()
 	}
-	save, err := p.sets.Save()
+	kernel, err := saveSets(p.sets, p.opts.Family)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	d, cmpErr := p.applier.endSetsCheck(save)
 	if err != nil {
+		p.applier.endSetsCheck(nil)
 		return nil, err
 	}
-	return d, cmpErr
+	return p.applier.endSetsCheck(kernel), nil
 }
 
 // rotation returns the virtual servers (of keys, sorted) whose real servers

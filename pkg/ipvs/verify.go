@@ -5,6 +5,8 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+
+	v1 "k8s.io/api/core/v1"
 )
 
 // Drift is a difference between what the applier wrote and the kernel.
@@ -112,37 +114,45 @@ func (a *Applier) beginSetsCheck() bool {
 	return true
 }
 
-// endSetsCheck compares save, an `ipset save` read since beginSetsCheck,
-// with what was applied, leaving out the members written meanwhile.
-func (a *Applier) endSetsCheck(save []byte) (*Drift, error) {
-	c := a.checking
-	a.checking = nil
-	if c == nil || c.void || a.last == nil {
-		return nil, nil
-	}
-	defs := setDefs(a.family)
+// saveSets runs `ipset save` and parses our sets of family.
+func saveSets(sets IPSets, family v1.IPFamily) (map[string]*kernelSet, error) {
 	want := map[string]bool{}
-	for _, d := range defs {
+	for _, d := range setDefs(family) {
 		want[d.Name] = true
 	}
-	kernel, err := parseSave(save, want)
+	save, err := sets.Save()
 	if err != nil {
 		return nil, err
 	}
-	for _, d := range defs {
+	return parseSave(save, want)
+}
+
+// endSetsCheck compares kernel, our sets as read since beginSetsCheck, with
+// what was applied, leaving out the members written meanwhile; nil kernel
+// (the read failed) only ends the check.
+func (a *Applier) endSetsCheck(kernel map[string]*kernelSet) *Drift {
+	c := a.checking
+	a.checking = nil
+	if c == nil || c.void || kernel == nil || a.last == nil {
+		return nil
+	}
+	for _, d := range setDefs(a.family) {
 		ks, ok := kernel[d.Name]
 		if !ok {
-			return &Drift{"ipset", "ipset " + d.Name + " is missing"}, nil
+			return &Drift{"ipset", "ipset " + d.Name + " is missing"}
+		}
+		if maps.Equal(ks.Members, a.sets[d.Name]) {
+			continue
 		}
 		if m, extra, ok := firstDifference(ks.Members, a.sets[d.Name], c.written[d.Name]); ok {
 			what := "is missing"
 			if extra {
 				what = "should not be there"
 			}
-			return &Drift{"ipset", fmt.Sprintf("ipset %s: member %s %s (%d members, want %d)", d.Name, m, what, len(ks.Members), len(a.sets[d.Name]))}, nil
+			return &Drift{"ipset", fmt.Sprintf("ipset %s: member %s %s (%d members, want %d)", d.Name, m, what, len(ks.Members), len(a.sets[d.Name]))}
 		}
 	}
-	return nil, nil
+	return nil
 }
 
 // firstDifference returns the first member (in order) that is in exactly
