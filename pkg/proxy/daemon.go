@@ -100,10 +100,15 @@ const (
 
 // GatherDelay is how long a change that arrives after a quiet spell waits
 // for others to join its sync (watch.RunnerOptions.Gather): a tenth of the
-// last partial sync, at most 50 ms. A Service and its EndpointSlice arrive
-// a few milliseconds apart, and where a sync costs little, writing them
-// apart costs little too.
+// last partial sync, at most 50 ms, while a changed Service waits for its
+// EndpointSlice (Tracker.AwaitingEndpoints), and nothing otherwise. A
+// Service and its EndpointSlice arrive a few milliseconds apart, and where
+// a sync costs little, writing them apart costs little too. The runner asks
+// again at every change, so the slice's arrival ends the wait.
 func (d *Daemon) GatherDelay() time.Duration {
+	if d.opts.Tracker != nil && !d.opts.Tracker.AwaitingEndpoints() {
+		return 0
+	}
 	return min(time.Duration(d.lastPartial.Load())/gatherShare, maxGather)
 }
 

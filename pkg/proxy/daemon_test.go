@@ -30,6 +30,28 @@ func TestGatherDelay(t *testing.T) {
 	}
 }
 
+// TestGatherDelayOnlyForAServiceWithoutEndpoints: a changed Service with
+// no EndpointSlice yet waits its share of the last partial sync; its slice,
+// or a lone endpoint change, waits for nothing.
+func TestGatherDelayOnlyForAServiceWithoutEndpoints(t *testing.T) {
+	tr := watch.NewTracker("node-a")
+	d := New(Options{Tracker: tr})
+	d.lastPartial.Store(int64(200 * time.Millisecond))
+	name := types.NamespacedName{Namespace: "ns", Name: "web"}
+	tr.OnService(name, &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: v1.ServiceSpec{ClusterIP: "172.30.0.1", ClusterIPs: []string{"172.30.0.1"}, Type: v1.ServiceTypeClusterIP,
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	})
+	if got := d.GatherDelay(); got != 20*time.Millisecond {
+		t.Errorf("a Service without endpoints: gather %v, want 20ms", got)
+	}
+	tr.OnSlice(&watch.Slice{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1"}, Service: "web"}, false)
+	if got := d.GatherDelay(); got != 0 {
+		t.Errorf("its slice arrived: gather %v, want 0", got)
+	}
+}
+
 // slowBackend takes a fixed time per sync and never does a full one.
 type slowBackend struct{ took time.Duration }
 
@@ -60,16 +82,18 @@ func TestGatherDelayFollowsSyncsThatWrote(t *testing.T) {
 	if err := d.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	wrote := d.GatherDelay()
-	if wrote < 10*time.Millisecond || wrote > maxGather {
-		t.Fatalf("gather after a 100 ms sync that wrote a Service: %v, want about 10 ms", wrote)
+	// GatherDelay is 0 now (nothing awaits endpoints); the share it takes
+	// is of lastPartial.
+	wrote := time.Duration(d.lastPartial.Load())
+	if wrote < 100*time.Millisecond || wrote > time.Second {
+		t.Fatalf("the sync that wrote a Service took 100 ms; lastPartial %v", wrote)
 	}
 	b.took = time.Millisecond
 	if err := d.Sync(context.Background()); err != nil { // nothing changed
 		t.Fatal(err)
 	}
-	if got := d.GatherDelay(); got != wrote {
-		t.Errorf("a sync with nothing to write changed the gather wait from %v to %v", wrote, got)
+	if got := time.Duration(d.lastPartial.Load()); got != wrote {
+		t.Errorf("a sync with nothing to write changed lastPartial from %v to %v", wrote, got)
 	}
 }
 

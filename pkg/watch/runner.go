@@ -29,8 +29,10 @@ type RunnerOptions struct {
 	// the Service is synced alone (a REJECT rule) and its endpoints in a
 	// second sync, two kernel commits where one would do. The wait counts
 	// from the first change, and never adds to a sync that MinInterval
-	// holds back anyway. The daemon sizes it from the last partial sync
-	// that wrote a change, so it stays a small fraction of a commit.
+	// holds back anyway. It is asked again at every change, so a change
+	// can end the wait. The daemon sizes it from the last partial sync
+	// that wrote a change, so it stays a small fraction of a commit, and
+	// asks for none when no changed Service waits for its endpoints.
 	Gather func() time.Duration
 	// InitialBackoff is the first retry delay after a failed sync; it
 	// doubles on each further failure, up to MaxInterval. A retry still

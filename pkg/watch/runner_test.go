@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -410,4 +411,26 @@ func TestRunnerGathersAfterQuietSpell(t *testing.T) {
 	h2.expectTimer(900 * time.Millisecond)
 	h2.step(900 * time.Millisecond)
 	h2.expectSync(time.Second)
+}
+
+// TestRunnerGatherEndsWithTheAwaitedChange: Gather is asked again at each
+// change, so the change it waited for (the Service's EndpointSlice) starts
+// the sync at once instead of at the end of the wait.
+func TestRunnerGatherEndsWithTheAwaitedChange(t *testing.T) {
+	var gather atomic.Int64
+	gather.Store(int64(20 * time.Millisecond))
+	h := startRunner(t, RunnerOptions{MinInterval: time.Millisecond, MaxInterval: time.Minute, Burst: 2,
+		Gather: func() time.Duration { return time.Duration(gather.Load()) }})
+	close(h.ready)
+	h.expectSync(0)
+	h.expectTimer(time.Minute)
+
+	h.step(5 * time.Second)
+	h.runner.Trigger() // a Service without endpoints
+	h.expectTimer(20 * time.Millisecond)
+	h.step(5 * time.Millisecond)
+	gather.Store(0)    // nothing awaits endpoints any more
+	h.runner.Trigger() // its EndpointSlice
+	h.expectSync(5*time.Second + 5*time.Millisecond)
+	h.expectTimer(time.Minute)
 }

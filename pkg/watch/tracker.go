@@ -160,6 +160,30 @@ func (t *Tracker) Node() *v1.Node {
 	return t.node
 }
 
+// awaitingLimit bounds AwaitingEndpoints' walk over the pending changes.
+const awaitingLimit = 64
+
+// AwaitingEndpoints reports whether a change waiting for a Snapshot is a
+// Service that has no EndpointSlice yet. Its slice is usually written a
+// moment later; syncing now would program the Service without endpoints
+// (a REJECT) and the next sync its endpoints, two kernel commits where one
+// would do, while a lone endpoint change has nothing to wait for. With
+// more than awaitingLimit changes pending it reports true without looking:
+// a burst is worth gathering anyway.
+func (t *Tracker) AwaitingEndpoints() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.dirty) > awaitingLimit {
+		return true
+	}
+	for name := range t.dirty {
+		if t.services[name] != nil && len(t.slices[name]) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Pending returns how many service and endpoint events wait for a Snapshot.
 func (t *Tracker) Pending() (services, endpoints int) {
 	t.mu.Lock()
