@@ -90,26 +90,37 @@ type Daemon struct {
 	lastPartial atomic.Int64
 }
 
-// Gathering a change's companions (a Service's EndpointSlice) before a
-// sync costs at most this share of the last partial sync, and never more
-// than maxGather.
+// Gathering a Service's companion (its EndpointSlice) before a sync costs
+// at most this share of the last partial sync, capped at maxShareGather;
+// or, if longer, the time slices have lately taken to follow their
+// Services, with a quarter more for jitter, capped at maxLagGather. The
+// second cap bounds how late a Service whose slice never comes (one
+// without a selector) gets its REJECT, and how long the changes that
+// arrive meanwhile wait; a control plane slower than that costs two
+// writes, as it would without the wait.
 const (
-	gatherShare = 10
-	maxGather   = 50 * time.Millisecond
+	gatherShare    = 10
+	maxShareGather = 50 * time.Millisecond
+	maxLagGather   = 200 * time.Millisecond
 )
 
 // GatherDelay is how long a change that arrives after a quiet spell waits
-// for others to join its sync (watch.RunnerOptions.Gather): a tenth of the
-// last partial sync, at most 50 ms, while a changed Service waits for its
-// EndpointSlice (Tracker.AwaitingEndpoints), and nothing otherwise. A
-// Service and its EndpointSlice arrive a few milliseconds apart, and where
-// a sync costs little, writing them apart costs little too. The runner asks
-// again at every change, so the slice's arrival ends the wait.
+// for others to join its sync (watch.RunnerOptions.Gather): while a changed
+// Service waits for its EndpointSlice (Tracker.AwaitingEndpoints), the
+// longer of a tenth of the last partial sync and the recent slice lag
+// (Tracker.SliceLag), and nothing otherwise. The runner asks again at every
+// change, so the slice's arrival ends the wait: it costs time only when no
+// slice comes.
 func (d *Daemon) GatherDelay() time.Duration {
-	if d.opts.Tracker != nil && !d.opts.Tracker.AwaitingEndpoints() {
-		return 0
+	var lag time.Duration
+	if tr := d.opts.Tracker; tr != nil {
+		if !tr.AwaitingEndpoints() {
+			return 0
+		}
+		lag = tr.SliceLag()
 	}
-	return min(time.Duration(d.lastPartial.Load())/gatherShare, maxGather)
+	share := min(time.Duration(d.lastPartial.Load())/gatherShare, maxShareGather)
+	return max(share, min(lag+lag/4, maxLagGather))
 }
 
 // New returns a Daemon.

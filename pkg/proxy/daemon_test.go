@@ -21,7 +21,7 @@ func TestGatherDelay(t *testing.T) {
 		{0, 0}, // no partial sync yet: no wait
 		{15 * time.Millisecond, 1500 * time.Microsecond}, // a cheap commit: a tiny wait
 		{200 * time.Millisecond, 20 * time.Millisecond},  // 5,000 Services
-		{3 * time.Second, maxGather},                     // never more than the cap
+		{3 * time.Second, maxShareGather},                // never more than the cap
 	} {
 		d.lastPartial.Store(int64(tc.lastPartial))
 		if got := d.GatherDelay(); got != tc.want {
@@ -49,6 +49,39 @@ func TestGatherDelayOnlyForAServiceWithoutEndpoints(t *testing.T) {
 	tr.OnSlice(&watch.Slice{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1"}, Service: "web"}, false)
 	if got := d.GatherDelay(); got != 0 {
 		t.Errorf("its slice arrived: gather %v, want 0", got)
+	}
+}
+
+// TestGatherDelayCoversTheSliceLag: once slices have been seen to follow
+// their Services 80 ms later, a new Service waits that long and a quarter
+// more, even where syncs are cheap, but never more than maxLagGather.
+func TestGatherDelayCoversTheSliceLag(t *testing.T) {
+	tr := watch.NewTracker("node-a")
+	d := New(Options{Tracker: tr})
+	d.lastPartial.Store(int64(20 * time.Millisecond))
+	svc := func(name string) *v1.Service {
+		return &v1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+			Spec: v1.ServiceSpec{ClusterIP: "172.30.0.1", ClusterIPs: []string{"172.30.0.1"}, Type: v1.ServiceTypeClusterIP,
+				Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+		}
+	}
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "a"}, svc("a"))
+	time.Sleep(80 * time.Millisecond)
+	tr.OnSlice(&watch.Slice{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a-1"}, Service: "a"}, false)
+	lag := tr.SliceLag()
+	if lag < 80*time.Millisecond || lag > maxLagGather {
+		t.Fatalf("slice 80 ms after its Service: lag %v", lag)
+	}
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "b"}, svc("b"))
+	if got, want := d.GatherDelay(), lag+lag/4; got != want {
+		t.Errorf("a new Service after a slice lag of %v: gather %v, want %v", lag, got, want)
+	}
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "c"}, svc("c"))
+	time.Sleep(time.Second / 2)
+	tr.OnSlice(&watch.Slice{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c-1"}, Service: "c"}, false)
+	if got := d.GatherDelay(); got != maxLagGather {
+		t.Errorf("a slice lag of half a second: gather %v, want the cap %v", got, maxLagGather)
 	}
 }
 

@@ -35,6 +35,7 @@ type Tracker struct {
 	svcEvents   int
 	epEvents    int
 	triggerTime map[types.NamespacedName]time.Time
+	lag         sliceLag
 
 	// state as of the last Snapshot
 	ports    map[types.NamespacedName][]portState
@@ -95,7 +96,11 @@ func (t *Tracker) OnService(name types.NamespacedName, svc *v1.Service) {
 	defer t.mu.Unlock()
 	if svc == nil {
 		delete(t.services, name)
+		t.lag.forget(name)
 	} else {
+		if t.services[name] == nil && len(t.slices[name]) == 0 {
+			t.lag.serviceAdded(name, time.Now())
+		}
 		t.services[name] = svc
 	}
 	t.dirty[name] = true
@@ -130,6 +135,7 @@ func (t *Tracker) OnSlice(slice *Slice, deleted bool) {
 			t.slices[name] = bySlice
 		}
 		bySlice[slice.Name] = slice
+		t.lag.sliceAdded(name, time.Now())
 	}
 	t.dirty[name] = true
 	t.epEvents++
@@ -182,6 +188,15 @@ func (t *Tracker) AwaitingEndpoints() bool {
 		}
 	}
 	return false
+}
+
+// SliceLag is how long the first EndpointSlice of a new Service took to
+// arrive after the Service, the longest of the last few (0 before the
+// first): how long a sync should wait for a Service's endpoints.
+func (t *Tracker) SliceLag() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lag.max()
 }
 
 // Pending returns how many service and endpoint events wait for a Snapshot.
