@@ -107,17 +107,17 @@ const (
 // GatherDelay is how long a change that arrives after a quiet spell waits
 // for others to join its sync (watch.RunnerOptions.Gather): while a changed
 // Service waits for its EndpointSlice (Tracker.AwaitingEndpoints), the
-// longer of a tenth of the last partial sync and the recent slice lag
-// (Tracker.SliceLag), and nothing otherwise. The runner asks again at every
+// longer of a tenth of the last partial sync and the recent slice lag it
+// reports, and nothing otherwise. The runner asks again at every
 // change, so the slice's arrival ends the wait: it costs time only when no
 // slice comes.
 func (d *Daemon) GatherDelay() time.Duration {
 	var lag time.Duration
 	if tr := d.opts.Tracker; tr != nil {
-		if !tr.AwaitingEndpoints() {
+		var awaiting bool
+		if awaiting, lag = tr.AwaitingEndpoints(); !awaiting {
 			return 0
 		}
-		lag = tr.SliceLag()
 	}
 	share := min(time.Duration(d.lastPartial.Load())/gatherShare, maxShareGather)
 	return max(share, min(lag+lag/4, maxLagGather))

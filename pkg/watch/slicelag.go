@@ -10,7 +10,7 @@ import (
 // follow it. The EndpointSlice controller writes the slice after it sees
 // the Service, so the two arrive one API round trip apart: a few
 // milliseconds on an idle control plane, tens of milliseconds on a busy
-// one. A sync waits that long for the slice (Tracker.SliceLag), so that the
+// one. A sync waits that long for the slice (Tracker.AwaitingEndpoints), so the
 // Service and its endpoints cost one kernel write, not two.
 //
 // It is not safe for concurrent use; the Tracker's lock guards it.
@@ -21,7 +21,7 @@ type sliceLag struct {
 }
 
 const (
-	// lagSamples is how many recent gaps SliceLag looks at: enough to ride
+	// lagSamples is how many recent gaps max looks at: enough to ride
 	// out one quick arrival, few enough to follow a control plane that
 	// slows down or recovers.
 	lagSamples = 8

@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -39,20 +40,35 @@ func TestSliceLagLearnsTheGap(t *testing.T) {
 	}
 }
 
-// TestTrackerSliceLag: the Tracker learns only from a Service that arrived
-// without a slice, at the slice's arrival.
+// TestTrackerSliceLag: the Tracker learns only from a Service that
+// arrived without a slice after the first Snapshot (before it, the
+// informers list what exists), at the slice's arrival, and reports the lag
+// while a Service awaits its slice, not for a burst.
 func TestTrackerSliceLag(t *testing.T) {
 	tr := NewTracker(trNode)
+	tr.OnService(nn("ns", "old"), service("ns", "old", "172.30.0.4", tcp("http", 80)))
+	time.Sleep(5 * time.Millisecond)
+	tr.OnEndpointSlice(endpointSlice("ns", "old", "old-1", "http", 80, endpoint("10.0.0.4", "")), false)
+	tr.Snapshot()
 	tr.OnEndpointSlice(endpointSlice("ns", "early", "early-1", "http", 80, endpoint("10.0.0.3", "")), false)
 	tr.OnService(nn("ns", "early"), service("ns", "early", "172.30.0.6", tcp("http", 80)))
 	tr.OnService(nn("ns", "web"), service("ns", "web", "172.30.0.5", tcp("http", 80)))
-	if got := tr.SliceLag(); got != 0 {
-		t.Errorf("no slice followed its Service yet: lag %v", got)
+	if awaiting, lag := tr.AwaitingEndpoints(); !awaiting || lag != 0 {
+		t.Errorf("web awaits its slice, no slice followed a Service since the first Snapshot: awaiting %v, lag %v", awaiting, lag)
 	}
 	time.Sleep(20 * time.Millisecond)
 	tr.OnService(nn("ns", "web"), service("ns", "web", "172.30.0.5", tcp("http", 81))) // an update
 	tr.OnEndpointSlice(endpointSlice("ns", "web", "web-1", "http", 80, endpoint("10.0.0.1", "")), false)
-	if got := tr.SliceLag(); got < 20*time.Millisecond || got > maxLagSample {
-		t.Errorf("the slice came 20ms or more after its Service (counted from its first arrival): lag %v", got)
+	tr.Snapshot()
+	tr.OnService(nn("ns", "next"), service("ns", "next", "172.30.0.7", tcp("http", 80)))
+	if awaiting, lag := tr.AwaitingEndpoints(); !awaiting || lag < 20*time.Millisecond || lag > maxLagSample {
+		t.Errorf("web's slice came 20ms or more after web's first arrival: awaiting %v, lag %v", awaiting, lag)
+	}
+	for i := range awaitingLimit + 1 {
+		name := fmt.Sprintf("s%d", i)
+		tr.OnEndpointSlice(endpointSlice("ns2", name, name+"-1", "http", 80, endpoint("10.0.1.1", "")), false)
+	}
+	if awaiting, lag := tr.AwaitingEndpoints(); !awaiting || lag != 0 {
+		t.Errorf("a burst of %d changes: awaiting %v, lag %v; want true and no lag", awaitingLimit+1, awaiting, lag)
 	}
 }

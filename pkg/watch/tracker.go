@@ -98,7 +98,9 @@ func (t *Tracker) OnService(name types.NamespacedName, svc *v1.Service) {
 		delete(t.services, name)
 		t.lag.forget(name)
 	} else {
-		if t.services[name] == nil && len(t.slices[name]) == 0 {
+		// Before the first Snapshot the informers list what exists; the
+		// gaps between their lists say nothing about the controller.
+		if !t.first && t.services[name] == nil && len(t.slices[name]) == 0 {
 			t.lag.serviceAdded(name, time.Now())
 		}
 		t.services[name] = svc
@@ -170,33 +172,26 @@ func (t *Tracker) Node() *v1.Node {
 const awaitingLimit = 64
 
 // AwaitingEndpoints reports whether a change waiting for a Snapshot is a
-// Service that has no EndpointSlice yet. Its slice is usually written a
-// moment later; syncing now would program the Service without endpoints
-// (a REJECT) and the next sync its endpoints, two kernel commits where one
-// would do, while a lone endpoint change has nothing to wait for. With
-// more than awaitingLimit changes pending it reports true without looking:
-// a burst is worth gathering anyway.
-func (t *Tracker) AwaitingEndpoints() bool {
+// Service that has no EndpointSlice yet, and if so how long slices have
+// lately taken to follow their Services (the longest of the last few gaps,
+// 0 before the first). Its slice is usually written a moment later;
+// syncing now would program the Service without endpoints (a REJECT) and
+// the next sync its endpoints, two kernel writes where one would do, while
+// a lone endpoint change has nothing to wait for. With more than
+// awaitingLimit changes pending it reports true, and no lag, without
+// looking: a burst is worth gathering anyway.
+func (t *Tracker) AwaitingEndpoints() (awaiting bool, lag time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.dirty) > awaitingLimit {
-		return true
+		return true, 0
 	}
 	for name := range t.dirty {
 		if t.services[name] != nil && len(t.slices[name]) == 0 {
-			return true
+			return true, t.lag.max()
 		}
 	}
-	return false
-}
-
-// SliceLag is how long the first EndpointSlice of a new Service took to
-// arrive after the Service, the longest of the last few (0 before the
-// first): how long a sync should wait for a Service's endpoints.
-func (t *Tracker) SliceLag() time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.lag.max()
+	return false, 0
 }
 
 // Pending returns how many service and endpoint events wait for a Snapshot.
