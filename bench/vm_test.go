@@ -62,7 +62,7 @@ func TestRenderVMSlopes(t *testing.T) {
 	for _, want := range []string{
 		"| iptables | sync duration per change | 100 ms | 340 ms | 50 ms | 3.40x |",
 		"| ipvs | sync duration per change | 40 ms | 46 ms | 1.2 ms | 1.15x |",
-		"| Churn: netlink requests per change (`sync_kernel_calls_total` ipvs_*, link_*) | not counted | 2.00 |  |",
+		"| Churn: netlink requests per change (`sync_kernel_calls_total` ipvs_*, link_*, ipsetnl_*) | not counted | 2.00 |  |",
 		"| ipvs | netlink requests per change | 3.00 | 2.00 | -0.21 | 0.67x |",
 		"ipvs_add_destination 1.00, ipvs_update_destination 1.00, link_list_all_addresses 1.00",
 	} {

@@ -107,9 +107,11 @@ outer:
 // Kernel call kinds as kubeproxy_sync_kernel_calls_total names them.
 // iptables mode counts only its iptables-restore runs.
 var (
-	netlinkCalls = callKind{func(call string) bool { return strings.HasPrefix(call, "ipvs_") || strings.HasPrefix(call, "link_") }, true}
-	ipsetRuns    = callKind{func(call string) bool { return strings.HasPrefix(call, "ipset_") }, true}
-	restoreRuns  = callKind{func(call string) bool { return call == "iptables_restore" }, false}
+	netlinkCalls = callKind{func(call string) bool {
+		return strings.HasPrefix(call, "ipvs_") || strings.HasPrefix(call, "link_") || strings.HasPrefix(call, "ipsetnl_")
+	}, true}
+	ipsetRuns   = callKind{func(call string) bool { return strings.HasPrefix(call, "ipset_") }, true}
+	restoreRuns = callKind{func(call string) bool { return call == "iptables_restore" }, false}
 )
 
 type callKind struct {
@@ -139,7 +141,7 @@ func twoPlaces(v float64) string { return fmt.Sprintf("%.2f", v) }
 
 func kernelCallRows() []row {
 	return []row{
-		{"Churn: netlink requests per change (`sync_kernel_calls_total` ipvs_*, link_*)", twoPlaces, func(r *Run) value { return callsPerChange(r, netlinkCalls) }, true},
+		{"Churn: netlink requests per change (`sync_kernel_calls_total` ipvs_*, link_*, ipsetnl_*)", twoPlaces, func(r *Run) value { return callsPerChange(r, netlinkCalls) }, true},
 		{"Churn: ipset runs per change", twoPlaces, func(r *Run) value { return callsPerChange(r, ipsetRuns) }, true},
 		{"Churn: iptables-restore runs per change", twoPlaces, func(r *Run) value { return callsPerChange(r, restoreRuns) }, true},
 		{"Churn: kernel calls per change, by call", count, func(r *Run) value {

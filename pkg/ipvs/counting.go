@@ -8,7 +8,7 @@ import (
 )
 
 // callCounts counts kernel calls by kind ("ipvs_add_destination",
-// "link_list_all_addresses", "ipset_restore", ...). The Proxier reads and
+// "link_list_all_addresses", "ipsetnl_add", "ipset_restore", ...). The Proxier reads and
 // resets it under its lock, so it needs none of its own.
 type callCounts map[string]int
 
@@ -121,7 +121,15 @@ func (s countingIPSets) Save() ([]byte, error) {
 	return s.IPSets.Save()
 }
 
+// Restore counts as the real kernel writes: one netlink request per member
+// for a payload of members only (netlinkIPSets), else one ipset run.
 func (s countingIPSets) Restore(payload []byte) error {
-	(*s.c)["ipset_restore"]++
+	if ops, ok := memberOps(payload); ok {
+		for _, op := range ops {
+			(*s.c)["ipsetnl_"+op.verb]++
+		}
+	} else {
+		(*s.c)["ipset_restore"]++
+	}
 	return s.IPSets.Restore(payload)
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
@@ -69,7 +70,8 @@ type Link interface {
 type IPSets interface {
 	// Save returns `ipset save` output.
 	Save() ([]byte, error)
-	// Restore runs `ipset restore -exist` on the payload.
+	// Restore writes the payload with `ipset restore -exist`'s meaning
+	// (the real kernel's writes members over netlink, see netlinkIPSets).
 	Restore(payload []byte) error
 }
 
@@ -98,7 +100,7 @@ func NewKernel() Kernel {
 	return Kernel{
 		IPVS:   &netlinkIPVS{b: b},
 		Link:   &netlinkLink{b: b, watch: hostaddr.Node()},
-		IPSets: execIPSets{},
+		IPSets: &netlinkIPSets{tool: execIPSets{}, ns: netns.None(), b: b},
 		Sysctl: procSysctl{root: "/proc/sys"},
 	}
 }
