@@ -86,11 +86,18 @@ func (op memberOp) run(h *netlink.Handle) (err error) {
 	return h.IpsetDel(op.set, &e)
 }
 
+// maxNetlinkMembers bounds the members one payload writes over netlink.
+// A partial sync changes a few; a full sync that refills emptied sets may
+// change every Service's, which the tool writes in one run, and which one
+// bounded call might not finish before its deadline.
+const maxNetlinkMembers = 256
+
 // memberOps parses a payload made only of "add" and "del" lines of our
-// hash sets. ok is false for anything else (a "create" line, a bitmap:port
-// set, which netlink's encoder would give a protocol it does not take, a
-// member that does not parse): the tool writes those and reports their
-// errors in its own words.
+// hash sets, at most maxNetlinkMembers. ok is false for anything else (a
+// "create" line, a bitmap:port set, which netlink's encoder would give a
+// protocol it does not take, a member that does not parse, a longer
+// payload): the tool writes those and reports their errors in its own
+// words.
 func memberOps(payload []byte) (ops []memberOp, ok bool) {
 	sc := bufio.NewScanner(bytes.NewReader(payload))
 	for sc.Scan() {
@@ -98,7 +105,7 @@ func memberOps(payload []byte) (ops []memberOp, ok bool) {
 		if len(f) == 0 {
 			continue
 		}
-		if len(f) != 3 || (f[0] != "add" && f[0] != "del") {
+		if len(f) != 3 || (f[0] != "add" && f[0] != "del") || len(ops) == maxNetlinkMembers {
 			return nil, false
 		}
 		typ, known := setTypes[f[1]]

@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -38,6 +39,14 @@ func TestMemberOps(t *testing.T) {
 	} {
 		if _, ok := memberOps([]byte(tc.payload)); ok != tc.netlink {
 			t.Errorf("%q: over netlink %v, want %v", tc.payload, ok, tc.netlink)
+		}
+	}
+	var many strings.Builder
+	for i := range maxNetlinkMembers + 1 {
+		fmt.Fprintf(&many, "add KUBE-CLUSTER-IP 10.96.%d.%d,tcp:80\n", i/256, i%256)
+		ops, ok := memberOps([]byte(many.String()))
+		if want := i < maxNetlinkMembers; ok != want || (ok && len(ops) != i+1) {
+			t.Fatalf("%d members: over netlink %v (%d ops), want %v", i+1, ok, len(ops), want)
 		}
 	}
 }
