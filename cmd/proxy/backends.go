@@ -14,16 +14,20 @@ import (
 	"svcproxy.dev/svcproxy/pkg/config"
 	"svcproxy.dev/svcproxy/pkg/iptables"
 	"svcproxy.dev/svcproxy/pkg/ipvs"
+	"svcproxy.dev/svcproxy/pkg/nftables"
 	"svcproxy.dev/svcproxy/pkg/proxy"
 )
 
 // newProviders returns one provider per IP family the node can program.
 func newProviders(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) ([]proxy.Provider, error) {
-	if cfg.Mode == config.ModeIPVS {
+	switch cfg.Mode {
+	case config.ModeIPVS:
 		return newIPVSProviders(ctx, cfg, node)
-	}
-	if cfg.Mode != config.ModeIPTables {
-		return nil, fmt.Errorf("mode %q is not implemented; use %q or %q", cfg.Mode, config.ModeIPTables, config.ModeIPVS)
+	case config.ModeNFTables:
+		return newNFTablesProviders(cfg, node)
+	case config.ModeIPTables:
+	default:
+		return nil, fmt.Errorf("mode %q is not implemented; use %q, %q or %q", cfg.Mode, config.ModeIPTables, config.ModeIPVS, config.ModeNFTables)
 	}
 	ipBackend := iptables.DetectBackend()
 	klog.InfoS("Using iptables backend", "backend", ipBackend)
@@ -51,9 +55,22 @@ func enableRouteLocalnet() {
 	}
 }
 
-// removeOtherModeLeftovers removes IPVS-mode state (ours or kube-proxy's)
-// after the first successful iptables sync.
+// removeOtherModeLeftovers removes the other modes' state (ours or
+// kube-proxy's) after the first successful sync: nftables tables in
+// iptables and IPVS mode, IPVS-mode state in iptables mode, and
+// everything of the other two in nftables mode.
 func removeOtherModeLeftovers(providers []proxy.Provider) {
+	for _, p := range providers {
+		if _, ok := p.(*nftables.Provider); ok {
+			if err := cleanupIPTablesModes(); err != nil {
+				klog.ErrorS(err, "Removing iptables- and IPVS-mode leftovers")
+			}
+			return
+		}
+	}
+	if err := cleanupNFTables(); err != nil {
+		klog.ErrorS(err, "Removing nftables-mode leftovers")
+	}
 	var kernels []iptables.Interface
 	for _, p := range providers {
 		if _, ok := p.(ipvs.Provider); ok {
@@ -70,9 +87,15 @@ func removeOtherModeLeftovers(providers []proxy.Provider) {
 	}
 }
 
-// cleanup removes this proxy's (and kube-proxy's) rules from both iptables
-// backends and both families.
+// cleanup removes this proxy's (and kube-proxy's) rules of every mode and
+// both families.
 func cleanup() error {
+	return errors.Join(cleanupIPTablesModes(), cleanupNFTables())
+}
+
+// cleanupIPTablesModes removes iptables- and IPVS-mode state from both
+// iptables backends and both families.
+func cleanupIPTablesModes() error {
 	var errs []error
 	var kernels []iptables.Interface
 	for _, be := range []iptables.Backend{iptables.BackendNFT, iptables.BackendLegacy} {

@@ -163,6 +163,8 @@ func WithLive(running, next *v1alpha1.KubeProxyConfiguration) *v1alpha1.KubeProx
 	out.IPTables.MinSyncPeriod = next.IPTables.MinSyncPeriod
 	out.IPVS.SyncPeriod = next.IPVS.SyncPeriod
 	out.IPVS.MinSyncPeriod = next.IPVS.MinSyncPeriod
+	out.NFTables.SyncPeriod = next.NFTables.SyncPeriod
+	out.NFTables.MinSyncPeriod = next.NFTables.MinSyncPeriod
 	out.Logging.Verbosity = next.Logging.Verbosity
 	liberal := out.Conntrack.TCPBeLiberal
 	next.Conntrack.DeepCopyInto(&out.Conntrack)

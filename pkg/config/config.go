@@ -29,11 +29,12 @@ const (
 	Kind       = "KubeProxyConfiguration"
 )
 
-// Proxy modes svcproxy implements. kube-proxy's "nftables" and Windows'
-// "kernelspace" are rejected by Validate.
+// Proxy modes svcproxy implements. Windows' "kernelspace" is rejected by
+// Validate.
 const (
 	ModeIPTables v1alpha1.ProxyMode = "iptables"
 	ModeIPVS     v1alpha1.ProxyMode = "ipvs"
+	ModeNFTables v1alpha1.ProxyMode = "nftables"
 )
 
 // Ways of telling local traffic from remote, as in kube-proxy.
@@ -149,8 +150,11 @@ func checkConstField(doc map[string]any, key, want string) error {
 // configured mode. kube-proxy keeps a pair per mode in the file but uses
 // only the active mode's pair, so callers should not pick one themselves.
 func SyncPeriods(c *v1alpha1.KubeProxyConfiguration) (sync, minSync time.Duration) {
-	if c.Mode == ModeIPVS {
+	switch c.Mode {
+	case ModeIPVS:
 		return c.IPVS.SyncPeriod.Duration, c.IPVS.MinSyncPeriod.Duration
+	case ModeNFTables:
+		return c.NFTables.SyncPeriod.Duration, c.NFTables.MinSyncPeriod.Duration
 	}
 	return c.IPTables.SyncPeriod.Duration, c.IPTables.MinSyncPeriod.Duration
 }

@@ -102,8 +102,7 @@ func defaultHostPort(addr, host string, port int) string {
 
 // setSyncDefaults defaults the per-mode sync periods. ipvs.minSyncPeriod
 // has no default in kube-proxy (0: resync on every change) and keeps none
-// here. nftables is defaulted too so that a round-tripped file matches
-// kube-proxy's, even though svcproxy does not run that mode.
+// here.
 func setSyncDefaults(c *v1alpha1.KubeProxyConfiguration) {
 	defaultDuration(&c.IPTables.SyncPeriod, DefaultSyncPeriod)
 	defaultDuration(&c.IPTables.MinSyncPeriod, DefaultIPTablesMinSyncPeriod)

@@ -129,8 +129,16 @@ func Detector(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node, family v1.IPF
 	return DetectLocal{}
 }
 
-// MasqueradeBit is iptables.masqueradeBit, defaulted as SetDefaults does.
+// MasqueradeBit is the mode's masqueradeBit (nftables.masqueradeBit in
+// nftables mode, iptables.masqueradeBit otherwise), defaulted as
+// SetDefaults does.
 func MasqueradeBit(cfg *v1alpha1.KubeProxyConfiguration) int {
+	if cfg.Mode == ModeNFTables {
+		if cfg.NFTables.MasqueradeBit == nil {
+			return DefaultMasqueradeBit
+		}
+		return int(*cfg.NFTables.MasqueradeBit)
+	}
 	if cfg.IPTables.MasqueradeBit == nil {
 		return DefaultMasqueradeBit
 	}

@@ -60,12 +60,12 @@ func Validate(c *v1alpha1.KubeProxyConfiguration) error {
 	return errors.Join(v.errs...)
 }
 
-// mode accepts only the modes svcproxy implements; "nftables" is valid for
-// kube-proxy but must be refused loudly here rather than run as iptables.
+// mode accepts only the modes svcproxy implements; anything else is
+// refused loudly rather than run as iptables.
 func (v *validator) mode(m v1alpha1.ProxyMode) {
-	if m != ModeIPTables && m != ModeIPVS {
+	if m != ModeIPTables && m != ModeIPVS && m != ModeNFTables {
 		v.add("mode", ReasonUnsupportedValue, string(m),
-			fmt.Sprintf("svcproxy supports %q and %q", ModeIPTables, ModeIPVS))
+			fmt.Sprintf("svcproxy supports %q, %q and %q", ModeIPTables, ModeIPVS, ModeNFTables))
 	}
 }
 
@@ -159,8 +159,14 @@ func (v *validator) iptables(c *v1alpha1.KubeProxyConfiguration) {
 	if bit := c.IPTables.MasqueradeBit; bit != nil {
 		v.intRange("iptables.masqueradeBit", *bit, 0, 31)
 	}
-	if c.Mode != ModeIPVS {
+	if c.Mode == ModeIPTables {
 		v.syncPeriods("iptables", c.IPTables.SyncPeriod, c.IPTables.MinSyncPeriod)
+	}
+	if c.Mode == ModeNFTables {
+		if bit := c.NFTables.MasqueradeBit; bit != nil {
+			v.intRange("nftables.masqueradeBit", *bit, 0, 31)
+		}
+		v.syncPeriods("nftables", c.NFTables.SyncPeriod, c.NFTables.MinSyncPeriod)
 	}
 }
 

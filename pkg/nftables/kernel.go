@@ -1,0 +1,235 @@
+package nftables
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+)
+
+// Interface is the kernel as this mode sees it: transactions in, this
+// mode's tables and chains out. Kernel speaks netlink; Fake validates as
+// the kernel does.
+type Interface interface {
+	// Apply commits tx in one netlink batch: all of it or nothing.
+	Apply(tx *Transaction) error
+	// Chains lists the chains of every table this mode owns, by table
+	// (a table without chains is listed with none).
+	Chains() (map[string][]string, error)
+}
+
+// Kernel is Interface over netlink for one IP family of a network
+// namespace (the current one unless NewKernelAt names another).
+type Kernel struct {
+	fam   *family
+	netns int // a namespace file descriptor, or -1
+}
+
+// NewKernel returns the netlink Interface of family in the current network
+// namespace.
+func NewKernel(f v1.IPFamily) *Kernel { return &Kernel{fam: familyOf(f), netns: -1} }
+
+// NewKernelAt returns the netlink Interface of family in the network
+// namespace open as netnsFd (which the caller keeps open).
+func NewKernelAt(f v1.IPFamily, netnsFd int) *Kernel { return &Kernel{fam: familyOf(f), netns: netnsFd} }
+
+func (k *Kernel) conn() (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.WithSockOptions(bigReceiveBuffer)}
+	if k.netns >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(k.netns))
+	}
+	return nftables.New(opts...)
+}
+
+// receiveBuffer bounds the socket's receive buffer. The kernel acknowledges
+// every message of a batch (each rule, each set's elements) before the
+// batch's answers are read; a full sync of thousands of Services overflows
+// the default buffer (ENOBUFS), so the limit is raised past rmem_max, as
+// nft does. Memory is taken only as acknowledgements arrive.
+const receiveBuffer = 256 << 20
+
+func bigReceiveBuffer(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var sockErr error
+	err = raw.Control(func(fd uintptr) {
+		sockErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, receiveBuffer)
+	})
+	return errors.Join(err, sockErr)
+}
+
+// Apply commits tx in one netlink batch.
+func (k *Kernel) Apply(tx *Transaction) error {
+	c, err := k.conn()
+	if err != nil {
+		return err
+	}
+	w := &batchWriter{c: c, fam: k.fam}
+	for i := 0; i < len(tx.Ops); i++ {
+		if n := w.elems(tx.Ops[i:]); n > 0 {
+			i += n - 1
+			continue
+		}
+		w.op(tx.Ops[i])
+	}
+	if w.err != nil {
+		return w.err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables %s transaction of %d changes %v: %w", k.fam.name, len(tx.Ops), tx.Count(), err)
+	}
+	return nil
+}
+
+// Chains lists this mode's tables and their chains.
+func (k *Kernel) Chains() (map[string][]string, error) {
+	c, err := k.conn()
+	if err != nil {
+		return nil, err
+	}
+	tables, err := c.ListTablesOfFamily(k.fam.table)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]string{}
+	for _, t := range tables {
+		if Owned(t.Name) {
+			out[t.Name] = nil
+		}
+	}
+	chains, err := c.ListChainsOfTableFamily(k.fam.table)
+	if err != nil {
+		return nil, err
+	}
+	for _, ch := range chains {
+		if Owned(ch.Table.Name) {
+			out[ch.Table.Name] = append(out[ch.Table.Name], ch.Name)
+		}
+	}
+	return out, nil
+}
+
+// batchWriter turns ops into netlink messages on one connection.
+type batchWriter struct {
+	c   *nftables.Conn
+	fam *family
+	err error
+}
+
+func (w *batchWriter) table(name string) *nftables.Table {
+	return &nftables.Table{Name: name, Family: w.fam.table}
+}
+
+func (w *batchWriter) chain(c *Chain) *nftables.Chain {
+	ch := &nftables.Chain{Name: c.Name, Table: w.table(c.Table)}
+	if h := c.Hook; h != nil {
+		ch.Type, ch.Hooknum, ch.Priority = h.Type, h.Hook, nftables.ChainPriorityRef(nftables.ChainPriority(h.Priority))
+	}
+	return ch
+}
+
+func (w *batchWriter) op(op Op) {
+	switch op.Kind {
+	case ResetTable:
+		t := w.table(op.Table)
+		w.c.AddTable(t)
+		w.c.DelTable(t)
+		w.c.AddTable(t)
+	case DropTable:
+		w.c.DelTable(w.table(op.Table))
+	case AddSet:
+		w.setErr(w.c.AddSet(w.set(op.Set), nil))
+	case AddChain:
+		w.c.AddChain(w.chain(op.Chain))
+	case FlushChain:
+		w.c.FlushChain(w.chain(op.Chain))
+	case AddRules:
+		ch := w.chain(op.Chain)
+		for _, r := range op.Chain.Rules {
+			w.c.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: r.exprs(w.fam)})
+		}
+	case DelChain:
+		w.c.DelChain(w.chain(op.Chain))
+	case DelSet:
+		w.c.DelSet(w.set(op.Set))
+	}
+}
+
+// elems writes a run of element ops of one kind and set as one message;
+// it returns how many ops it took (0 if ops[0] is not an element op).
+func (w *batchWriter) elems(ops []Op) int {
+	first := ops[0]
+	if first.Kind != AddElem && first.Kind != DelElem {
+		return 0
+	}
+	n := 0
+	var elems []nftables.SetElement
+	for _, op := range ops {
+		if op.Kind != first.Kind || op.Elem.Table != first.Elem.Table || op.Elem.Set != first.Elem.Set {
+			break
+		}
+		e := nftables.SetElement{Key: w.key(op.Elem.Key)}
+		if v := op.Elem.Verdict; v != nil {
+			e.VerdictData = &expr.Verdict{Kind: v.Kind, Chain: v.Chain}
+		}
+		elems = append(elems, e)
+		n++
+	}
+	set := &nftables.Set{Table: w.table(first.Elem.Table), Name: first.Elem.Set}
+	if first.Kind == AddElem {
+		w.setErr(w.c.SetAddElements(set, elems))
+	} else {
+		w.setErr(w.c.SetDeleteElements(set, elems))
+	}
+	return n
+}
+
+func (w *batchWriter) setErr(err error) {
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+}
+
+func (w *batchWriter) set(s *Set) *nftables.Set {
+	out := &nftables.Set{Table: w.table(s.Table), Name: s.Name, KeyType: w.keyType(s.Key)}
+	out.Concatenation = s.Key == KeyDestPort || s.Key == KeyProtoPort
+	if s.Map {
+		out.IsMap, out.DataType = true, nftables.TypeVerdict
+	}
+	if s.Timeout > 0 {
+		out.HasTimeout, out.Timeout, out.Dynamic = true, s.Timeout, true
+	}
+	return out
+}
+
+func (w *batchWriter) keyType(k Key) nftables.SetDatatype {
+	switch k {
+	case KeyDestPort:
+		return nftables.MustConcatSetType(w.fam.addrType, nftables.TypeInetProto, nftables.TypeInetService)
+	case KeyProtoPort:
+		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
+	}
+	return w.fam.addrType
+}
+
+// key encodes an element key as the kernel compares it: each field of a
+// concatenation padded to 4 bytes, ports in network order.
+func (w *batchWriter) key(k ElemKey) []byte {
+	var out []byte
+	if k.Addr.IsValid() {
+		out = append(out, k.Addr.AsSlice()...)
+	}
+	if k.Proto != "" {
+		out = append(out, protoNumber(k.Proto), 0, 0, 0)
+		out = append(out, binaryutil.BigEndian.PutUint16(k.Port)...)
+		out = append(out, 0, 0)
+	}
+	return out
+}

@@ -1,0 +1,103 @@
+package nftables
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"svcproxy.dev/svcproxy/e2e/nsutil"
+	"svcproxy.dev/svcproxy/e2e/testenv"
+	"svcproxy.dev/svcproxy/pkg/watch/watchtest"
+)
+
+// kernelAt returns a Kernel of family in a throwaway network namespace
+// and the function that runs nft there.
+func kernelAt(t *testing.T, fam v1.IPFamily) (*Kernel, func(args ...string) string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "needs root for a network namespace")
+	}
+	ns := nsutil.Name("nftk")
+	if err := nsutil.Add(ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nsutil.Delete(ns) })
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	nft := func(args ...string) string {
+		out, err := nsutil.Exec(ns, "nft", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	return NewKernelAt(fam, int(h)), nft
+}
+
+func testServices() []watchtest.Service {
+	return []watchtest.Service{
+		{Namespace: "ns1", Name: "web", ClusterIPs: []string{"172.30.0.10"}, Type: v1.ServiceTypeLoadBalancer,
+			Ports: []v1.ServicePort{watchtest.TCPPort("http", 80, 30080)}, LBIPs: []string{"5.6.7.8"},
+			SourceRanges: []string{"203.0.113.0/24"}, ETPLocal: true, HealthCheckNodePort: 30900, AffinitySeconds: 60},
+		{Namespace: "ns1", Name: "empty", ClusterIPs: []string{"172.30.0.11"}, Ports: []v1.ServicePort{watchtest.TCPPort("p", 81, 0)}},
+	}
+}
+
+// TestKernelTakesThePlan writes a full and then a partial transaction to a
+// real kernel and reads the ruleset back with nft: what the planner
+// describes is what the kernel holds, and Verify sees a deleted chain.
+func TestKernelTakesThePlan(t *testing.T) {
+	kernel, nft := kernelAt(t, v1.IPv4Protocol)
+	tr := watchtest.Tracker(testServices(), watchtest.Slice("ns1", "web", "web-1", 8080, "http",
+		watchtest.Endpoint{IP: "10.180.0.1", Node: watchtest.Node}, watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}))
+	p := NewProvider(kernel, PlanOptions{Family: v1.IPv4Protocol, Shards: 4, MasqueradeBit: 14,
+		LocalDetector: &LocalDetector{CIDR: mustPrefix("10.180.0.0/16")}})
+	if _, err := p.Sync(tr.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	shard := ShardTable(ShardOf(types.NamespacedName{Namespace: "ns1", Name: "web"}, 4))
+	got := nft("list", "table", "ip", shard)
+	for _, want := range []string{
+		"172.30.0.10 . tcp . 80 : goto service-",
+		"5.6.7.8 . tcp . 80 : goto external-",
+		"numgen random mod 2 0 goto endpoint-",
+		"dnat to 10.180.0.1:8080",
+		"update @affinity-",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("shard %s lacks %q:\n%s", shard, want, got)
+		}
+	}
+	shared := nft("list", "table", "ip", SharedTable)
+	for _, want := range []string{"172.30.0.11 . tcp . 81 : goto reject-chain", "5.6.7.8 . tcp . 80 : goto firewall-", "ip saddr 203.0.113.0/24 return"} {
+		if !strings.Contains(shared, want) {
+			t.Errorf("shared table lacks %q:\n%s", want, shared)
+		}
+	}
+
+	tr.OnEndpointSlice(watchtest.Slice("ns1", "web", "web-1", 8080, "http", watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}), false)
+	res, err := p.Sync(tr.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Full {
+		t.Error("an endpoint change made a full sync")
+	}
+	if got := nft("list", "table", "ip", shard); strings.Contains(got, "10.180.0.1") || !strings.Contains(got, "dnat to 10.180.1.1:8080") {
+		t.Errorf("after removing 10.180.0.1, shard %s is:\n%s", shard, got)
+	}
+	if reason, _, err := p.Verify(); err != nil || reason != "" {
+		t.Fatalf("Verify after a sync: %q, %v", reason, err)
+	}
+	nft("delete", "table", "ip", ShardTable(0))
+	if reason, detail, _ := p.Verify(); reason != "table-missing" {
+		t.Errorf("Verify after deleting a shard: %q (%s), want table-missing", reason, detail)
+	}
+}

@@ -1,0 +1,188 @@
+package nftables
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	v1 "k8s.io/api/core/v1"
+
+	"svcproxy.dev/svcproxy/pkg/cowmap"
+)
+
+// Hook makes a chain a base chain: the kernel calls it from a netfilter
+// hook at a priority.
+type Hook struct {
+	Type     nftables.ChainType
+	Hook     *nftables.ChainHook
+	Priority int32
+}
+
+func (h *Hook) String() string {
+	if h == nil {
+		return ""
+	}
+	return fmt.Sprintf("type %s hook %s priority %d", h.Type, hookName(h.Hook), h.Priority)
+}
+
+func hookName(h *nftables.ChainHook) string {
+	switch *h {
+	case *nftables.ChainHookPrerouting:
+		return "prerouting"
+	case *nftables.ChainHookInput:
+		return "input"
+	case *nftables.ChainHookForward:
+		return "forward"
+	case *nftables.ChainHookOutput:
+		return "output"
+	case *nftables.ChainHookPostrouting:
+		return "postrouting"
+	}
+	return fmt.Sprint(*h)
+}
+
+// Chain is a chain and its rules.
+type Chain struct {
+	Table string
+	Name  string
+	Hook  *Hook
+	Rules []Rule
+}
+
+func (c *Chain) id() string { return c.Table + "/" + c.Name }
+
+// body is what a change of the chain compares: its hook and rules.
+func (c *Chain) body() string {
+	var b strings.Builder
+	b.WriteString(c.Hook.String())
+	for _, r := range c.Rules {
+		b.WriteString("\n")
+		b.WriteString(r.String())
+	}
+	return b.String()
+}
+
+// Set is a set of keys, a verdict map (Map), or a timed set the rules
+// fill themselves (Timeout, for session affinity).
+type Set struct {
+	Table   string
+	Name    string
+	Key     Key
+	Map     bool
+	Timeout time.Duration
+}
+
+func (s *Set) id() string { return s.Table + "/" + s.Name }
+
+func (s *Set) body() string { return fmt.Sprintf("%d %v %v", s.Key, s.Map, s.Timeout) }
+
+// ElemKey is the key of a set element; which fields count is the set's Key.
+type ElemKey struct {
+	Addr  netip.Addr
+	Proto string
+	Port  uint16
+}
+
+// Elem is an element of a set, or of a verdict map with its Verdict.
+type Elem struct {
+	Table, Set string
+	Key        ElemKey
+	Verdict    *Verdict
+}
+
+func (e *Elem) id() string {
+	return fmt.Sprintf("%s/%s/%s", e.Table, e.Set, e.Key)
+}
+
+func (k ElemKey) String() string {
+	var parts []string
+	if k.Addr.IsValid() {
+		parts = append(parts, k.Addr.String())
+	}
+	if k.Proto != "" {
+		parts = append(parts, k.Proto, fmt.Sprint(k.Port))
+	}
+	return strings.Join(parts, " . ")
+}
+
+func (e *Elem) body() string {
+	if e.Verdict == nil {
+		return ""
+	}
+	return e.Verdict.String()
+}
+
+// Objects is what one Service (or the fixed part of the layout) puts in
+// the kernel.
+type Objects struct {
+	Chains []*Chain
+	Sets   []*Set
+	Elems  []*Elem
+	// NoLocalInternal and NoLocalExternal count the Service's ports whose
+	// Local traffic policy finds no local endpoint.
+	NoLocalInternal, NoLocalExternal int
+}
+
+func (o *Objects) chain(table, name string) *Chain {
+	for _, c := range o.Chains {
+		if c.Table == table && c.Name == name {
+			return c
+		}
+	}
+	c := &Chain{Table: table, Name: name}
+	o.Chains = append(o.Chains, c)
+	return c
+}
+
+func (o *Objects) rule(table, chain string, terms ...Term) {
+	c := o.chain(table, chain)
+	c.Rules = append(c.Rules, Rule(terms))
+}
+
+// elem adds an element once; two ports of a Service may add the same
+// ClusterIP to a set.
+func (o *Objects) elem(e *Elem) {
+	for _, old := range o.Elems {
+		if old.id() == e.id() {
+			return
+		}
+	}
+	o.Elems = append(o.Elems, e)
+}
+
+// Ruleset is the whole layout of one IP family: the fixed chains, sets
+// and maps of the shared table and every shard (Base), and each Service's
+// objects, by "namespace/name".
+type Ruleset struct {
+	Family   v1.IPFamily
+	Shards   int
+	Base     *Objects
+	Services cowmap.Map[string, *Objects]
+}
+
+// Tables are the names of the tables the ruleset fills.
+func (rs *Ruleset) Tables() []string {
+	out := []string{SharedTable}
+	for i := range rs.Shards {
+		out = append(out, ShardTable(i))
+	}
+	return out
+}
+
+// SharedTable holds what every Service shares: the filter hooks, the
+// masquerade rule and the maps of Services without endpoints.
+const SharedTable = "svcproxy"
+
+// TablePrefix starts the name of every table this mode owns.
+const TablePrefix = "svcproxy"
+
+// ShardTable is the name of shard i's table.
+func ShardTable(i int) string { return fmt.Sprintf("%s-%02d", TablePrefix, i) }
+
+// Owned reports whether a table name is this mode's, or kube-proxy's
+// nftables table (which Chains lists so that it can be removed).
+func Owned(table string) bool {
+	return table == SharedTable || strings.HasPrefix(table, TablePrefix+"-") || table == KubeProxyTable
+}

@@ -1,0 +1,166 @@
+package nftables
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+
+	v1 "k8s.io/api/core/v1"
+
+	"svcproxy.dev/svcproxy/pkg/proxy"
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// Provider is nftables mode for one IP family as the sync loop sees it
+// (proxy.Provider). It alone decides between a full and a partial sync: a
+// full sync rebuilds every table this mode owns in one transaction; a
+// partial one writes only the changed Services' chains and elements, in
+// the shards that hold them.
+type Provider struct {
+	kernel Interface
+	opts   PlanOptions
+
+	mu      sync.Mutex // guards applied and gen, read by Verify
+	applied *Ruleset   // last ruleset written; nil: the next sync is full
+	gen     uint64     // counts writes, so Verify can tell it raced one
+}
+
+// NewProvider returns the Provider of opts.Family on kernel.
+func NewProvider(kernel Interface, opts PlanOptions) *Provider {
+	if opts.Shards <= 0 {
+		opts.Shards = DefaultShards
+	}
+	return &Provider{kernel: kernel, opts: opts}
+}
+
+// Family is the IP family the provider programs.
+func (p *Provider) Family() v1.IPFamily { return p.opts.Family }
+
+// Kernel is the family's netlink interface.
+func (p *Provider) Kernel() Interface { return p.kernel }
+
+// Applied is the last ruleset written (nil before the first sync).
+func (p *Provider) Applied() *Ruleset {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applied
+}
+
+// ForceFull makes the next Sync a full one.
+func (p *Provider) ForceFull() { p.setApplied(nil) }
+
+func (p *Provider) setApplied(rs *Ruleset) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.applied = rs
+	p.gen++
+}
+
+// Sync makes the kernel match snap.
+func (p *Provider) Sync(snap *watch.Snapshot) (proxy.Result, error) {
+	prev := p.Applied()
+	if prev != nil && snap.NodeChanged {
+		prev = nil
+	}
+	rs := PlanFrom(prev, snap, p.opts)
+	full := prev == nil || prev.Base.body() != rs.Base.body()
+	var tx *Transaction
+	if full {
+		var err error
+		if tx, err = p.fullTransaction(rs); err != nil {
+			p.setApplied(nil)
+			return proxy.Result{}, err
+		}
+	} else {
+		tx = partialTransaction(prev, rs, snap.Changed)
+	}
+	if !tx.Empty() {
+		if err := p.kernel.Apply(tx); err != nil {
+			p.setApplied(nil)
+			return proxy.Result{}, err
+		}
+	}
+	p.setApplied(rs)
+	return p.result(rs, tx, full), nil
+}
+
+// fullTransaction rebuilds every table of rs and drops tables this mode
+// owns that rs does not (a smaller shard count than before).
+func (p *Provider) fullTransaction(rs *Ruleset) (*Transaction, error) {
+	present, err := p.kernel.Chains()
+	if err != nil {
+		return nil, fmt.Errorf("listing nftables tables: %w", err)
+	}
+	b := &txBuilder{}
+	tables := rs.Tables()
+	for _, t := range tables {
+		b.add(Op{Kind: ResetTable, Table: t})
+	}
+	for _, t := range slices.Sorted(maps.Keys(present)) {
+		if !slices.Contains(tables, t) {
+			b.add(Op{Kind: DropTable, Table: t})
+		}
+	}
+	b.diff(nil, rs.Base)
+	for _, objs := range rs.Services.All() {
+		b.diff(nil, objs)
+	}
+	return b.build(), nil
+}
+
+// partialTransaction writes what differs between prev and rs for the
+// changed Services.
+func partialTransaction(prev, rs *Ruleset, changed map[watchName]bool) *Transaction {
+	b := &txBuilder{}
+	for name := range changed {
+		b.diff(prev.Services.Get(name.String()), rs.Services.Get(name.String()))
+	}
+	return b.build()
+}
+
+func (p *Provider) result(rs *Ruleset, tx *Transaction, full bool) proxy.Result {
+	res := proxy.Result{Full: full, Written: map[string]int{}, KernelCalls: map[string]int{}}
+	if !tx.Empty() {
+		res.KernelCalls["nftables_transaction"] = 1
+	}
+	for _, op := range tx.Ops {
+		if op.Kind == AddRules {
+			res.Written["nftables"] += len(op.Chain.Rules)
+		}
+	}
+	rules := 0
+	for _, objs := range rs.Services.All() {
+		res.NoLocalInternal += objs.NoLocalInternal
+		res.NoLocalExternal += objs.NoLocalExternal
+		for _, c := range objs.Chains {
+			rules += len(c.Rules)
+		}
+	}
+	res.Rules = map[string]int{"nftables": rules}
+	return res
+}
+
+// Verify compares this mode's tables and chains in the kernel with the
+// last ruleset written: a missing table or chain, or one too many, is
+// drift. A write that lands while the kernel is read makes it report
+// nothing this time.
+func (p *Provider) Verify() (reason, detail string, err error) {
+	p.mu.Lock()
+	rs, gen := p.applied, p.gen
+	p.mu.Unlock()
+	if rs == nil {
+		return "", "", nil
+	}
+	present, err := p.kernel.Chains()
+	if err != nil {
+		return "", "", err
+	}
+	p.mu.Lock()
+	raced := p.gen != gen
+	p.mu.Unlock()
+	if raced {
+		return "", "", nil
+	}
+	return compareChains(expectedChains(rs), present)
+}
