@@ -14,7 +14,7 @@ STATICCHECK_VERSION := v0.8.2
 
 export SVCPROXY_BIN_DIR := $(TOOLS_BIN)
 
-.PHONY: cluster cluster-down conformance all build deps tools vm test unit e2e acceptance acceptance-examples e2e-ipvs demo demo-intro bench bench-vm soak lint clean
+.PHONY: cluster cluster-down conformance all build deps tools vm test unit e2e acceptance acceptance-examples acceptance-nftables e2e-ipvs demo demo-intro bench bench-vm soak lint clean
 
 all: build
 
@@ -38,7 +38,7 @@ build:
 
 # Unit tests, then the e2e tests (real kube-apiserver, real kernel rules in
 # network namespaces), then the acceptance examples with real packets.
-test: deps tools vm build lint unit acceptance-examples e2e-ipvs
+test: deps tools vm build lint unit acceptance-examples acceptance-nftables e2e-ipvs
 
 # Under `make test` the VM is prepared, so a VM test that cannot boot it
 # fails instead of skipping quietly.
@@ -65,6 +65,11 @@ OWN_SCENARIOS := $(CURDIR)/e2e/scenarios/healthcheck.yaml
 acceptance-examples: deps tools build
 	$(BIN)/acceptance --mode iptables --file $(FILE) --proxy $(BIN)/proxy
 	@for f in $(OWN_SCENARIOS); do echo "$(BIN)/acceptance --mode iptables --file $$f"; $(BIN)/acceptance --mode iptables --file $$f --proxy $(BIN)/proxy || exit 1; done
+
+# The acceptance examples in nftables mode on the host kernel.
+acceptance-nftables: deps tools build
+	$(BIN)/acceptance --mode nftables --file $(FILE) --proxy $(BIN)/proxy
+	@for f in $(OWN_SCENARIOS); do echo "$(BIN)/acceptance --mode nftables --file $$f"; $(BIN)/acceptance --mode nftables --file $$f --proxy $(BIN)/proxy || exit 1; done
 
 # The acceptance examples in ipvs mode, in the VM (the host kernel has no
 # IPVS); `make acceptance MODE=ipvs FILE=...` runs any file there.

@@ -18,7 +18,7 @@ func TestBadConfigExits(t *testing.T) {
 	}{
 		{"unknown field", "iptables:\n  masqueradeBits: 14\n", []string{"iptables.masqueradeBits"}},
 		{"bad duration", "iptables:\n  syncPeriod: 3x\n", []string{"iptables.syncPeriod", "3x"}},
-		{"bad mode", "mode: nftables\n", []string{"mode", "nftables"}},
+		{"bad mode", "mode: userspace\n", []string{"mode", "userspace"}},
 		{"bad cidr", "clusterCIDR: 10.0.0.0/33\n", []string{"clusterCIDR", "10.0.0.0/33"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
@@ -27,7 +28,11 @@ func newNFTablesProviders(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) (
 			klog.InfoS("IPv6 nftables not available; running single-stack", "reason", err)
 			continue
 		}
-		out = append(out, nftables.NewProvider(kernel, nftablesPlanOptions(cfg, node, fam)))
+		opts := nftablesPlanOptions(cfg, node, fam)
+		if slices.ContainsFunc(opts.NodePortAddresses, netip.Addr.IsLoopback) && fam == v1.IPv4Protocol {
+			enableRouteLocalnet()
+		}
+		out = append(out, nftables.NewProvider(kernel, opts))
 	}
 	return out, nil
 }

@@ -68,6 +68,11 @@ func ProxyConfig(s *Scenario, mode, kubeconfig string) ([]byte, error) {
 	}
 	if len(s.Config.NodePortAddresses) > 0 {
 		cfg["nodePortAddresses"] = s.Config.NodePortAddresses
+	} else if mode == "nftables" && s.Config.LocalhostNodePorts != nil && *s.Config.LocalhostNodePorts {
+		// nftables mode has no iptables.localhostNodePorts: as in
+		// kube-proxy, a scenario that asks for NodePorts on 127.0.0.1
+		// gets them by listing loopback beside the mode's default.
+		cfg["nodePortAddresses"] = []string{"primary", "localhost"}
 	}
 	return yaml.Marshal(cfg)
 }

@@ -87,7 +87,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"bad feature gate", header + "featureGates:\n  Foo: sometimes\n", []string{"featureGates.Foo", `"sometimes"`}},
 
 		// Decoded fine, rejected by Validate.
-		{"unsupported mode", header + "mode: nftables\n", []string{`mode: unsupported value "nftables"`}},
+		{"unsupported mode", header + "mode: userspace\n", []string{`mode: unsupported value "userspace"`}},
 		{"validation after defaulting", header + "iptables:\n  minSyncPeriod: 1m\n",
 			[]string{"iptables.minSyncPeriod", `"1m0s"`, "iptables.syncPeriod"}},
 	}

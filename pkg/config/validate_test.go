@@ -17,8 +17,16 @@ func TestValidateRejects(t *testing.T) {
 		mutate func(c *v1alpha1.KubeProxyConfiguration)
 		want   []string // the JSON path and the bad value, at least
 	}{
-		{"mode nftables", func(c *v1alpha1.KubeProxyConfiguration) { c.Mode = "nftables" },
-			[]string{`mode: unsupported value "nftables": svcproxy supports "iptables" and "ipvs"`}},
+		{"mode userspace", func(c *v1alpha1.KubeProxyConfiguration) { c.Mode = "userspace" },
+			[]string{`mode: unsupported value "userspace": svcproxy supports "iptables", "ipvs" and "nftables"`}},
+		{"nftables masqueradeBit", func(c *v1alpha1.KubeProxyConfiguration) {
+			c.Mode = "nftables"
+			c.NFTables.MasqueradeBit = ptr.To[int32](32)
+		}, []string{"nftables.masqueradeBit", "32"}},
+		{"nftables minSyncPeriod", func(c *v1alpha1.KubeProxyConfiguration) {
+			c.Mode = "nftables"
+			c.NFTables.MinSyncPeriod.Duration = time.Hour
+		}, []string{"nftables.minSyncPeriod"}},
 		{"mode kernelspace", func(c *v1alpha1.KubeProxyConfiguration) { c.Mode = "kernelspace" },
 			[]string{"mode", `"kernelspace"`}},
 		{"mode empty", func(c *v1alpha1.KubeProxyConfiguration) { c.Mode = "" }, []string{"mode", `""`}},
@@ -181,7 +189,7 @@ func TestValidateAccepts(t *testing.T) {
 
 func TestValidateCollectsAllErrors(t *testing.T) {
 	c := Default()
-	c.Mode = "nftables"
+	c.Mode = "userspace"
 	c.BindAddress = "x"
 	c.OOMScoreAdj = ptr.To[int32](5000)
 	err := Validate(c)

@@ -36,7 +36,9 @@ func NewKernel(f v1.IPFamily) *Kernel { return &Kernel{fam: familyOf(f), netns: 
 
 // NewKernelAt returns the netlink Interface of family in the network
 // namespace open as netnsFd (which the caller keeps open).
-func NewKernelAt(f v1.IPFamily, netnsFd int) *Kernel { return &Kernel{fam: familyOf(f), netns: netnsFd} }
+func NewKernelAt(f v1.IPFamily, netnsFd int) *Kernel {
+	return &Kernel{fam: familyOf(f), netns: netnsFd}
+}
 
 func (k *Kernel) conn() (*nftables.Conn, error) {
 	opts := []nftables.ConnOption{nftables.WithSockOptions(bigReceiveBuffer)}

@@ -76,7 +76,17 @@ type Set struct {
 
 func (s *Set) id() string { return s.Table + "/" + s.Name }
 
-func (s *Set) body() string { return fmt.Sprintf("%d %v %v", s.Key, s.Map, s.Timeout) }
+func (s *Set) body() string {
+	kind, data := "set", ""
+	if s.Map {
+		kind, data = "map", " : verdict"
+	}
+	var timeout string
+	if s.Timeout > 0 {
+		timeout = fmt.Sprintf(" timeout %s dynamic", s.Timeout)
+	}
+	return fmt.Sprintf("%s { %s%s%s }", kind, s.Key.fields(), data, timeout)
+}
 
 // ElemKey is the key of a set element; which fields count is the set's Key.
 type ElemKey struct {

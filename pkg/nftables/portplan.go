@@ -227,7 +227,7 @@ func (p *portPlan) endpointChainRules(o *Objects, ep *watch.Endpoint) {
 	if t := p.port.SessionAffinityTimeout; t > 0 {
 		set := p.affinitySet(ep)
 		o.Sets = append(o.Sets, &Set{Table: p.shard, Name: set, Key: KeySaddr, Timeout: time.Duration(t) * time.Second})
-		o.rule(p.shard, chain, UpdateSource{Set: set, Timeout: time.Duration(t) * time.Second})
+		o.rule(p.shard, chain, UpdateSource{fam: p.fam, Set: set, Timeout: time.Duration(t) * time.Second})
 	}
 	o.rule(p.shard, chain, Proto(p.proto), DNAT(netip.AddrPortFrom(ep.Addr, uint16(ep.Port))))
 }

@@ -59,6 +59,17 @@ const (
 	KeySaddr
 )
 
+// fields names the key's fields as nft names their types.
+func (k Key) fields() string {
+	switch k {
+	case KeyDestPort:
+		return "addr . inet_proto . inet_service"
+	case KeyProtoPort:
+		return "inet_proto . inet_service"
+	}
+	return "addr"
+}
+
 func (k Key) text(f *family) string {
 	switch k {
 	case KeyDestPort:
@@ -341,11 +352,12 @@ func (t DNAT) exprs(f *family) []expr.Any {
 // UpdateSource adds (or refreshes) the packet's source address in a
 // timed set: session affinity remembers the client.
 type UpdateSource struct {
+	fam     *family
 	Set     string
 	Timeout time.Duration
 }
 
-func (t UpdateSource) String() string { return fmt.Sprintf("update @%s { saddr }", t.Set) }
+func (t UpdateSource) String() string { return fmt.Sprintf("update @%s { %s saddr }", t.Set, t.fam.name) }
 
 func (t UpdateSource) exprs(f *family) []expr.Any {
 	return []expr.Any{loadAddr(f, f.saddrOff),

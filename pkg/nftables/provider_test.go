@@ -1,0 +1,210 @@
+package nftables
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"svcproxy.dev/svcproxy/pkg/watch"
+	"svcproxy.dev/svcproxy/pkg/watch/watchtest"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func testOptions() PlanOptions {
+	return PlanOptions{Family: v1.IPv4Protocol, Shards: 4, MasqueradeBit: 14,
+		LocalDetector:     &LocalDetector{CIDR: netip.MustParsePrefix("10.180.0.0/16")},
+		NodePortAddresses: []netip.Addr{netip.MustParseAddr("192.168.0.2")},
+		ServiceCIDRs:      []netip.Prefix{netip.MustParsePrefix("172.30.0.0/16")}}
+}
+
+func syncOrFail(t *testing.T, p *Provider, snap *watch.Snapshot) {
+	t.Helper()
+	if _, err := p.Sync(snap); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPlanGolden pins the whole layout of a small cluster (a load balancer
+// with source ranges, Local external policy and affinity; a Service
+// without endpoints) as the validating fake holds it after a full sync.
+func TestPlanGolden(t *testing.T) {
+	tr := watchtest.Tracker(testServices(), watchtest.Slice("ns1", "web", "web-1", 8080, "http",
+		watchtest.Endpoint{IP: "10.180.0.1", Node: watchtest.Node}, watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}))
+	fake := NewFake()
+	syncOrFail(t, NewProvider(fake, testOptions()), tr.Snapshot())
+	got := fake.Dump()
+	path := filepath.Join("testdata", "layout.golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create)", err)
+	}
+	if got != string(want) {
+		t.Errorf("layout differs from %s (run with -update to rewrite); got:\n%s", path, got)
+	}
+}
+
+// clusterOf is n ClusterIP Services, each with two endpoints.
+func clusterOf(n int) *watch.Tracker {
+	var svcs []watchtest.Service
+	tr := watchtest.Tracker(nil)
+	for i := range n {
+		name := fmt.Sprintf("svc-%d", i)
+		svcs = append(svcs, watchtest.Service{Namespace: "ns", Name: name,
+			ClusterIPs: []string{fmt.Sprintf("172.30.%d.%d", i/250, i%250+1)}, Ports: []v1.ServicePort{watchtest.TCPPort("p", 80, 0)}})
+	}
+	for _, s := range svcs {
+		tr.OnService(types.NamespacedName{Namespace: s.Namespace, Name: s.Name}, s.Object())
+		tr.OnEndpointSlice(watchtest.Slice("ns", s.Name, s.Name+"-1", 8080, "p",
+			watchtest.Endpoint{IP: "10.180.0.1", Node: watchtest.Node}, watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}), false)
+	}
+	return tr
+}
+
+// TestOneEndpointChangeCostFlat: removing one endpoint writes the same
+// ops whether the cluster has 50 Services or 2,000.
+func TestOneEndpointChangeCostFlat(t *testing.T) {
+	ops := map[int]string{}
+	for _, n := range []int{50, 2000} {
+		tr := clusterOf(n)
+		fake := NewFake()
+		p := NewProvider(fake, testOptions())
+		syncOrFail(t, p, tr.Snapshot())
+		tr.OnEndpointSlice(watchtest.Slice("ns", "svc-7", "svc-7-1", 8080, "p", watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}), false)
+		res, err := p.Sync(tr.Snapshot())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Full {
+			t.Fatalf("N=%d: an endpoint change made a full sync", n)
+		}
+		ops[n] = fmt.Sprint(fake.LastOps, res.Written)
+	}
+	if ops[50] != ops[2000] {
+		t.Errorf("ops of one endpoint change: %s at 50 Services, %s at 2,000", ops[50], ops[2000])
+	}
+	t.Logf("one endpoint change: ops, rules written = %s", ops[50])
+}
+
+// TestDeltasMatchAFullSync applies a run of changes as partial syncs and
+// compares the fake's tables, after each, with a fresh full sync of the
+// same snapshot: deltas must leave exactly what a rewrite would.
+func TestDeltasMatchAFullSync(t *testing.T) {
+	tr := watchtest.Tracker(testServices())
+	fake := NewFake()
+	p := NewProvider(fake, testOptions())
+	syncOrFail(t, p, tr.Snapshot())
+	web := testServices()[0]
+	steps := []struct {
+		name string
+		do   func()
+	}{
+		{"endpoints arrive", func() {
+			tr.OnEndpointSlice(watchtest.Slice("ns1", "web", "web-1", 8080, "http",
+				watchtest.Endpoint{IP: "10.180.0.1", Node: watchtest.Node}, watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}), false)
+		}},
+		{"local endpoint leaves", func() {
+			tr.OnEndpointSlice(watchtest.Slice("ns1", "web", "web-1", 8080, "http", watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}), false)
+		}},
+		{"policies back to Cluster, no affinity", func() {
+			s := web
+			s.ETPLocal, s.AffinitySeconds, s.SourceRanges = false, 0, nil
+			tr.OnService(types.NamespacedName{Namespace: "ns1", Name: "web"}, s.Object())
+		}},
+		{"affinity timeout changes", func() {
+			s := web
+			s.AffinitySeconds = 30
+			tr.OnService(types.NamespacedName{Namespace: "ns1", Name: "web"}, s.Object())
+		}},
+		{"empty Service gets an endpoint", func() {
+			tr.OnEndpointSlice(watchtest.Slice("ns1", "empty", "empty-1", 81, "p", watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}), false)
+		}},
+		{"web deleted", func() { tr.OnService(types.NamespacedName{Namespace: "ns1", Name: "web"}, nil) }},
+	}
+	for _, step := range steps {
+		step.do()
+		snap := tr.Snapshot()
+		if _, err := p.Sync(snap); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		fresh := NewFake()
+		syncOrFail(t, NewProvider(fresh, testOptions()), snap)
+		if got, want := fake.Dump(), fresh.Dump(); got != want {
+			t.Fatalf("%s: after the delta the tables differ from a full sync:\n%s", step.name, lineDiff(got, want))
+		}
+	}
+}
+
+func lineDiff(got, want string) string {
+	var b strings.Builder
+	wantLines := map[string]bool{}
+	for _, l := range strings.Split(want, "\n") {
+		wantLines[l] = true
+	}
+	gotLines := map[string]bool{}
+	for _, l := range strings.Split(got, "\n") {
+		gotLines[l] = true
+		if !wantLines[l] {
+			b.WriteString("+ " + l + "\n")
+		}
+	}
+	for _, l := range strings.Split(want, "\n") {
+		if !gotLines[l] {
+			b.WriteString("- " + l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// TestFakeRefusesWhatTheKernelRefuses: a jump to a missing chain, an
+// element in a missing set and deleting a chain still in use fail, and a
+// failed transaction changes nothing.
+func TestFakeRefusesWhatTheKernelRefuses(t *testing.T) {
+	base := []Op{{Kind: ResetTable, Table: "t"}, {Kind: AddChain, Chain: &Chain{Table: "t", Name: "a"}},
+		{Kind: AddSet, Set: &Set{Table: "t", Name: "m", Key: KeyDestPort, Map: true}}}
+	goB := Goto("b")
+	cases := map[string]Op{
+		"jump to a missing chain": {Kind: AddRules, Chain: &Chain{Table: "t", Name: "a", Rules: []Rule{{Jump("b")}}}},
+		"element of a missing set": {Kind: AddElem, Elem: &Elem{Table: "t", Set: "nope", Key: ElemKey{Addr: netip.MustParseAddr("1.2.3.4")}}},
+		"map element to a missing chain": {Kind: AddElem, Elem: &Elem{Table: "t", Set: "m",
+			Key: ElemKey{Addr: netip.MustParseAddr("1.2.3.4"), Proto: "tcp", Port: 80}, Verdict: &goB}},
+		"plain element in a map": {Kind: AddElem, Elem: &Elem{Table: "t", Set: "m", Key: ElemKey{Addr: netip.MustParseAddr("1.2.3.4"), Proto: "tcp", Port: 80}}},
+		"wrong key shape":        {Kind: AddElem, Elem: &Elem{Table: "t", Set: "m", Key: ElemKey{Addr: netip.MustParseAddr("1.2.3.4")}, Verdict: &Drop}},
+		"chain added twice":      {Kind: AddChain, Chain: &Chain{Table: "t", Name: "a"}},
+		"delete a missing chain": {Kind: DelChain, Chain: &Chain{Table: "t", Name: "b"}},
+	}
+	for name, op := range cases {
+		fake := NewFake()
+		if err := fake.Apply(&Transaction{Ops: base}); err != nil {
+			t.Fatal(err)
+		}
+		before := fake.Dump()
+		if err := fake.Apply(&Transaction{Ops: []Op{{Kind: AddChain, Chain: &Chain{Table: "t", Name: "c"}}, op}}); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		if fake.Dump() != before {
+			t.Errorf("%s: a refused transaction changed the tables", name)
+		}
+	}
+	fake := NewFake()
+	inUse := append(base, Op{Kind: AddChain, Chain: &Chain{Table: "t", Name: "b"}},
+		Op{Kind: AddRules, Chain: &Chain{Table: "t", Name: "a", Rules: []Rule{{Goto("b")}}}})
+	if err := fake.Apply(&Transaction{Ops: append(inUse, Op{Kind: DelChain, Chain: &Chain{Table: "t", Name: "b"}})}); err == nil {
+		t.Error("deleting a chain in use was accepted")
+	}
+}
