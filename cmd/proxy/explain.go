@@ -191,6 +191,9 @@ func readNode(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, master 
 // rule planner) and reads each one's rules with iptables-save and, in IPVS
 // mode, its IPVS state.
 func kernelFamilies(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []explain.Family {
+	if cfg.Mode == config.ModeNFTables {
+		return nftablesExplainFamilies(cfg, node)
+	}
 	if cfg.Mode != config.ModeIPTables && cfg.Mode != config.ModeIPVS {
 		msg := fmt.Sprintf("mode %s: only iptables and ipvs modes are checked", cfg.Mode)
 		return []explain.Family{{Family: v1.IPv4Protocol, Options: planOptions(cfg, node, v1.IPv4Protocol), KernelError: msg}}

@@ -11,6 +11,7 @@ import (
 	"k8s.io/kube-proxy/config/v1alpha1"
 
 	"svcproxy.dev/svcproxy/pkg/config"
+	"svcproxy.dev/svcproxy/pkg/explain"
 	"svcproxy.dev/svcproxy/pkg/nftables"
 	"svcproxy.dev/svcproxy/pkg/proxy"
 )
@@ -73,4 +74,20 @@ func cleanupNFTables() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// nftablesExplainFamilies builds explain's families as the daemon builds
+// its providers, each with a reader of its tables over netlink.
+func nftablesExplainFamilies(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node) []explain.Family {
+	var out []explain.Family
+	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		kernel := nftables.NewKernel(fam)
+		f := explain.Family{Family: fam, Options: planOptions(cfg, node, fam),
+			NFT: &explain.NFTablesFamily{Options: nftablesPlanOptions(cfg, node, fam), Read: kernel.Contents}}
+		if _, err := kernel.Chains(); err != nil {
+			f.NFT.Read, f.KernelError = nil, err.Error()
+		}
+		out = append(out, f)
+	}
+	return out
 }

@@ -157,40 +157,47 @@ func (e *env) iptables(args ...string) string {
 	return string(out)
 }
 
-func TestExplainLayers(t *testing.T) {
+// setUp starts a control plane, a node namespace, the test's objects and
+// the proxy in mode; everything stops when the test ends.
+func setUp(t *testing.T, mode string) (*env, map[string]string) {
 	skipUnlessReady(t)
 	proxy := controlplane.ProxyBinary(t)
 	for _, err := range nsutil.RemoveStale() {
 		t.Log("stale cleanup:", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	cp, err := controlplane.Start(ctx, controlplane.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		if err := cp.Stop(); err != nil {
 			t.Error(err)
 		}
-	}()
+	})
 	e := &env{t: t, ctx: ctx, cp: cp, client: cp.Client, proxy: proxy, logPath: filepath.Join(t.TempDir(), "proxy.log")}
 	e.node = nsutil.Name("node")
 	if err := nsutil.Add(e.node); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = nsutil.Delete(e.node) }()
+	t.Cleanup(func() { _ = nsutil.Delete(e.node) })
 	if err := cp.LinkNetns(e.node); err != nil {
 		t.Fatal(err)
 	}
 	if err := nsutil.IP("-n", e.node, "addr", "add", nodeIP+"/32", "dev", "lo"); err != nil {
 		t.Fatal(err)
 	}
-	e.config = writeConfig(t, cp.KubeconfigPath)
+	e.config = writeConfig(t, cp.KubeconfigPath, mode)
 	ips := createObjects(t, ctx, cp.Client)
-
 	e.startProxy()
-	defer e.stopProxy()
+	t.Cleanup(e.stopProxy)
+	return e, ips
+}
+
+func TestExplainLayers(t *testing.T) {
+	e, ips := setUp(t, "iptables")
+	ctx := e.ctx
 
 	t.Run("no slices", func(t *testing.T) { e.expectVerdict("noslices", explain.LayerEndpoints, "no EndpointSlices") })
 	t.Run("not ready", func(t *testing.T) { e.expectVerdict("notready", explain.LayerEndpoints, "no endpoints ready") })
@@ -315,7 +322,7 @@ func TestExplainLayers(t *testing.T) {
 		// Above 1,000 endpoints the daemon drops endpoint-rule comments;
 		// explain, planning one Service, must plan it the same way.
 		chain := e.planned("ok").Internal.Chain
-		createBig(t, ctx, cp.Client, 1200)
+		createBig(t, ctx, e.cp.Client, 1200)
 		deadline := time.Now().Add(30 * time.Second)
 		for rules := ""; ; time.Sleep(200 * time.Millisecond) {
 			if rules = e.iptables("-t", "nat", "-S", chain); !strings.Contains(rules, " -> ") {
@@ -361,12 +368,12 @@ func (e *env) planned(svc string) explain.FamilyPort {
 	return r.Ports[0].Families[0]
 }
 
-func writeConfig(t *testing.T, kubeconfig string) string {
+func writeConfig(t *testing.T, kubeconfig, mode string) string {
 	t.Helper()
 	cfg := map[string]any{
 		"apiVersion":         "kubeproxy.config.k8s.io/v1alpha1",
 		"kind":               "KubeProxyConfiguration",
-		"mode":               "iptables",
+		"mode":               mode,
 		"hostnameOverride":   nodeName,
 		"clientConnection":   map[string]any{"kubeconfig": kubeconfig},
 		"metricsBindAddress": "127.0.0.1:10249",
@@ -377,6 +384,7 @@ func writeConfig(t *testing.T, kubeconfig string) string {
 		// A long syncPeriod: the drift check must not repair what the test
 		// breaks by hand.
 		"iptables": map[string]any{"syncPeriod": "1h", "minSyncPeriod": "0s"},
+		"nftables": map[string]any{"syncPeriod": "1h", "minSyncPeriod": "0s"},
 		"conntrack": map[string]any{
 			"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s",
 			"udpTimeout": "0s", "udpStreamTimeout": "0s",

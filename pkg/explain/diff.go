@@ -36,6 +36,10 @@ type FamilyDiff struct {
 	IPVS      bool         `json:"ipvs,omitempty"`
 	IPVSError string       `json:"ipvsError,omitempty"`
 	IPVSDiff  []IPVSChange `json:"ipvsChanges,omitempty"`
+	// nftables mode: what the tables lack or hold otherwise (the next
+	// sync rewrites what differs).
+	NFTables   bool     `json:"nftables,omitempty"`
+	NFTChanges []string `json:"nftablesDifferences,omitempty"`
 }
 
 // PayloadDiff is a restore payload and what it does.
@@ -63,6 +67,12 @@ func Diff(snap *watch.Snapshot, families []Family) *DiffReport {
 	d := &DiffReport{Families: []FamilyDiff{}}
 	for _, f := range families {
 		fd := FamilyDiff{Family: string(f.Family), Backend: f.Backend, Services: []ServiceDiff{}}
+		if f.NFT != nil {
+			nftDiff(&fd, snap, f)
+			d.Differ = d.Differ || fd.Error != "" || len(fd.NFTChanges) > 0
+			d.Families = append(d.Families, fd)
+			continue
+		}
 		if f.Kernel == nil {
 			fd.Error = f.KernelError
 			if fd.Error == "" {
@@ -305,6 +315,10 @@ func (d *DiffReport) WriteText(w io.Writer) error {
 		head := fmt.Sprintf("# %s (iptables-%s)", f.Family, f.Backend)
 		if f.Error != "" {
 			p.f("%s: kernel not read: %s", head, f.Error)
+			continue
+		}
+		if f.NFTables {
+			p.nftDiff(f)
 			continue
 		}
 		if f.IPVS {

@@ -208,6 +208,10 @@ func (p *printer) port(port PortInfo) {
 			p.f("    external traffic: none (no node port, external or load balancer IP)")
 		}
 		p.ipvs(fp.IPVS)
+		if fp.NFTables != nil {
+			p.nftables(fp.NFTables)
+			continue
+		}
 		helper := ""
 		if fp.IPVS != nil {
 			helper = "helper rules "

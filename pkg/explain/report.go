@@ -319,9 +319,19 @@ func (b *builder) port(name types.NamespacedName, sp v1.ServicePort, snapPorts [
 			t := trafficInfo(*s.External, s.Selection.HasAny, svcChain, svlChain)
 			fp.External = &t
 		}
-		planned := planPort(f, b.in.Snapshot, port.Name)
-		fp.Planned = chainRules(planned)
-		fp.Kernel = b.kernelCheck(f, planned, Owner{Service: name.String(), Port: sp.Name})
+		if f.NFT != nil {
+			fp.NFTables = b.nftCheck(f, name, port)
+			fp.Kernel = KernelCheck{Checked: fp.NFTables.Checked, Error: fp.NFTables.Error}
+			// The chains are nftables mode's, listed with the objects.
+			fp.Internal.Chain = ""
+			if fp.External != nil {
+				fp.External.Chain = ""
+			}
+		} else {
+			planned := planPort(f, b.in.Snapshot, port.Name)
+			fp.Planned = chainRules(planned)
+			fp.Kernel = b.kernelCheck(f, planned, Owner{Service: name.String(), Port: sp.Name})
+		}
 		if f.IPVS != nil {
 			fp.IPVS = b.ipvsCheck(f, name, port)
 			// Traffic goes through virtual servers, not these chains.
@@ -372,6 +382,12 @@ func kernelProblem(fams []FamilyPort, port int32) string {
 		}
 		if p := ipvsProblem(fp.IPVS, port, suffix); p != "" {
 			return p
+		}
+		if fp.NFTables != nil {
+			if p := nftProblem(fp.NFTables, port, suffix); p != "" {
+				return p
+			}
+			continue
 		}
 		helper := ""
 		if fp.IPVS != nil {

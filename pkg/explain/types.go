@@ -60,6 +60,8 @@ type Family struct {
 	Planner iptables.Planner
 	// IPVS is set in IPVS mode.
 	IPVS *IPVSFamily
+	// NFT is set in nftables mode.
+	NFT *NFTablesFamily
 }
 
 // Query is what was asked.
@@ -259,6 +261,10 @@ type FamilyPort struct {
 	// IPVS is set in IPVS mode: the virtual servers next to the kernel's.
 	// Planned and Kernel are then the helper iptables rules.
 	IPVS *IPVSCheck `json:"ipvs,omitempty"`
+	// NFTables is set in nftables mode: the port's shard, its planned
+	// chains and map elements, and the kernel's differences. Planned and
+	// Kernel are then empty.
+	NFTables *NFTablesCheck `json:"nftables,omitempty"`
 }
 
 // TrafficInfo is how one kind of traffic is handled.

@@ -110,15 +110,7 @@ func applyOp(tables map[string]*fakeTable, op Op) error {
 		tables[op.Table] = &fakeTable{chains: map[string]*Chain{}, sets: map[string]*fakeSet{}}
 		return nil
 	}
-	name := op.Table
-	switch {
-	case op.Chain != nil:
-		name = op.Chain.Table
-	case op.Set != nil:
-		name = op.Set.Table
-	case op.Elem != nil:
-		name = op.Elem.Table
-	}
+	name := op.table()
 	t, ok := tables[name]
 	if !ok {
 		return fmt.Errorf("no table %q", name)

@@ -41,28 +41,34 @@ func NewKernelAt(f v1.IPFamily, netnsFd int) *Kernel {
 }
 
 func (k *Kernel) conn() (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.WithSockOptions(bigReceiveBuffer)}
+	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
 	if k.netns >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(k.netns))
 	}
 	return nftables.New(opts...)
 }
 
-// receiveBuffer bounds the socket's receive buffer. The kernel acknowledges
-// every message of a batch (each rule, each set's elements) before the
-// batch's answers are read; a full sync of thousands of Services overflows
-// the default buffer (ENOBUFS), so the limit is raised past rmem_max, as
-// nft does. Memory is taken only as acknowledgements arrive.
-const receiveBuffer = 256 << 20
+// The socket's buffer limits. A batch goes to the kernel in one sendmsg,
+// which fails (EMSGSIZE) if larger than the send buffer; the kernel
+// acknowledges every message of the batch (each rule, each set's
+// elements) before the answers are read, which overflows a default
+// receive buffer (ENOBUFS). A full sync of thousands of Services needs
+// both raised past wmem_max and rmem_max, as nft does; memory is taken
+// only as the batch and its answers need it.
+const (
+	sendBuffer    = 1 << 30
+	receiveBuffer = 256 << 20
+)
 
-func bigReceiveBuffer(c *netlink.Conn) error {
+func bigBuffers(c *netlink.Conn) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var sockErr error
 	err = raw.Control(func(fd uintptr) {
-		sockErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, receiveBuffer)
+		sockErr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, receiveBuffer),
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer))
 	})
 	return errors.Join(err, sockErr)
 }
@@ -164,6 +170,11 @@ func (w *batchWriter) op(op Op) {
 	}
 }
 
+// maxElemsPerMessage keeps an element list attribute well below the 64
+// KiB a netlink attribute can hold (an IPv6 map element with its verdict
+// is under 100 bytes).
+const maxElemsPerMessage = 500
+
 // elems writes a run of element ops of one kind and set as one message;
 // it returns how many ops it took (0 if ops[0] is not an element op).
 func (w *batchWriter) elems(ops []Op) int {
@@ -174,7 +185,7 @@ func (w *batchWriter) elems(ops []Op) int {
 	n := 0
 	var elems []nftables.SetElement
 	for _, op := range ops {
-		if op.Kind != first.Kind || op.Elem.Table != first.Elem.Table || op.Elem.Set != first.Elem.Set {
+		if op.Kind != first.Kind || op.Elem.Table != first.Elem.Table || op.Elem.Set != first.Elem.Set || n == maxElemsPerMessage {
 			break
 		}
 		e := nftables.SetElement{Key: w.key(op.Elem.Key)}

@@ -170,6 +170,19 @@ type Ruleset struct {
 	Shards   int
 	Base     *Objects
 	Services cowmap.Map[string, *Objects]
+	// baseText is Base rendered, computed once: whether the base changed
+	// decides between a full and a partial sync.
+	baseText string
+	// options are the PlanOptions the ruleset was planned with, rendered.
+	options string
+}
+
+// BaseText renders Base (once), for telling whether two bases differ.
+func (rs *Ruleset) BaseText() string {
+	if rs.baseText == "" {
+		rs.baseText = rs.Base.body()
+	}
+	return rs.baseText
 }
 
 // Tables are the names of the tables the ruleset fills.

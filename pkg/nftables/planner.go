@@ -69,8 +69,15 @@ func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 	if opts.Shards <= 0 {
 		opts.Shards = DefaultShards
 	}
-	rs := &Ruleset{Family: opts.Family, Shards: opts.Shards, Base: baseObjects(opts)}
-	if prev != nil && (snap.NodeChanged || prev.Base.body() != rs.Base.body() || prev.Shards != rs.Shards) {
+	rs := &Ruleset{Family: opts.Family, Shards: opts.Shards, options: fmt.Sprintf("%+v", opts)}
+	if prev != nil && prev.options == rs.options {
+		// The base is a function of the options alone: reuse it rather
+		// than build and compare every shard's at each sync.
+		rs.Base, rs.baseText = prev.Base, prev.baseText
+	} else {
+		rs.Base = baseObjects(opts)
+	}
+	if prev != nil && (snap.NodeChanged || prev.BaseText() != rs.BaseText() || prev.Shards != rs.Shards) {
 		prev = nil
 	}
 	var services *cowmap.Editor[string, *Objects]

@@ -64,30 +64,38 @@ func (p *Provider) Sync(snap *watch.Snapshot) (proxy.Result, error) {
 		prev = nil
 	}
 	rs := PlanFrom(prev, snap, p.opts)
-	full := prev == nil || prev.Base.body() != rs.Base.body()
-	var tx *Transaction
+	full := prev == nil || prev.BaseText() != rs.BaseText()
+	var txs []*Transaction
 	if full {
 		var err error
-		if tx, err = p.fullTransaction(rs); err != nil {
+		if txs, err = p.fullTransactions(rs); err != nil {
 			p.setApplied(nil)
 			return proxy.Result{}, err
 		}
 	} else {
-		tx = partialTransaction(prev, rs, snap.Changed)
+		txs = splitLarge(partialTransaction(prev, rs, snap.Changed))
 	}
-	if !tx.Empty() {
+	for _, tx := range txs {
+		if tx.Empty() {
+			continue
+		}
 		if err := p.kernel.Apply(tx); err != nil {
 			p.setApplied(nil)
 			return proxy.Result{}, err
 		}
 	}
 	p.setApplied(rs)
-	return p.result(rs, tx, full), nil
+	return p.result(rs, txs, full), nil
 }
 
-// fullTransaction rebuilds every table of rs and drops tables this mode
-// owns that rs does not (a smaller shard count than before).
-func (p *Provider) fullTransaction(rs *Ruleset) (*Transaction, error) {
+// fullTransactions rebuilds every table of rs, one transaction per table
+// (the shared table first), and then drops the tables this mode owns that
+// rs does not (a smaller shard count than before). Tables refer to none
+// of each other's chains or sets, so each one is consistent on its own;
+// one transaction for all of them would not fit the kernel's batch limits
+// at 20,000 Services (ENOBUFS on the acknowledgements of ~700,000
+// messages).
+func (p *Provider) fullTransactions(rs *Ruleset) ([]*Transaction, error) {
 	present, err := p.kernel.Chains()
 	if err != nil {
 		return nil, fmt.Errorf("listing nftables tables: %w", err)
@@ -97,16 +105,41 @@ func (p *Provider) fullTransaction(rs *Ruleset) (*Transaction, error) {
 	for _, t := range tables {
 		b.add(Op{Kind: ResetTable, Table: t})
 	}
-	for _, t := range slices.Sorted(maps.Keys(present)) {
-		if !slices.Contains(tables, t) {
-			b.add(Op{Kind: DropTable, Table: t})
-		}
-	}
 	b.diff(nil, rs.Base)
 	for _, objs := range rs.Services.All() {
 		b.diff(nil, objs)
 	}
-	return b.build(), nil
+	byTable := b.build().split()
+	var out []*Transaction
+	for _, t := range tables {
+		out = append(out, byTable[t])
+	}
+	drop := &txBuilder{}
+	for _, t := range slices.Sorted(maps.Keys(present)) {
+		if !slices.Contains(tables, t) {
+			drop.add(Op{Kind: DropTable, Table: t})
+		}
+	}
+	return append(out, drop.build()), nil
+}
+
+// maxOps bounds a transaction that splitLarge leaves whole: far below the
+// batch sizes that overflow the kernel's acknowledgements, far above what
+// a sync of a few changed Services writes.
+const maxOps = 50000
+
+// splitLarge divides a transaction larger than maxOps by table (a burst
+// of thousands of new Services), which keeps each table consistent.
+func splitLarge(tx *Transaction) []*Transaction {
+	if len(tx.Ops) <= maxOps {
+		return []*Transaction{tx}
+	}
+	byTable := tx.split()
+	out := make([]*Transaction, 0, len(byTable))
+	for _, t := range slices.Sorted(maps.Keys(byTable)) {
+		out = append(out, byTable[t])
+	}
+	return out
 }
 
 // partialTransaction writes what differs between prev and rs for the
@@ -119,14 +152,16 @@ func partialTransaction(prev, rs *Ruleset, changed map[watchName]bool) *Transact
 	return b.build()
 }
 
-func (p *Provider) result(rs *Ruleset, tx *Transaction, full bool) proxy.Result {
+func (p *Provider) result(rs *Ruleset, txs []*Transaction, full bool) proxy.Result {
 	res := proxy.Result{Full: full, Written: map[string]int{}, KernelCalls: map[string]int{}}
-	if !tx.Empty() {
-		res.KernelCalls["nftables_transaction"] = 1
-	}
-	for _, op := range tx.Ops {
-		if op.Kind == AddRules {
-			res.Written["nftables"] += len(op.Chain.Rules)
+	for _, tx := range txs {
+		if !tx.Empty() {
+			res.KernelCalls["nftables_transaction"]++
+		}
+		for _, op := range tx.Ops {
+			if op.Kind == AddRules {
+				res.Written["nftables"] += len(op.Chain.Rules)
+			}
 		}
 	}
 	rules := 0

@@ -179,7 +179,7 @@ func TestFakeRefusesWhatTheKernelRefuses(t *testing.T) {
 		{Kind: AddSet, Set: &Set{Table: "t", Name: "m", Key: KeyDestPort, Map: true}}}
 	goB := Goto("b")
 	cases := map[string]Op{
-		"jump to a missing chain": {Kind: AddRules, Chain: &Chain{Table: "t", Name: "a", Rules: []Rule{{Jump("b")}}}},
+		"jump to a missing chain":  {Kind: AddRules, Chain: &Chain{Table: "t", Name: "a", Rules: []Rule{{Jump("b")}}}},
 		"element of a missing set": {Kind: AddElem, Elem: &Elem{Table: "t", Set: "nope", Key: ElemKey{Addr: netip.MustParseAddr("1.2.3.4")}}},
 		"map element to a missing chain": {Kind: AddElem, Elem: &Elem{Table: "t", Set: "m",
 			Key: ElemKey{Addr: netip.MustParseAddr("1.2.3.4"), Proto: "tcp", Port: 80}, Verdict: &goB}},

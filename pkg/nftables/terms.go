@@ -357,7 +357,9 @@ type UpdateSource struct {
 	Timeout time.Duration
 }
 
-func (t UpdateSource) String() string { return fmt.Sprintf("update @%s { %s saddr }", t.Set, t.fam.name) }
+func (t UpdateSource) String() string {
+	return fmt.Sprintf("update @%s { %s saddr }", t.Set, t.fam.name)
+}
 
 func (t UpdateSource) exprs(f *family) []expr.Any {
 	return []expr.Any{loadAddr(f, f.saddrOff),

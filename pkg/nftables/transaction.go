@@ -63,6 +63,33 @@ func (t *Transaction) Count() map[string]int {
 	return out
 }
 
+// table is the table an op changes.
+func (op Op) table() string {
+	switch {
+	case op.Chain != nil:
+		return op.Chain.Table
+	case op.Set != nil:
+		return op.Set.Table
+	case op.Elem != nil:
+		return op.Elem.Table
+	}
+	return op.Table
+}
+
+// split divides t by table, keeping the order of each table's ops.
+func (t *Transaction) split() map[string]*Transaction {
+	out := map[string]*Transaction{}
+	for _, op := range t.Ops {
+		tt := out[op.table()]
+		if tt == nil {
+			tt = &Transaction{}
+			out[op.table()] = tt
+		}
+		tt.Ops = append(tt.Ops, op)
+	}
+	return out
+}
+
 // txBuilder collects ops by kind and orders them at the end.
 type txBuilder struct{ ops [numKinds][]Op }
 

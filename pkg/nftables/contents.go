@@ -1,0 +1,206 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/types"
+
+	"svcproxy.dev/svcproxy/pkg/watch"
+)
+
+// Contents is what a table holds, as `proxy explain` compares it: the
+// rule count of each chain and the elements of each set, by the same
+// identities the planner uses.
+type Contents struct {
+	Rules map[string]int    // chain name -> rule count
+	Elems map[string]string // Elem.id() -> verdict text ("" in a set)
+}
+
+// setKeys are the key shapes of the layout's sets and maps.
+var setKeys = map[string]Key{
+	mapServiceIPs: KeyDestPort, mapNoEndpointServices: KeyDestPort, mapFirewallIPs: KeyDestPort,
+	mapServiceNodePorts: KeyProtoPort, mapNoEndpointNodePort: KeyProtoPort,
+	setClusterIPs: KeyDaddr, setNodePortIPs: KeyDaddr,
+}
+
+// Contents reads one table's chains (with their rule counts) and the
+// elements of its dispatch sets and maps.
+func (k *Kernel) Contents(table string) (*Contents, error) {
+	c, err := k.conn()
+	if err != nil {
+		return nil, err
+	}
+	t := &nftables.Table{Name: table, Family: k.fam.table}
+	chains, err := c.ListChainsOfTableFamily(k.fam.table)
+	if err != nil {
+		return nil, err
+	}
+	out := &Contents{Rules: map[string]int{}, Elems: map[string]string{}}
+	for _, ch := range chains {
+		if ch.Table.Name != table {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("rules of %s: %w", ch.Name, err)
+		}
+		out.Rules[ch.Name] = len(rules)
+	}
+	sets, err := c.GetSets(t)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range sets {
+		key, ok := setKeys[s.Name]
+		if !ok {
+			continue
+		}
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("elements of %s: %w", s.Name, err)
+		}
+		for _, e := range elems {
+			el := &Elem{Table: table, Set: s.Name, Key: decodeKey(k.fam, key, e.Key)}
+			v := ""
+			if s.IsMap && len(e.Val) > 0 {
+				v = decodeVerdict(e.Val)
+			}
+			out.Elems[el.id()] = v
+		}
+	}
+	return out, nil
+}
+
+// decodeVerdict reads a map element's verdict as the library leaves it:
+// the attributes inside NFTA_DATA_VERDICT (a code, and the chain of a
+// jump or goto).
+func decodeVerdict(b []byte) string {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return fmt.Sprintf("undecodable verdict: %v", err)
+	}
+	ad.ByteOrder = binary.BigEndian
+	var v Verdict
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			v.Kind = expr.VerdictKind(int32(ad.Uint32()))
+		case unix.NFTA_VERDICT_CHAIN:
+			v.Chain = ad.String()
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return fmt.Sprintf("undecodable verdict: %v", err)
+	}
+	return v.String()
+}
+
+// decodeKey is the inverse of batchWriter.key.
+func decodeKey(f *family, k Key, b []byte) ElemKey {
+	var out ElemKey
+	if k != KeyProtoPort && len(b) >= int(f.addrLen) {
+		out.Addr, _ = netip.AddrFromSlice(b[:f.addrLen])
+		b = b[f.addrLen:]
+	}
+	if (k == KeyDestPort || k == KeyProtoPort) && len(b) >= 8 {
+		out.Proto = protoName(b[0])
+		out.Port = binaryutil.BigEndian.Uint16(b[4:6])
+	}
+	return out
+}
+
+func protoName(p byte) string {
+	for _, name := range []string{"tcp", "udp", "sctp"} {
+		if protoNumber(name) == p {
+			return name
+		}
+	}
+	return fmt.Sprint(p)
+}
+
+// PortObjects plans one Service port alone, as a sync plans it: the
+// chains, sets and elements it adds to its shard and the shared table.
+func PortObjects(name types.NamespacedName, port *watch.ServicePort, eps []*watch.Endpoint, node watch.NodeInfo, opts PlanOptions) *Objects {
+	if opts.Shards <= 0 {
+		opts.Shards = DefaultShards
+	}
+	objs := &Objects{}
+	p := newPortPlan(port, watch.FamilyEndpoints(eps, opts.Family), node, opts)
+	p.shard = ShardTable(ShardOf(name, opts.Shards))
+	p.plan(objs)
+	return objs
+}
+
+// Shard is the table a Service's own chains live in.
+func Shard(name types.NamespacedName, opts PlanOptions) string {
+	if opts.Shards <= 0 {
+		opts.Shards = DefaultShards
+	}
+	return ShardTable(ShardOf(name, opts.Shards))
+}
+
+// Lines renders objects as nft-like text, one chain or element per entry:
+// what `proxy explain` shows as planned.
+func (o *Objects) Lines() []string {
+	var out []string
+	for _, c := range o.Chains {
+		out = append(out, fmt.Sprintf("table %s chain %s (%d rules)", c.Table, c.Name, len(c.Rules)))
+		for _, r := range c.Rules {
+			out = append(out, "    "+r.String())
+		}
+	}
+	for _, e := range o.Elems {
+		line := fmt.Sprintf("table %s %s element %s", e.Table, e.Set, e.Key)
+		if e.Verdict != nil {
+			line += " : " + e.Verdict.String()
+		}
+		out = append(out, line)
+	}
+	return out
+}
+
+// Differences lists what of objs the tables lack or hold otherwise: a
+// missing chain, a chain with another rule count, a missing element or
+// one with another verdict. A table that could not be read is one entry.
+func Differences(objs *Objects, tables map[string]*Contents) []string {
+	var out []string
+	for _, c := range objs.Chains {
+		t := tables[c.Table]
+		switch n, ok := t.rules(c.Name); {
+		case t == nil:
+			out = append(out, fmt.Sprintf("table %s was not read", c.Table))
+		case !ok:
+			out = append(out, fmt.Sprintf("chain %s is missing from table %s", c.Name, c.Table))
+		case n != len(c.Rules):
+			out = append(out, fmt.Sprintf("chain %s of table %s has %d rules, planned %d", c.Name, c.Table, n, len(c.Rules)))
+		}
+	}
+	for _, e := range objs.Elems {
+		t := tables[e.Table]
+		if t == nil {
+			continue
+		}
+		switch v, ok := t.Elems[e.id()]; {
+		case !ok:
+			out = append(out, fmt.Sprintf("element %s is missing from %s of table %s", e.Key, e.Set, e.Table))
+		case v != e.body():
+			out = append(out, fmt.Sprintf("element %s of %s in table %s: %q, planned %q", e.Key, e.Set, e.Table, v, e.body()))
+		}
+	}
+	return out
+}
+
+func (c *Contents) rules(chain string) (int, bool) {
+	if c == nil {
+		return 0, false
+	}
+	n, ok := c.Rules[chain]
+	return n, ok
+}
