@@ -31,10 +31,12 @@ import (
 	"svcproxy.dev/svcproxy/e2e/nsutil"
 )
 
-// Proxy names as they appear in the outputs.
+// Proxy names as they appear in the outputs. SvcProxyNFT is svcproxy in
+// nftables mode (the others run iptables mode).
 const (
-	SvcProxy  = "svcproxy"
-	KubeProxy = "kube-proxy"
+	SvcProxy    = "svcproxy"
+	SvcProxyNFT = "svcproxy-nftables"
+	KubeProxy   = "kube-proxy"
 )
 
 type options struct {
@@ -123,7 +125,7 @@ func main() {
 	}
 	for _, p := range strings.Split(*proxies, ",") {
 		p = strings.TrimSpace(p)
-		if p != SvcProxy && p != KubeProxy {
+		if p != SvcProxy && p != SvcProxyNFT && p != KubeProxy {
 			fatal(fmt.Errorf("-proxies: unknown proxy %q", p))
 		}
 		o.Proxies = append(o.Proxies, p)
@@ -245,7 +247,7 @@ func run(ctx context.Context, o options) error {
 		}
 		// kube-proxy first, so the churn length for svcproxy follows
 		// kube-proxy's measured sync time at the same N.
-		for _, p := range []string{KubeProxy, SvcProxy} {
+		for _, p := range []string{KubeProxy, SvcProxy, SvcProxyNFT} {
 			if !slices.Contains(o.Proxies, p) || (p == KubeProxy && n > o.KubeProxyMaxN) {
 				continue
 			}

@@ -118,3 +118,19 @@ func untilOK(l probeLog) bool {
 	_, ok := l.firstOK()
 	return ok
 }
+
+// connRateAttempts is how many connections connectionRate makes.
+const connRateAttempts = 2000
+
+// connectionRate makes connRateAttempts TCP connections (each one a
+// request answered by a real responder) from c to dst, one after the
+// other, and returns how many completed per second; 0 if any failed.
+func connectionRate(c acceptance.Client, dst netip.AddrPort) float64 {
+	start := time.Now()
+	for range connRateAttempts {
+		if a := c.Attempt("TCP", dst, attemptTimeout); a.Class != acceptance.ClassBackend {
+			return 0
+		}
+	}
+	return connRateAttempts / time.Since(start).Seconds()
+}

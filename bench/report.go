@@ -211,6 +211,9 @@ func (rep *Report) rows() []row {
 		{"Latency p50, minSyncPeriod 1s", ms, func(r *Run) value { return latP(r.LatSlow, 50) }, false},
 		{"Latency p90, minSyncPeriod 1s", ms, func(r *Run) value { return latP(r.LatSlow, 90) }, false},
 		{"Latency p99, minSyncPeriod 1s", ms, func(r *Run) value { return latP(r.LatSlow, 99) }, false},
+		{"Connections per second through the probe ClusterIP, one after the other, after the cold start (higher is better)", count, func(r *Run) value {
+			return numOr(r.ConnRate, r.ConnRate > 0)
+		}, true},
 		{"Churn: sync duration per change", ms, func(r *Run) value {
 			if r.Churn == nil {
 				return none("skipped")
@@ -338,6 +341,9 @@ func renderMarkdown(rep *Report) string {
 	w("- Probing: a new TCP connection from the client pod every %s (attempts overlap, %s timeout each); a connection counts when a real responder answers. Times are from the proxy's process start (cold start, restart) or from the API write of the Service (latency: Service, then its EndpointSlice, then probe until it connects; %d Services one after the other, deleted afterwards).\n", s.ProbeInterval, s.AttemptTimeout, s.LatencySamples)
 	w("- First full sync end: the proxy's `kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}`. Cold start / restart phases and each latency series are capped at %.0f s; a capped figure reads \"> %.0f s\".\n", s.CapSeconds, s.CapSeconds)
 	w("- Churn: one endpoint of a workload Service replaced per second for %d s (%d s where a kube-proxy sync takes longer than 1 s); per change = delta of the histogram sum / delta of its count over the phase (`..._sync_partial_proxy_rules_duration_seconds`, else `..._sync_proxy_rules_duration_seconds`; svcproxy's `kubeproxy_sync_proxy_rules_restore_bytes`).\n", s.ChurnSeconds, s.ShortChurn)
+	if rep.hasProxy(SvcProxyNFT) {
+		w("- svcproxy nftables: the same binary and KubeProxyConfiguration with `mode: nftables` (its `nftables:` section carries the same sync periods). It has no floor: the floor is an iptables-nft-restore figure.\n")
+	}
 	w("- Restart: SIGTERM, then the same binary again in the same namespace with its rules left in place (config with minSyncPeriod 1s, for the 1s latency series that follows).\n")
 	w("- Floor: the proxy's final ruleset (`iptables-nft-save` in its namespace after the cold-start sync) loaded by a bare `iptables-nft-restore` into a fresh empty namespace, once as one payload and once as chain declarations followed by `--noflush` batches of %d rules; the proxy is stopped meanwhile.\n", floorBatchLines)
 	w("- kube-proxy's ruleset has one rule with `-m nfacct --nfacct-name ct_state_invalid_dropped_pkts`; the accounting object exists only in kube-proxy's namespace, so the floor loads that rule without the match.\n")
@@ -347,37 +353,13 @@ func renderMarkdown(rep *Report) string {
 	w("## Results\n\n")
 	rows := rep.rows()
 	for _, n := range s.Ns {
-		sp, kp := rep.find(SvcProxy, n), rep.find(KubeProxy, n)
-		if sp == nil && kp == nil {
+		sp, nft, kp := rep.find(SvcProxy, n), rep.find(SvcProxyNFT, n), rep.find(KubeProxy, n)
+		if sp == nil && kp == nil && nft == nil {
 			continue
 		}
 		w("### N = %s Services x %d endpoints\n\n", thousands(n), endpointsN)
-		if kp == nil {
-			w("| figure | svcproxy |\n| --- | --- |\n")
-		} else {
-			w("| figure | svcproxy | kube-proxy | kube-proxy / svcproxy |\n| --- | --- | --- | --- |\n")
-		}
-		for _, rw := range rows {
-			cell := func(r *Run) (string, value) {
-				if r == nil {
-					return "not run", none("")
-				}
-				v := rw.get(r)
-				return v.cell(rw.f), v
-			}
-			sc, sv := cell(sp)
-			if kp == nil {
-				w("| %s | %s |\n", rw.label, sc)
-				continue
-			}
-			kc, kv := cell(kp)
-			rat := ""
-			if !rw.noRat {
-				rat = ratio(kv, sv)
-			}
-			w("| %s | %s | %s | %s |\n", rw.label, sc, kc, rat)
-		}
-		for _, r := range []*Run{sp, kp} {
+		writeTable(w, rows, sp, nft, kp)
+		for _, r := range []*Run{sp, nft, kp} {
 			if r == nil {
 				continue
 			}
@@ -490,6 +472,45 @@ func (rep *Report) targets() [][3]string {
 	} else {
 		out = append(out, missing("10,000 x 10: cold start < 20 s", 10000))
 	}
+	return append(out, rep.nftTargets()...)
+}
+
+// nftTargets evaluates nftables mode's targets against iptables mode in
+// the same run; none when nftables mode did not run.
+func (rep *Report) nftTargets() [][3]string {
+	var out [][3]string
+	yes := map[bool]string{true: "yes", false: "**no**"}
+	var ns []int
+	for _, n := range rep.Settings.Ns {
+		if r := rep.find(SvcProxyNFT, n); r != nil && r.Churn != nil && r.Churn.Syncs > 0 {
+			ns = append(ns, n)
+		}
+	}
+	if len(ns) > 1 && ns[0] <= 1000 {
+		lo, hi := rep.find(SvcProxyNFT, ns[0]).Churn, rep.find(SvcProxyNFT, ns[len(ns)-1]).Churn
+		x := hi.SyncSPerChange / lo.SyncSPerChange
+		out = append(out, [3]string{fmt.Sprintf("nftables: one-endpoint change at %s within 1.5x of %s", thousands(ns[len(ns)-1]), thousands(ns[0])),
+			fmt.Sprintf("%s vs %s: %.2fx", ms(hi.SyncSPerChange*1000), ms(lo.SyncSPerChange*1000), x), yes[x <= 1.5]})
+	}
+	nft, ipt := rep.find(SvcProxyNFT, 5000), rep.find(SvcProxy, 5000)
+	if nft == nil || ipt == nil {
+		return out
+	}
+	if nft.LatFast != nil && ipt.LatFast != nil && len(nft.LatFast.Samples) > 0 && len(ipt.LatFast.Samples) > 0 {
+		x := nft.LatFast.P50 / ipt.LatFast.P50
+		out = append(out, [3]string{"nftables 5,000 x 10: latency p50 <= 50 ms and <= 1/4 of iptables mode's",
+			fmt.Sprintf("%s vs %s: %.2fx", ms(nft.LatFast.P50), ms(ipt.LatFast.P50), x), yes[nft.LatFast.P50 <= 50 && x <= 0.25]})
+	}
+	cap := rep.Settings.CapSeconds
+	if n, i := phaseServing(&nft.Cold, cap), phaseServing(&ipt.Cold, cap); n.ok() && i.ok() {
+		out = append(out, [3]string{"nftables 5,000 x 10: cold start no slower than iptables mode's",
+			fmt.Sprintf("%s vs %s: %.2fx", n.cell(secs), i.cell(secs), n.v/i.v), yes[!n.lower && n.v <= i.v]})
+	}
+	if nft.ConnRate > 0 && ipt.ConnRate > 0 {
+		x := nft.ConnRate / ipt.ConnRate
+		out = append(out, [3]string{"nftables 5,000 x 10: connection setup rate >= 0.9x iptables mode's",
+			fmt.Sprintf("%.0f/s vs %.0f/s: %.2fx", nft.ConnRate, ipt.ConnRate, x), yes[x >= 0.9]})
+	}
 	return out
 }
 
@@ -524,4 +545,66 @@ func runNotes(r *Run) []string {
 		notes = append(notes, "**run ended early**: `"+oneLine(r.Err)+"`")
 	}
 	return notes
+}
+
+// writeTable writes one N's table: svcproxy (iptables mode), then
+// svcproxy in nftables mode and kube-proxy when they ran, and the ratios
+// of the others' figures to svcproxy's (nftables: iptables mode's figure
+// over nftables mode's, so above 1 means nftables mode is faster).
+func writeTable(w func(string, ...any), rows []row, sp, nft, kp *Run) {
+	head, rule := "| figure | svcproxy |", "| --- | --- |"
+	if nft != nil {
+		head, rule = head+" svcproxy nftables |", rule+" --- |"
+	}
+	if kp != nil {
+		head, rule = head+" kube-proxy |", rule+" --- |"
+	}
+	if nft != nil {
+		head, rule = head+" iptables / nftables |", rule+" --- |"
+	}
+	if kp != nil {
+		head, rule = head+" kube-proxy / svcproxy |", rule+" --- |"
+	}
+	w("%s\n%s\n", head, rule)
+	for _, rw := range rows {
+		cell := func(r *Run) (string, value) {
+			if r == nil {
+				return "not run", none("")
+			}
+			v := rw.get(r)
+			return v.cell(rw.f), v
+		}
+		sc, sv := cell(sp)
+		line := fmt.Sprintf("| %s | %s |", rw.label, sc)
+		nc, nv := cell(nft)
+		kc, kv := cell(kp)
+		if nft != nil {
+			line += " " + nc + " |"
+		}
+		if kp != nil {
+			line += " " + kc + " |"
+		}
+		rat := func(a, b value) string {
+			if rw.noRat {
+				return ""
+			}
+			return ratio(a, b)
+		}
+		if nft != nil {
+			line += " " + rat(sv, nv) + " |"
+		}
+		if kp != nil {
+			line += " " + rat(kv, sv) + " |"
+		}
+		w("%s\n", line)
+	}
+}
+
+func (rep *Report) hasProxy(proxy string) bool {
+	for _, r := range rep.Runs {
+		if r.Proxy == proxy {
+			return true
+		}
+	}
+	return false
 }

@@ -81,7 +81,10 @@ type Run struct {
 	CPUTotalS   float64  // utime+stime of the first process at its stop
 	ChildCPUS   float64  // cutime+cstime of the first process at its stop
 	Floor       *Floor   `json:",omitempty"`
-	Notes       []string `json:",omitempty"`
+	// ConnRate is TCP connections per second through the probe ClusterIP,
+	// one after the other from the client pod, after the cold start.
+	ConnRate float64  `json:",omitempty"`
+	Notes    []string `json:",omitempty"`
 	Err         string   `json:",omitempty"`
 	WallS       float64
 	Load        string // /proc/loadavg (1, 5, 15 min) as the run started
@@ -195,9 +198,15 @@ func (b *bench) binary(proxy string) string {
 	return b.o.Proxy
 }
 
+// isSvcProxy reports a run of svcproxy in either mode.
+func isSvcProxy(proxy string) bool { return proxy == SvcProxy || proxy == SvcProxyNFT }
+
 // runProxy runs every phase for one proxy at one N. Failures end the run
 // early and are recorded, never fatal for the whole bench.
 func (b *bench) runProxy(ctx context.Context, proxy string, n int) *Run {
+	if proxy == SvcProxyNFT {
+		return b.runProxyMode(ctx, proxy, "nftables", n)
+	}
 	return b.runProxyMode(ctx, proxy, "", n)
 }
 
@@ -251,10 +260,17 @@ func (b *bench) runPhases(ctx context.Context, r *Run) error {
 		proc.Stop(10 * time.Second)
 		return nil
 	}
-	// The floor is an iptables figure; the VM bench leaves it out.
+	// Connection setup rate through the probe ClusterIP: what each new
+	// connection's first packet costs in this mode's rules.
+	r.ConnRate = connectionRate(e.client, probeDst)
+	logf("  connection rate: %.0f/s", r.ConnRate)
+
+	// The floor is an iptables figure; the VM bench and nftables mode
+	// leave it out.
 	var dump []byte
 	var saveS float64
-	if !b.o.NoFloor {
+	floor := !b.o.NoFloor && r.Mode != "nftables"
+	if floor {
 		saveStart := time.Now()
 		if dump, err = dumpRules(e.topo.Node); err != nil {
 			return err
@@ -282,7 +298,7 @@ func (b *bench) runPhases(ctx context.Context, r *Run) error {
 	}
 
 	// 5. The floor: the same ruleset into an empty namespace, proxy stopped.
-	if !b.o.NoFloor {
+	if floor {
 		f := measureFloor(dump)
 		f.SaveS = saveS
 		r.Floor = &f
@@ -567,7 +583,7 @@ func (b *bench) churn(ctx context.Context, r *Run, e *env, proc *nsutil.Proc) (*
 	if r.Proxy == KubeProxy && r.LatFast != nil && r.LatFast.MeanSyncS > 1 {
 		secs, why = b.o.ShortChurn, fmt.Sprintf("a kube-proxy sync takes %.1f s at this N", r.LatFast.MeanSyncS)
 	}
-	if r.Proxy == SvcProxy && r.LatFast != nil && r.LatFast.MeanSyncS > 1 && secs > b.o.ShortChurn {
+	if isSvcProxy(r.Proxy) && r.LatFast != nil && r.LatFast.MeanSyncS > 1 && secs > b.o.ShortChurn {
 		secs, why = b.o.ShortChurn, fmt.Sprintf("a svcproxy sync takes %.1f s at this N", r.LatFast.MeanSyncS)
 	}
 	c := &Churn{Seconds: secs, BytesPerChange: -1, NatRulesLast: -1, NatRulesTotal: -1}

@@ -22,6 +22,7 @@ const (
 	mapFirewallIPs        = "firewall-ips"
 	setClusterIPs         = "cluster-ips"
 	setNodePortIPs        = "nodeport-ips"
+	setHairpin            = "hairpin"
 )
 
 func hook(t nftables.ChainType, h *nftables.ChainHook, prio int32) *Hook {
@@ -54,8 +55,14 @@ func sharedBase(o *Objects, f *family, opts PlanOptions) {
 	base("filter-forward", hook(nftables.ChainTypeFilter, nftables.ChainHookForward, -110), newConn(chainSvcEndpoints), newConn(chainClusterIPs))
 	base("filter-output", hook(nftables.ChainTypeFilter, nftables.ChainHookOutput, -110), newConn(chainSvcEndpoints), newConn(chainFirewallCheck))
 	base("filter-output-post-dnat", hook(nftables.ChainTypeFilter, nftables.ChainHookOutput, -90), newConn(chainClusterIPs))
-	base("nat-postrouting", hook(nftables.ChainTypeNAT, nftables.ChainHookPostrouting, 100), Rule{Jump(chainMasquerading)})
 	bit := uint32(1) << opts.MasqueradeBit
+	// An endpoint that reached itself through a Service is masqueraded, so
+	// that its answer comes back through the node. Endpoint chains did this
+	// per endpoint; one set for all keeps the chain count, which every
+	// commit walks, to one chain per Service port.
+	base("nat-postrouting", hook(nftables.ChainTypeNAT, nftables.ChainHookPostrouting, 100),
+		Rule{DestNATed{}, InSet{fam: f, Key: KeyHairpin, Set: setHairpin}, SetMark{Bit: bit}},
+		Rule{Jump(chainMasquerading)})
 	base(chainMasquerading, nil, Rule{MarkClear(bit), Return}, Rule{SetMark{Bit: bit, Toggle: true}}, Rule{Masquerade{}})
 	base(chainSvcEndpoints, nil, Rule{VMap{fam: f, Key: KeyDestPort, Map: mapNoEndpointServices}})
 	var nodePorts []Rule
@@ -74,7 +81,8 @@ func sharedBase(o *Objects, f *family, opts PlanOptions) {
 		&Set{Table: t, Name: mapNoEndpointServices, Key: KeyDestPort, Map: true},
 		&Set{Table: t, Name: mapNoEndpointNodePort, Key: KeyProtoPort, Map: true},
 		&Set{Table: t, Name: mapFirewallIPs, Key: KeyDestPort, Map: true},
-		&Set{Table: t, Name: setClusterIPs, Key: KeyDaddr})
+		&Set{Table: t, Name: setClusterIPs, Key: KeyDaddr},
+		&Set{Table: t, Name: setHairpin, Key: KeyHairpin})
 	nodePortIPs(o, t, opts)
 }
 

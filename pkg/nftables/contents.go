@@ -27,7 +27,7 @@ type Contents struct {
 var setKeys = map[string]Key{
 	mapServiceIPs: KeyDestPort, mapNoEndpointServices: KeyDestPort, mapFirewallIPs: KeyDestPort,
 	mapServiceNodePorts: KeyProtoPort, mapNoEndpointNodePort: KeyProtoPort,
-	setClusterIPs: KeyDaddr, setNodePortIPs: KeyDaddr,
+	setClusterIPs: KeyDaddr, setNodePortIPs: KeyDaddr, setHairpin: KeyHairpin,
 }
 
 // Contents reads one table's chains (with their rule counts) and the
@@ -109,6 +109,7 @@ func decodeKey(f *family, k Key, b []byte) ElemKey {
 		out.Addr, _ = netip.AddrFromSlice(b[:f.addrLen])
 		b = b[f.addrLen:]
 	}
+	out.Twice = k == KeyHairpin
 	if (k == KeyDestPort || k == KeyProtoPort) && len(b) >= 8 {
 		out.Proto = protoName(b[0])
 		out.Port = binaryutil.BigEndian.Uint16(b[4:6])

@@ -248,8 +248,9 @@ func (t *fakeTable) elem(kind OpKind, e *Elem) error {
 
 func checkKey(k Key, e ElemKey) error {
 	hasAddr, hasPort := e.Addr.IsValid(), e.Proto != ""
-	ok := map[Key]bool{KeyDestPort: hasAddr && hasPort, KeyProtoPort: !hasAddr && hasPort,
-		KeyDaddr: hasAddr && !hasPort, KeySaddr: hasAddr && !hasPort}[k]
+	ok := map[Key]bool{KeyDestPort: hasAddr && hasPort && !e.Twice, KeyProtoPort: !hasAddr && hasPort,
+		KeyDaddr: hasAddr && !hasPort && !e.Twice, KeySaddr: hasAddr && !hasPort && !e.Twice,
+		KeyHairpin: hasAddr && !hasPort && e.Twice}[k]
 	if !ok {
 		return fmt.Errorf("key %s does not fit the set's key %d", e, k)
 	}

@@ -212,7 +212,7 @@ func (w *batchWriter) setErr(err error) {
 
 func (w *batchWriter) set(s *Set) *nftables.Set {
 	out := &nftables.Set{Table: w.table(s.Table), Name: s.Name, KeyType: w.keyType(s.Key)}
-	out.Concatenation = s.Key == KeyDestPort || s.Key == KeyProtoPort
+	out.Concatenation = s.Key == KeyDestPort || s.Key == KeyProtoPort || s.Key == KeyHairpin
 	if s.Map {
 		out.IsMap, out.DataType = true, nftables.TypeVerdict
 	}
@@ -228,6 +228,8 @@ func (w *batchWriter) keyType(k Key) nftables.SetDatatype {
 		return nftables.MustConcatSetType(w.fam.addrType, nftables.TypeInetProto, nftables.TypeInetService)
 	case KeyProtoPort:
 		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
+	case KeyHairpin:
+		return nftables.MustConcatSetType(w.fam.addrType, w.fam.addrType)
 	}
 	return w.fam.addrType
 }
@@ -237,6 +239,9 @@ func (w *batchWriter) keyType(k Key) nftables.SetDatatype {
 func (w *batchWriter) key(k ElemKey) []byte {
 	var out []byte
 	if k.Addr.IsValid() {
+		out = append(out, k.Addr.AsSlice()...)
+	}
+	if k.Twice {
 		out = append(out, k.Addr.AsSlice()...)
 	}
 	if k.Proto != "" {

@@ -47,6 +47,7 @@ func testServices() []watchtest.Service {
 			Ports: []v1.ServicePort{watchtest.TCPPort("http", 80, 30080)}, LBIPs: []string{"5.6.7.8"},
 			SourceRanges: []string{"203.0.113.0/24"}, ETPLocal: true, HealthCheckNodePort: 30900, AffinitySeconds: 60},
 		{Namespace: "ns1", Name: "empty", ClusterIPs: []string{"172.30.0.11"}, Ports: []v1.ServicePort{watchtest.TCPPort("p", 81, 0)}},
+		{Namespace: "ns2", Name: "api", ClusterIPs: []string{"172.30.0.12"}, Ports: []v1.ServicePort{watchtest.TCPPort("https", 443, 0)}},
 	}
 }
 

@@ -3,6 +3,7 @@ package nftables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,6 +94,8 @@ type ElemKey struct {
 	Addr  netip.Addr
 	Proto string
 	Port  uint16
+	// Twice is a hairpin key: Addr as source and as destination.
+	Twice bool
 }
 
 // Elem is an element of a set, or of a verdict map with its Verdict.
@@ -109,6 +112,9 @@ func (e *Elem) id() string {
 func (k ElemKey) String() string {
 	var parts []string
 	if k.Addr.IsValid() {
+		parts = append(parts, k.Addr.String())
+	}
+	if k.Twice {
 		parts = append(parts, k.Addr.String())
 	}
 	if k.Proto != "" {
@@ -133,6 +139,15 @@ type Objects struct {
 	// NoLocalInternal and NoLocalExternal count the Service's ports whose
 	// Local traffic policy finds no local endpoint.
 	NoLocalInternal, NoLocalExternal int
+	// Hairpin are the endpoint addresses the Service DNATs to, once each:
+	// the shared hairpin set holds every address some Service has.
+	Hairpin []netip.Addr
+}
+
+func (o *Objects) hairpin(a netip.Addr) {
+	if !slices.Contains(o.Hairpin, a) {
+		o.Hairpin = append(o.Hairpin, a)
+	}
 }
 
 func (o *Objects) chain(table, name string) *Chain {
@@ -175,6 +190,16 @@ type Ruleset struct {
 	baseText string
 	// options are the PlanOptions the ruleset was planned with, rendered.
 	options string
+	// hairpinUses counts the Services that DNAT to each endpoint address;
+	// hairpinAdded and hairpinRemoved are the addresses this plan brought
+	// to or from zero (every address, when planned without a previous one).
+	hairpinUses                  cowmap.Map[netip.Addr, int]
+	hairpinAdded, hairpinRemoved []netip.Addr
+}
+
+// hairpinElem is the hairpin set's element of an endpoint address.
+func hairpinElem(a netip.Addr) *Elem {
+	return &Elem{Table: SharedTable, Set: setHairpin, Key: ElemKey{Addr: a, Twice: true}}
 }
 
 // BaseText renders Base (once), for telling whether two bases differ.

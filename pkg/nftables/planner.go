@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"slices"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
@@ -83,6 +84,7 @@ func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 	var services *cowmap.Editor[string, *Objects]
 	toPlan := map[types.NamespacedName][]*watch.ServicePort{}
 	ports := snap.ServicePorts()
+	hp := newHairpinCount(prev)
 	if prev == nil {
 		services = cowmap.Map[string, *Objects]{}.Edit()
 		for name, ps := range ports.All() {
@@ -91,6 +93,7 @@ func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 	} else {
 		services = prev.Services.Edit()
 		for name := range snap.Changed {
+			hp.remove(services.Get(name.String()))
 			services.Delete(name.String())
 			toPlan[name] = ports.Get(name)
 		}
@@ -98,10 +101,64 @@ func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 	for name, ps := range toPlan {
 		if objs := planService(name, ps, snap, opts); objs != nil {
 			services.Set(name.String(), objs)
+			hp.add(objs)
 		}
 	}
 	rs.Services = services.Map()
+	rs.hairpinUses, rs.hairpinAdded, rs.hairpinRemoved = hp.finish()
 	return rs
+}
+
+// hairpinCount keeps, per endpoint address, how many Services DNAT to it,
+// and which addresses an update brought to or from zero: the elements of
+// the shared hairpin set to add and to delete.
+type hairpinCount struct {
+	uses  *cowmap.Editor[netip.Addr, int]
+	delta map[netip.Addr]int
+}
+
+func newHairpinCount(prev *Ruleset) *hairpinCount {
+	uses := cowmap.Map[netip.Addr, int]{}
+	if prev != nil {
+		uses = prev.hairpinUses
+	}
+	return &hairpinCount{uses: uses.Edit(), delta: map[netip.Addr]int{}}
+}
+
+func (h *hairpinCount) remove(o *Objects) {
+	if o != nil {
+		for _, a := range o.Hairpin {
+			h.delta[a]--
+		}
+	}
+}
+
+func (h *hairpinCount) add(o *Objects) {
+	for _, a := range o.Hairpin {
+		h.delta[a]++
+	}
+}
+
+func (h *hairpinCount) finish() (uses cowmap.Map[netip.Addr, int], added, removed []netip.Addr) {
+	for a, d := range h.delta {
+		before := h.uses.Get(a)
+		after := before + d
+		switch {
+		case after > 0:
+			h.uses.Set(a, after)
+		default:
+			h.uses.Delete(a)
+		}
+		if before == 0 && after > 0 {
+			added = append(added, a)
+		}
+		if before > 0 && after <= 0 {
+			removed = append(removed, a)
+		}
+	}
+	slices.SortFunc(added, netip.Addr.Compare)
+	slices.SortFunc(removed, netip.Addr.Compare)
+	return h.uses.Map(), added, removed
 }
 
 // body is the text of every object, for telling whether two bases match.

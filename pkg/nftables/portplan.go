@@ -63,7 +63,10 @@ func (p *portPlan) plan(o *Objects) {
 		p.policyChainRules(o, p.svlChain, p.Selection.Local)
 	}
 	for _, ep := range p.reachable() {
-		p.endpointChainRules(o, ep)
+		o.hairpin(ep.Addr)
+		if p.port.SessionAffinityTimeout > 0 {
+			p.endpointChainRules(o, ep)
+		}
 	}
 }
 
@@ -200,36 +203,45 @@ func (p *portPlan) firewallChainRules(o *Objects) {
 	o.rule(SharedTable, p.fwChain, Drop)
 }
 
-// policyChainRules writes a service or local chain: affinity first, then
-// a pick of one endpoint, each of n equally likely.
+// policyChainRules writes a service or local chain: a pick of one
+// endpoint, each of n equally likely (rule i matches one packet in n-i of
+// those that reach it), and DNAT to it in the same rule. Under session
+// affinity a client's remembered endpoint comes first, and each endpoint
+// has a chain that remembers its clients.
 func (p *portPlan) policyChainRules(o *Objects, chain string, eps []*watch.Endpoint) {
 	o.chain(p.shard, chain)
-	if p.port.SessionAffinityTimeout > 0 {
+	affinity := p.port.SessionAffinityTimeout > 0
+	if affinity {
 		for _, ep := range eps {
 			o.rule(p.shard, chain, InSet{fam: p.fam, Key: KeySaddr, Set: p.affinitySet(ep)}, Goto(p.endpointChain(ep)))
 		}
 	}
 	n := len(eps)
 	for i, ep := range eps {
+		var pick Rule
 		if i < n-1 {
-			o.rule(p.shard, chain, Random(n-i), Goto(p.endpointChain(ep)))
+			pick = Rule{Random(n - i)}
+		}
+		if affinity {
+			o.rule(p.shard, chain, append(pick, Goto(p.endpointChain(ep)))...)
 		} else {
-			o.rule(p.shard, chain, Goto(p.endpointChain(ep)))
+			o.rule(p.shard, chain, append(pick, p.dnat(ep)...)...)
 		}
 	}
 }
 
-// endpointChainRules writes an endpoint's chain: hairpin traffic (an
-// endpoint reaching itself) is masqueraded, then DNAT.
+func (p *portPlan) dnat(ep *watch.Endpoint) Rule {
+	return Rule{Proto(p.proto), DNAT(netip.AddrPortFrom(ep.Addr, uint16(ep.Port)))}
+}
+
+// endpointChainRules writes the chain of an endpoint under session
+// affinity: remember the client, then DNAT.
 func (p *portPlan) endpointChainRules(o *Objects, ep *watch.Endpoint) {
-	chain := p.endpointChain(ep)
-	o.rule(p.shard, chain, Addr{Source: true, Prefix: netip.PrefixFrom(ep.Addr, ep.Addr.BitLen())}, Jump(chainMarkMasq))
-	if t := p.port.SessionAffinityTimeout; t > 0 {
-		set := p.affinitySet(ep)
-		o.Sets = append(o.Sets, &Set{Table: p.shard, Name: set, Key: KeySaddr, Timeout: time.Duration(t) * time.Second})
-		o.rule(p.shard, chain, UpdateSource{fam: p.fam, Set: set, Timeout: time.Duration(t) * time.Second})
-	}
-	o.rule(p.shard, chain, Proto(p.proto), DNAT(netip.AddrPortFrom(ep.Addr, uint16(ep.Port))))
+	t := time.Duration(p.port.SessionAffinityTimeout) * time.Second
+	set := p.affinitySet(ep)
+	o.Sets = append(o.Sets, &Set{Table: p.shard, Name: set, Key: KeySaddr, Timeout: t})
+	o.rule(p.shard, p.endpointChain(ep), UpdateSource{fam: p.fam, Set: set, Timeout: t})
+	o.rule(p.shard, p.endpointChain(ep), p.dnat(ep)...)
 }
 
 func (p *portPlan) endpointChain(ep *watch.Endpoint) string {

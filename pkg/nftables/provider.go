@@ -88,13 +88,14 @@ func (p *Provider) Sync(snap *watch.Snapshot) (proxy.Result, error) {
 	return p.result(rs, txs, full), nil
 }
 
-// fullTransactions rebuilds every table of rs, one transaction per table
-// (the shared table first), and then drops the tables this mode owns that
-// rs does not (a smaller shard count than before). Tables refer to none
-// of each other's chains or sets, so each one is consistent on its own;
-// one transaction for all of them would not fit the kernel's batch limits
-// at 20,000 Services (ENOBUFS on the acknowledgements of ~700,000
-// messages).
+// fullTransactions rebuilds every table of rs, whole tables per
+// transaction and as many per transaction as fit in maxOps (the shared
+// table first), and then drops the tables this mode owns that rs does not
+// (a smaller shard count than before). Tables refer to none of each
+// other's chains or sets, so each one is consistent on its own; one
+// transaction for all of them would not fit the kernel's batch limits at
+// 20,000 Services (ENOBUFS on the acknowledgements of ~700,000 messages),
+// and one per table costs a commit per shard in a small cluster.
 func (p *Provider) fullTransactions(rs *Ruleset) ([]*Transaction, error) {
 	present, err := p.kernel.Chains()
 	if err != nil {
@@ -109,10 +110,18 @@ func (p *Provider) fullTransactions(rs *Ruleset) ([]*Transaction, error) {
 	for _, objs := range rs.Services.All() {
 		b.diff(nil, objs)
 	}
+	for a := range rs.hairpinUses.Keys() {
+		b.add(Op{Kind: AddElem, Elem: hairpinElem(a)})
+	}
 	byTable := b.build().split()
-	var out []*Transaction
+	out := []*Transaction{{}}
 	for _, t := range tables {
-		out = append(out, byTable[t])
+		last := out[len(out)-1]
+		if len(last.Ops) > 0 && len(last.Ops)+len(byTable[t].Ops) > maxOps {
+			last = &Transaction{}
+			out = append(out, last)
+		}
+		last.Ops = append(last.Ops, byTable[t].Ops...)
 	}
 	drop := &txBuilder{}
 	for _, t := range slices.Sorted(maps.Keys(present)) {
@@ -148,6 +157,12 @@ func partialTransaction(prev, rs *Ruleset, changed map[watchName]bool) *Transact
 	b := &txBuilder{}
 	for name := range changed {
 		b.diff(prev.Services.Get(name.String()), rs.Services.Get(name.String()))
+	}
+	for _, a := range rs.hairpinAdded {
+		b.add(Op{Kind: AddElem, Elem: hairpinElem(a)})
+	}
+	for _, a := range rs.hairpinRemoved {
+		b.add(Op{Kind: DelElem, Elem: hairpinElem(a)})
 	}
 	return b.build()
 }

@@ -34,10 +34,13 @@ func syncOrFail(t *testing.T, p *Provider, snap *watch.Snapshot) {
 
 // TestPlanGolden pins the whole layout of a small cluster (a load balancer
 // with source ranges, Local external policy and affinity; a Service
-// without endpoints) as the validating fake holds it after a full sync.
+// without endpoints; a ClusterIP Service sharing an endpoint with the
+// first) as the validating fake holds it after a full sync.
 func TestPlanGolden(t *testing.T) {
 	tr := watchtest.Tracker(testServices(), watchtest.Slice("ns1", "web", "web-1", 8080, "http",
-		watchtest.Endpoint{IP: "10.180.0.1", Node: watchtest.Node}, watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}))
+		watchtest.Endpoint{IP: "10.180.0.1", Node: watchtest.Node}, watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}),
+		watchtest.Slice("ns2", "api", "api-1", 8443, "https",
+			watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}, watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}))
 	fake := NewFake()
 	syncOrFail(t, NewProvider(fake, testOptions()), tr.Snapshot())
 	got := fake.Dump()
@@ -134,7 +137,14 @@ func TestDeltasMatchAFullSync(t *testing.T) {
 		{"empty Service gets an endpoint", func() {
 			tr.OnEndpointSlice(watchtest.Slice("ns1", "empty", "empty-1", 81, "p", watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}), false)
 		}},
+		{"api shares 10.180.1.1 with web", func() {
+			tr.OnEndpointSlice(watchtest.Slice("ns2", "api", "api-1", 8443, "https",
+				watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}, watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}), false)
+		}},
 		{"web deleted", func() { tr.OnService(types.NamespacedName{Namespace: "ns1", Name: "web"}, nil) }},
+		{"api loses 10.180.1.1", func() {
+			tr.OnEndpointSlice(watchtest.Slice("ns2", "api", "api-1", 8443, "https", watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}), false)
+		}},
 	}
 	for _, step := range steps {
 		step.do()

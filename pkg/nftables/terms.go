@@ -57,6 +57,9 @@ const (
 	KeyDaddr
 	// KeySaddr is "ip saddr".
 	KeySaddr
+	// KeyHairpin is "ip saddr . ip daddr": after DNAT, a connection whose
+	// source is the endpoint it was sent to.
+	KeyHairpin
 )
 
 // fields names the key's fields as nft names their types.
@@ -66,6 +69,8 @@ func (k Key) fields() string {
 		return "addr . inet_proto . inet_service"
 	case KeyProtoPort:
 		return "inet_proto . inet_service"
+	case KeyHairpin:
+		return "addr . addr"
 	}
 	return "addr"
 }
@@ -78,6 +83,8 @@ func (k Key) text(f *family) string {
 		return "meta l4proto . th dport"
 	case KeySaddr:
 		return f.name + " saddr"
+	case KeyHairpin:
+		return f.name + " saddr . " + f.name + " daddr"
 	}
 	return f.name + " daddr"
 }
@@ -95,6 +102,9 @@ func (k Key) load(f *family) []expr.Any {
 		return []expr.Any{proto(0), dport(1)}
 	case KeySaddr:
 		return []expr.Any{loadAddr(f, f.saddrOff)}
+	case KeyHairpin:
+		return []expr.Any{loadAddr(f, f.saddrOff),
+			&expr.Payload{DestRegister: regAt(f.addrLen / 4), Base: expr.PayloadBaseNetworkHeader, Offset: f.daddrOff, Len: f.addrLen}}
 	}
 	return []expr.Any{loadAddr(f, f.daddrOff)}
 }
@@ -246,6 +256,22 @@ func (NewConnection) exprs(*family) []expr.Any {
 	return []expr.Any{&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(0)}}
+}
+
+// DestNATed matches a connection whose destination was rewritten ("ct
+// status dnat").
+type DestNATed struct{}
+
+func (DestNATed) String() string { return "ct status dnat" }
+
+// ipsDstNAT is IPS_DST_NAT of a conntrack entry's status.
+const ipsDstNAT = 1 << 5
+
+func (DestNATed) exprs(*family) []expr.Any {
+	return []expr.Any{&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: binaryutil.NativeEndian.PutUint32(0)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(0)}}
 }
 
