@@ -85,9 +85,9 @@ type Run struct {
 	// one after the other from the client pod, after the cold start.
 	ConnRate float64  `json:",omitempty"`
 	Notes    []string `json:",omitempty"`
-	Err         string   `json:",omitempty"`
-	WallS       float64
-	Load        string // /proc/loadavg (1, 5, 15 min) as the run started
+	Err      string   `json:",omitempty"`
+	WallS    float64
+	Load     string // /proc/loadavg (1, 5, 15 min) as the run started
 }
 
 func (r *Run) note(format string, args ...any) {

@@ -195,6 +195,24 @@ type Ruleset struct {
 	// to or from zero (every address, when planned without a previous one).
 	hairpinUses                  cowmap.Map[netip.Addr, int]
 	hairpinAdded, hairpinRemoved []netip.Addr
+	// totals are kept as Services are planned, so that a sync reports them
+	// without a walk over every Service.
+	totals totals
+}
+
+// totals are the Services' rules and Local-policy ports without local
+// endpoints, summed.
+type totals struct{ rules, noLocalInternal, noLocalExternal int }
+
+func (t *totals) add(o *Objects, sign int) {
+	if o == nil {
+		return
+	}
+	for _, c := range o.Chains {
+		t.rules += sign * len(c.Rules)
+	}
+	t.noLocalInternal += sign * o.NoLocalInternal
+	t.noLocalExternal += sign * o.NoLocalExternal
 }
 
 // hairpinElem is the hairpin set's element of an endpoint address.

@@ -85,6 +85,9 @@ func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 	toPlan := map[types.NamespacedName][]*watch.ServicePort{}
 	ports := snap.ServicePorts()
 	hp := newHairpinCount(prev)
+	if prev != nil {
+		rs.totals = prev.totals
+	}
 	if prev == nil {
 		services = cowmap.Map[string, *Objects]{}.Edit()
 		for name, ps := range ports.All() {
@@ -93,7 +96,9 @@ func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 	} else {
 		services = prev.Services.Edit()
 		for name := range snap.Changed {
-			hp.remove(services.Get(name.String()))
+			old := services.Get(name.String())
+			hp.remove(old)
+			rs.totals.add(old, -1)
 			services.Delete(name.String())
 			toPlan[name] = ports.Get(name)
 		}
@@ -102,6 +107,7 @@ func PlanFrom(prev *Ruleset, snap *watch.Snapshot, opts PlanOptions) *Ruleset {
 		if objs := planService(name, ps, snap, opts); objs != nil {
 			services.Set(name.String(), objs)
 			hp.add(objs)
+			rs.totals.add(objs, 1)
 		}
 	}
 	rs.Services = services.Map()

@@ -179,15 +179,8 @@ func (p *Provider) result(rs *Ruleset, txs []*Transaction, full bool) proxy.Resu
 			}
 		}
 	}
-	rules := 0
-	for _, objs := range rs.Services.All() {
-		res.NoLocalInternal += objs.NoLocalInternal
-		res.NoLocalExternal += objs.NoLocalExternal
-		for _, c := range objs.Chains {
-			rules += len(c.Rules)
-		}
-	}
-	res.Rules = map[string]int{"nftables": rules}
+	res.NoLocalInternal, res.NoLocalExternal = rs.totals.noLocalInternal, rs.totals.noLocalExternal
+	res.Rules = map[string]int{"nftables": rs.totals.rules}
 	return res
 }
 

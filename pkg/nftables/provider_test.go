@@ -218,3 +218,27 @@ func TestFakeRefusesWhatTheKernelRefuses(t *testing.T) {
 		t.Error("deleting a chain in use was accepted")
 	}
 }
+
+// TestTotalsKeptAcrossDeltas: the rule and no-local-endpoint counts a
+// sync reports after deltas equal those of a full plan.
+func TestTotalsKeptAcrossDeltas(t *testing.T) {
+	s := testServices()
+	tr := watchtest.Tracker(s, watchtest.Slice("ns1", "web", "web-1", 8080, "http", watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}))
+	p := NewProvider(NewFake(), testOptions())
+	syncOrFail(t, p, tr.Snapshot())
+	tr.OnService(types.NamespacedName{Namespace: "ns1", Name: "empty"}, nil)
+	tr.OnEndpointSlice(watchtest.Slice("ns2", "api", "api-1", 8443, "https", watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}), false)
+	snap := tr.Snapshot()
+	got, err := p.Sync(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := NewProvider(NewFake(), testOptions()).Sync(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Rules["nftables"] != want.Rules["nftables"] || got.NoLocalExternal != want.NoLocalExternal || got.NoLocalExternal != 1 {
+		t.Errorf("after deltas: rules %d, no-local external %d; a full plan: %d, %d (want 1)",
+			got.Rules["nftables"], got.NoLocalExternal, want.Rules["nftables"], want.NoLocalExternal)
+	}
+}
