@@ -124,13 +124,14 @@ const connRateAttempts = 2000
 
 // connectionRate makes connRateAttempts TCP connections (each one a
 // request answered by a real responder) from c to dst, one after the
-// other, and returns how many completed per second; 0 if any failed.
-func connectionRate(c acceptance.Client, dst netip.AddrPort) float64 {
+// other, and returns how many were answered per second and how many were
+// not.
+func connectionRate(c acceptance.Client, dst netip.AddrPort) (rate float64, failed int) {
 	start := time.Now()
 	for range connRateAttempts {
 		if a := c.Attempt("TCP", dst, attemptTimeout); a.Class != acceptance.ClassBackend {
-			return 0
+			failed++
 		}
 	}
-	return connRateAttempts / time.Since(start).Seconds()
+	return float64(connRateAttempts-failed) / time.Since(start).Seconds(), failed
 }

@@ -212,6 +212,9 @@ func (rep *Report) rows() []row {
 		{"Latency p90, minSyncPeriod 1s", ms, func(r *Run) value { return latP(r.LatSlow, 90) }, false},
 		{"Latency p99, minSyncPeriod 1s", ms, func(r *Run) value { return latP(r.LatSlow, 99) }, false},
 		{"Connections per second through the probe ClusterIP, one after the other, after the cold start (higher is better)", count, func(r *Run) value {
+			if r.ConnFailed > 0 {
+				return value{v: r.ConnRate, text: fmt.Sprintf("%.0f (%d of %d unanswered)", r.ConnRate, r.ConnFailed, connRateAttempts)}
+			}
 			return numOr(r.ConnRate, r.ConnRate > 0)
 		}, true},
 		{"Churn: sync duration per change", ms, func(r *Run) value {

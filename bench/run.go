@@ -83,11 +83,12 @@ type Run struct {
 	Floor       *Floor   `json:",omitempty"`
 	// ConnRate is TCP connections per second through the probe ClusterIP,
 	// one after the other from the client pod, after the cold start.
-	ConnRate float64  `json:",omitempty"`
-	Notes    []string `json:",omitempty"`
-	Err      string   `json:",omitempty"`
-	WallS    float64
-	Load     string // /proc/loadavg (1, 5, 15 min) as the run started
+	ConnRate   float64  `json:",omitempty"`
+	ConnFailed int      `json:",omitempty"`
+	Notes      []string `json:",omitempty"`
+	Err        string   `json:",omitempty"`
+	WallS      float64
+	Load       string // /proc/loadavg (1, 5, 15 min) as the run started
 }
 
 func (r *Run) note(format string, args ...any) {
@@ -262,8 +263,8 @@ func (b *bench) runPhases(ctx context.Context, r *Run) error {
 	}
 	// Connection setup rate through the probe ClusterIP: what each new
 	// connection's first packet costs in this mode's rules.
-	r.ConnRate = connectionRate(e.client, probeDst)
-	logf("  connection rate: %.0f/s", r.ConnRate)
+	r.ConnRate, r.ConnFailed = connectionRate(e.client, probeDst)
+	logf("  connection rate: %.0f/s (%d of %d unanswered)", r.ConnRate, r.ConnFailed, connRateAttempts)
 
 	// The floor is an iptables figure; the VM bench and nftables mode
 	// leave it out.
