@@ -319,27 +319,7 @@ func (b *builder) port(name types.NamespacedName, sp v1.ServicePort, snapPorts [
 			t := trafficInfo(*s.External, s.Selection.HasAny, svcChain, svlChain)
 			fp.External = &t
 		}
-		if f.NFT != nil {
-			fp.NFTables = b.nftCheck(f, name, port)
-			fp.Kernel = KernelCheck{Checked: fp.NFTables.Checked, Error: fp.NFTables.Error}
-			// The chains are nftables mode's, listed with the objects.
-			fp.Internal.Chain = ""
-			if fp.External != nil {
-				fp.External.Chain = ""
-			}
-		} else {
-			planned := planPort(f, b.in.Snapshot, port.Name)
-			fp.Planned = chainRules(planned)
-			fp.Kernel = b.kernelCheck(f, planned, Owner{Service: name.String(), Port: sp.Name})
-		}
-		if f.IPVS != nil {
-			fp.IPVS = b.ipvsCheck(f, name, port)
-			// Traffic goes through virtual servers, not these chains.
-			fp.Internal.Chain = ""
-			if fp.External != nil {
-				fp.External.Chain = ""
-			}
-		}
+		b.kernelState(&fp, f, name, sp.Name, port)
 		pi.Families = append(pi.Families, fp)
 
 		suffix := ""
@@ -584,4 +564,28 @@ func (b *builder) finish() {
 		b.r.Verdict = VerdictOK
 	}
 	b.trace()
+}
+
+// kernelState fills what the mode plans for a port in one family and how
+// the kernel differs: iptables rules (IPVS mode's helper rules, with its
+// virtual servers), or nftables mode's objects. In IPVS and nftables mode
+// traffic does not go through iptables chains, so none is named.
+func (b *builder) kernelState(fp *FamilyPort, f Family, name types.NamespacedName, portName string, port *watch.ServicePort) {
+	if f.NFT != nil {
+		fp.NFTables = b.nftCheck(f, name, port)
+		fp.Kernel = KernelCheck{Checked: fp.NFTables.Checked, Error: fp.NFTables.Error}
+	} else {
+		planned := planPort(f, b.in.Snapshot, port.Name)
+		fp.Planned = chainRules(planned)
+		fp.Kernel = b.kernelCheck(f, planned, Owner{Service: name.String(), Port: portName})
+	}
+	if f.IPVS != nil {
+		fp.IPVS = b.ipvsCheck(f, name, port)
+	}
+	if f.IPVS != nil || f.NFT != nil {
+		fp.Internal.Chain = ""
+		if fp.External != nil {
+			fp.External.Chain = ""
+		}
+	}
 }
