@@ -82,8 +82,12 @@ func nftablesExplainFamilies(cfg *v1alpha1.KubeProxyConfiguration, node *v1.Node
 	var out []explain.Family
 	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
 		kernel := nftables.NewKernel(fam)
-		f := explain.Family{Family: fam, Options: planOptions(cfg, node, fam),
-			NFT: &explain.NFTablesFamily{Options: nftablesPlanOptions(cfg, node, fam), Read: kernel.Contents}}
+		nft := nftablesPlanOptions(cfg, node, fam)
+		// The trace follows iptables mode's rules for the same decision;
+		// NodePorts answer where nftables mode serves them.
+		opts := planOptions(cfg, node, fam)
+		opts.NodePortAddresses, opts.LocalhostNodePorts = nft.NodePortAddresses, false
+		f := explain.Family{Family: fam, Options: opts, NFT: &explain.NFTablesFamily{Options: nft, Read: kernel.Contents}}
 		if _, err := kernel.Chains(); err != nil {
 			f.NFT.Read, f.KernelError = nil, err.Error()
 		}

@@ -23,6 +23,15 @@ func TestExplainNFTables(t *testing.T) {
 	if out, code := e.run("diff", "--config", e.config); code != 0 {
 		t.Errorf("diff after a sync: exit %d\n%s", code, out)
 	}
+	tr, code := e.explain(ips["ok"]+":80", "--from", podIP)
+	if code != 0 || len(tr.Traces) != 1 || len(tr.Traces[0].Outcomes) != 2 {
+		t.Fatalf("trace from a pod: exit %d, %+v", code, tr.Traces)
+	}
+	for _, o := range tr.Traces[0].Outcomes {
+		if o.Verdict != "DNAT" || o.Probability < 0.49 || o.Probability > 0.51 || len(o.Path) != 0 {
+			t.Errorf("trace outcome %+v: want DNAT with probability 0.5 and no iptables path", o)
+		}
+	}
 
 	elem := ips["ok"] + " . tcp . 80"
 	out, err := nsutil.Exec(e.node, "nft", "delete", "element", "ip", c.Shard, "service-ips", "{ "+elem+" }").CombinedOutput()

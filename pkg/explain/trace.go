@@ -71,6 +71,9 @@ func (b *builder) trace() {
 		}
 	}
 	local := in.Local
+	if f.NFT != nil {
+		b.note("trace from %s: outcomes of the Service's decision as iptables mode's rules carry it out; nftables mode makes the same decision (paths not shown)", q.From)
+	}
 	planned := iptables.NewTracer(planRules(*f, serviceSnapshot(in.Snapshot, name)), local)
 	var kernel *iptables.Tracer
 	if f.Kernel != nil && f.IPVS == nil && b.kernelDiffers(fam) {
@@ -92,6 +95,16 @@ func (b *builder) trace() {
 			continue
 		}
 		tr.Outcomes = outcomes(planned.Trace(pkt))
+		if f.NFT != nil {
+			// The outcomes come from the same per-port decision
+			// (watch.Decide) nftables mode writes; the chain path is
+			// iptables mode's, so none is shown.
+			for i := range tr.Outcomes {
+				tr.Outcomes[i].Path = []string{}
+			}
+			b.r.Traces = append(b.r.Traces, tr)
+			continue
+		}
 		if kernel != nil {
 			tr.KernelOutcomes = outcomes(kernel.Trace(pkt))
 		}

@@ -211,8 +211,13 @@ func (w *batchWriter) setErr(err error) {
 }
 
 func (w *batchWriter) set(s *Set) *nftables.Set {
+	// Concatenated keys are not flagged as such (NFT_SET_CONCAT): the flag
+	// makes the kernel choose its interval backend (pipapo), whose commit
+	// copies the whole set, so that adding one element to a set of 50,000
+	// cost milliseconds. Without it the set is a hash, as nft makes
+	// concatenated sets without intervals; the key type still names each
+	// field, which is all `nft list` needs.
 	out := &nftables.Set{Table: w.table(s.Table), Name: s.Name, KeyType: w.keyType(s.Key)}
-	out.Concatenation = s.Key == KeyDestPort || s.Key == KeyProtoPort || s.Key == KeyHairpin
 	if s.Map {
 		out.IsMap, out.DataType = true, nftables.TypeVerdict
 	}

@@ -26,6 +26,7 @@ import (
 //   - commit: a partial sync that adds one Service (new chains, and the
 //     map element that goes to them), which makes the kernel revalidate
 //     the chains of that Service's table;
+//   - endpoint: a partial sync that replaces one endpoint of a Service;
 //   - connect: a TCP connection through a ClusterIP from the namespace
 //     itself, whose first packet walks every shard's nat output chain.
 //
@@ -79,6 +80,16 @@ func benchShards(b *testing.B, n, shards int) {
 		}
 		b.ReportMetric(float64(kernel.spent.Microseconds())/float64(b.N), "apply-us/op")
 	})
+	b.Run("endpoint", func(b *testing.B) {
+		kernel.spent = 0
+		for i := 0; b.Loop(); i++ {
+			replaceEndpoint(tr, 1, i)
+			if _, err := p.Sync(tr.Snapshot()); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(kernel.spent.Microseconds())/float64(b.N), "apply-us/op")
+	})
 	b.Run("connect", func(b *testing.B) { benchConnect(b, h) })
 }
 
@@ -104,6 +115,18 @@ func addService(tr *watch.Tracker, i int) {
 			ip = "10.128.0.1" // the namespace's own address: every pick lands here
 		}
 		eps = append(eps, watchtest.Endpoint{IP: ip, Node: "other"})
+	}
+	tr.OnEndpointSlice(watchtest.Slice("ns", name, name+"-1", 8080, "p", eps...), false)
+}
+
+// replaceEndpoint gives Service i a first endpoint no other Service has
+// (round r), as the bench's churn does: its chain is rewritten and the
+// hairpin set loses one address and gains another.
+func replaceEndpoint(tr *watch.Tracker, i, r int) {
+	name := fmt.Sprintf("svc-%d", i)
+	eps := []watchtest.Endpoint{{IP: fmt.Sprintf("10.130.%d.%d", r/250%250, r%250+1), Node: "other"}}
+	for e := 1; e < 10; e++ {
+		eps = append(eps, watchtest.Endpoint{IP: fmt.Sprintf("10.129.%d.%d", i%250, e+1), Node: "other"})
 	}
 	tr.OnEndpointSlice(watchtest.Slice("ns", name, name+"-1", 8080, "p", eps...), false)
 }
