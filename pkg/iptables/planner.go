@@ -414,7 +414,7 @@ func (p *portPlan) policyChainRules(b *builder, chain string, eps []*watch.Endpo
 // endpointChainRules writes one KUBE-SEP-* per reachable endpoint: hairpin
 // traffic (an endpoint reaching itself) is masqueraded, then DNAT.
 func (p *portPlan) endpointChainRules(b *builder) {
-	for _, ep := range p.reachable() {
+	for _, ep := range p.Reachable() {
 		p.endpointChain(b, ep)
 	}
 }
@@ -447,25 +447,4 @@ func ClusterChains(port *watch.ServicePort, eps []*watch.Endpoint, node watch.No
 		p.endpointChain(b, ep)
 	}
 	return b.sr.Chains
-}
-
-// reachable returns the endpoints some chain of this port jumps to.
-func (p *portPlan) reachable() []*watch.Endpoint {
-	var eps []*watch.Endpoint
-	seen := map[*watch.Endpoint]bool{}
-	add := func(list []*watch.Endpoint) {
-		for _, ep := range list {
-			if !seen[ep] {
-				seen[ep] = true
-				eps = append(eps, ep)
-			}
-		}
-	}
-	if p.UsesCluster {
-		add(p.Selection.Cluster)
-	}
-	if p.UsesLocal {
-		add(p.Selection.Local)
-	}
-	return eps
 }

@@ -62,7 +62,7 @@ func (p *portPlan) plan(o *Objects) {
 	if p.UsesLocal {
 		p.policyChainRules(o, p.svlChain, p.Selection.Local)
 	}
-	for _, ep := range p.reachable() {
+	for _, ep := range p.Reachable() {
 		o.hairpin(ep.Addr)
 		if p.port.SessionAffinityTimeout > 0 {
 			p.endpointChainRules(o, ep)
@@ -252,25 +252,4 @@ func (p *portPlan) endpointChain(ep *watch.Endpoint) string {
 // is part of the name, as a set's timeout cannot change in place.
 func (p *portPlan) affinitySet(ep *watch.Endpoint) string {
 	return fmt.Sprintf("affinity-%s-%ds", chainHash(p.port.Name.String()+p.proto+ep.String()), p.port.SessionAffinityTimeout)
-}
-
-// reachable returns the endpoints some chain of this port goes to.
-func (p *portPlan) reachable() []*watch.Endpoint {
-	var eps []*watch.Endpoint
-	seen := map[*watch.Endpoint]bool{}
-	add := func(list []*watch.Endpoint) {
-		for _, ep := range list {
-			if !seen[ep] {
-				seen[ep] = true
-				eps = append(eps, ep)
-			}
-		}
-	}
-	if p.UsesCluster {
-		add(p.Selection.Cluster)
-	}
-	if p.UsesLocal {
-		add(p.Selection.Local)
-	}
-	return eps
 }

@@ -76,6 +76,30 @@ func Decide(port *ServicePort, eps []*Endpoint, node NodeInfo) Decision {
 	return d
 }
 
+// Reachable returns the endpoints some traffic of the port goes to: the
+// Cluster selection if used, then the Local one if used, each endpoint
+// once. Each mode writes its per-endpoint state (iptables' KUBE-SEP-*
+// chains, nftables' DNATs and hairpin addresses) for these.
+func (d Decision) Reachable() []*Endpoint {
+	var eps []*Endpoint
+	seen := map[*Endpoint]bool{}
+	add := func(list []*Endpoint) {
+		for _, ep := range list {
+			if !seen[ep] {
+				seen[ep] = true
+				eps = append(eps, ep)
+			}
+		}
+	}
+	if d.UsesCluster {
+		add(d.Selection.Cluster)
+	}
+	if d.UsesLocal {
+		add(d.Selection.Local)
+	}
+	return eps
+}
+
 func policyEndpoints(sel Selection, local bool) []*Endpoint {
 	if local {
 		return sel.Local

@@ -68,3 +68,18 @@ func TestAllowedSources(t *testing.T) {
 		t.Errorf("IPv6 without a node IP: %+v", s)
 	}
 }
+
+// TestReachable: the endpoints some traffic goes to, each once, cluster
+// ones first; under iTP Local alone only the local ones.
+func TestReachable(t *testing.T) {
+	remote, local := epSpec{ip: "10.0.0.1"}.endpoint(), epSpec{ip: "10.0.0.2", local: true}.endpoint()
+	eps := []*Endpoint{remote, local}
+	etpLocal := &ServicePort{NodePort: 30080, ExternalPolicyLocal: true}
+	if got := Decide(etpLocal, eps, NodeInfo{}).Reachable(); len(got) != 2 || got[0] != remote || got[1] != local {
+		t.Errorf("eTP Local NodePort: %v, want the remote then the local endpoint, once each", got)
+	}
+	itpLocal := &ServicePort{InternalPolicyLocal: true}
+	if got := Decide(itpLocal, eps, NodeInfo{}).Reachable(); len(got) != 1 || got[0] != local {
+		t.Errorf("iTP Local ClusterIP: %v, want the local endpoint only", got)
+	}
+}
