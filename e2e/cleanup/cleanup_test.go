@@ -19,25 +19,7 @@ import (
 // throwaway namespace, runs `proxy --cleanup` there, and checks that every
 // KUBE-* chain and jump is gone while the other rules stay.
 func TestCleanupRemovesEverythingOurs(t *testing.T) {
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "needs root for a network namespace")
-	}
-	root, err := controlplane.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := os.Getenv("SVCPROXY_PROXY")
-	if proxy == "" {
-		proxy = filepath.Join(root, "bin", "proxy")
-	}
-	if _, err := os.Stat(proxy); err != nil {
-		testenv.Missing(t, "no proxy binary (%v); run make build", err)
-	}
-	ns := nsutil.Name("cleanup")
-	if err := nsutil.Add(ns); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = nsutil.Delete(ns) }()
+	root, proxy, ns := setUp(t)
 
 	golden, err := os.ReadFile(filepath.Join(root, "pkg", "iptables", "testdata", "loadbalancer-source-ranges.golden"))
 	if err != nil {
@@ -62,6 +44,32 @@ func TestCleanupRemovesEverythingOurs(t *testing.T) {
 			t.Errorf("clean-up removed another component's rule:\n%s", saved)
 		}
 	}
+}
+
+// setUp checks the prerequisites and returns the repository root, the
+// proxy binary and a throwaway network namespace removed when t ends.
+func setUp(t *testing.T) (root, proxy, ns string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "needs root for a network namespace")
+	}
+	root, err := controlplane.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy = os.Getenv("SVCPROXY_PROXY")
+	if proxy == "" {
+		proxy = filepath.Join(root, "bin", "proxy")
+	}
+	if _, err := os.Stat(proxy); err != nil {
+		testenv.Missing(t, "no proxy binary (%v); run make build", err)
+	}
+	ns = nsutil.Name("cleanup")
+	if err := nsutil.Add(ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nsutil.Delete(ns) })
+	return root, proxy, ns
 }
 
 func restore(t *testing.T, ns, payload string) {

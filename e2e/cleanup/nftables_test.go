@@ -1,14 +1,10 @@
 package cleanup
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"svcproxy.dev/svcproxy/e2e/controlplane"
 	"svcproxy.dev/svcproxy/e2e/nsutil"
-	"svcproxy.dev/svcproxy/e2e/testenv"
 )
 
 // TestCleanupNFTablesTables puts nftables mode's tables (shared and a
@@ -16,25 +12,7 @@ import (
 // component's table into a throwaway namespace; `proxy --cleanup` must
 // leave only the other component's.
 func TestCleanupNFTablesTables(t *testing.T) {
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "needs root for a network namespace")
-	}
-	root, err := controlplane.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := os.Getenv("SVCPROXY_PROXY")
-	if proxy == "" {
-		proxy = filepath.Join(root, "bin", "proxy")
-	}
-	if _, err := os.Stat(proxy); err != nil {
-		testenv.Missing(t, "no proxy binary (%v); run make build", err)
-	}
-	ns := nsutil.Name("cleanup")
-	if err := nsutil.Add(ns); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = nsutil.Delete(ns) }()
+	_, proxy, ns := setUp(t)
 	for _, fam := range []string{"ip", "ip6"} {
 		for _, table := range []string{"svcproxy", "svcproxy-07", "kube-proxy", "other"} {
 			for _, args := range [][]string{{"add", "table", fam, table},
