@@ -58,8 +58,8 @@ acceptance: deps tools build
 	$(BIN)/acceptance --mode $(MODE) --file $(FILE) $(if $(RUN),--run '$(RUN)') --proxy $(or $(PROXY),$(BIN)/proxy)
 
 # Scenario files of this repository, in the examples' format, that `make
-# test` runs in both modes beside the shared examples.
-OWN_SCENARIOS := $(CURDIR)/e2e/scenarios/healthcheck.yaml
+# test` runs in every mode beside the shared examples.
+OWN_SCENARIOS := $(CURDIR)/e2e/scenarios/healthcheck.yaml $(CURDIR)/e2e/scenarios/firewall.yaml
 
 # The acceptance examples in iptables mode on the host kernel.
 acceptance-examples: deps tools build
