@@ -165,6 +165,15 @@ var (
 	IPVSRealServersDraining = newGaugeVec("sync_proxy_rules_ipvs_real_servers_draining",
 		"IPVS real servers draining at weight 0 before their deletion", labelIPFamily)
 
+	// SyncDeferredDeletionsDuration is how long nftables mode's second
+	// transaction after a partial sync takes: it removes the rules the
+	// sync shadowed by writing new ones ahead, and hairpin elements no
+	// Service uses. Every deletion makes the kernel wait for readers to
+	// finish (milliseconds at any size), which is why the sync itself
+	// deletes only what changes where traffic goes.
+	SyncDeferredDeletionsDuration = newHistogramVec("sync_proxy_rules_deferred_deletions_duration_seconds",
+		"Duration in seconds of the transactions that remove what partial syncs left unused (nftables mode)", syncLatencyBuckets, labelIPFamily)
+
 	// SyncProxyRulesSyncFailuresTotal counts syncs that failed for any reason,
 	// independent of the backend-specific restore failure counters.
 	SyncProxyRulesSyncFailuresTotal = newCounterVec("sync_proxy_rules_sync_failures_total",
@@ -207,6 +216,7 @@ func newRegistry() *prometheus.Registry {
 		IPVSRealServersDraining,
 		SyncProxyRulesSyncFailuresTotal,
 		SyncKernelCallsTotal,
+		SyncDeferredDeletionsDuration,
 	)
 	return r
 }

@@ -37,6 +37,7 @@ func touchAll() {
 	SyncProxyRulesRestoreBytes.WithLabelValues(fam).Observe(4096)
 	SyncProxyRulesDriftRepairsTotal.WithLabelValues("chain_missing", fam).Inc()
 	SyncProxyRulesSyncFailuresTotal.WithLabelValues(fam).Inc()
+	SyncDeferredDeletionsDuration.WithLabelValues(fam).Observe(0.01)
 }
 
 var wantNames = []string{
@@ -62,6 +63,7 @@ var wantNames = []string{
 	"kubeproxy_sync_proxy_rules_restore_bytes_bucket",
 	`kubeproxy_sync_proxy_rules_drift_repairs_total{ip_family="IPv4",reason="chain_missing"}`,
 	"kubeproxy_sync_proxy_rules_sync_failures_total",
+	"kubeproxy_sync_proxy_rules_deferred_deletions_duration_seconds_bucket",
 	"# TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge",
 	"go_goroutines",
 }

@@ -141,7 +141,9 @@ func (t *fakeTable) apply(op Op) error {
 		}
 		t.chains[c.Name] = &Chain{Table: c.Table, Name: c.Name, Hook: c.Hook}
 	case AddRules:
-		return t.addRules(op.Chain)
+		return t.addRules(op.Chain, false)
+	case InsertRules:
+		return t.addRules(op.Chain, true)
 	case AddElem, DelElem:
 		return t.elem(op.Kind, op.Elem)
 	case DelChain:
@@ -160,7 +162,7 @@ func (t *fakeTable) chain(name string) (*Chain, error) {
 	return c, nil
 }
 
-func (t *fakeTable) addRules(in *Chain) error {
+func (t *fakeTable) addRules(in *Chain, ahead bool) error {
 	c, err := t.chain(in.Name)
 	if err != nil {
 		return err
@@ -170,7 +172,11 @@ func (t *fakeTable) addRules(in *Chain) error {
 			return fmt.Errorf("chain %s: rule %q: %w", in.Name, r, err)
 		}
 	}
-	t.chains[in.Name] = &Chain{Table: c.Table, Name: c.Name, Hook: c.Hook, Rules: append(slices.Clip(c.Rules), in.Rules...)}
+	rules := append(slices.Clip(c.Rules), in.Rules...)
+	if ahead {
+		rules = append(slices.Clip(in.Rules), c.Rules...)
+	}
+	t.chains[in.Name] = &Chain{Table: c.Table, Name: c.Name, Hook: c.Hook, Rules: rules}
 	return nil
 }
 

@@ -163,6 +163,12 @@ func (w *batchWriter) op(op Op) {
 		for _, r := range op.Chain.Rules {
 			w.c.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: r.exprs(w.fam)})
 		}
+	case InsertRules:
+		// Each one goes to the head of the chain: last rule first.
+		ch := w.chain(op.Chain)
+		for i := len(op.Chain.Rules) - 1; i >= 0; i-- {
+			w.c.InsertRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: op.Chain.Rules[i].exprs(w.fam)})
+		}
 	case DelChain:
 		w.c.DelChain(w.chain(op.Chain))
 	case DelSet:

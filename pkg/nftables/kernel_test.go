@@ -2,11 +2,13 @@ package nftables
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netns"
 	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"svcproxy.dev/svcproxy/e2e/nsutil"
@@ -100,5 +102,54 @@ func TestKernelTakesThePlan(t *testing.T) {
 	nft("delete", "table", "ip", ShardTable(0))
 	if reason, detail, _ := p.Verify(); reason != "table-missing" {
 		t.Errorf("Verify after deleting a shard: %q (%s), want table-missing", reason, detail)
+	}
+}
+
+// TestKernelShadowsThenDeletes: on the real kernel, an endpoint change
+// writes its rules at the head of the Service chain, in order, ahead of
+// the old ones; the second transaction leaves only the new rules and
+// drops the unused hairpin element.
+func TestKernelShadowsThenDeletes(t *testing.T) {
+	kernel, nft := kernelAt(t, v1.IPv4Protocol)
+	slice := func(ips ...string) *discoveryv1.EndpointSlice {
+		var eps []watchtest.Endpoint
+		for _, ip := range ips {
+			eps = append(eps, watchtest.Endpoint{IP: ip, Node: "other"})
+		}
+		return watchtest.Slice("ns2", "api", "api-1", 8443, "https", eps...)
+	}
+	tr := watchtest.Tracker(testServices(), slice("10.180.1.1", "10.180.2.1"))
+	p := NewProvider(kernel, PlanOptions{Family: v1.IPv4Protocol, Shards: 4, MasqueradeBit: 14})
+	later := removeLeftoversByHand(p)
+	if _, err := p.Sync(tr.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	tr.OnEndpointSlice(slice("10.180.2.1", "10.180.3.1"), false)
+	if _, err := p.Sync(tr.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	shard := ShardTable(ShardOf(types.NamespacedName{Namespace: "ns2", Name: "api"}, 4))
+	chain := p.Applied().Services.Get("ns2/api").Chains[0].Name
+	dnats := func() []string {
+		var out []string
+		for _, l := range strings.Split(nft("list", "chain", "ip", shard, chain), "\n") {
+			if i := strings.Index(l, "dnat to "); i >= 0 {
+				out = append(out, strings.TrimSpace(l[i+len("dnat to "):]))
+			}
+		}
+		return out
+	}
+	if got, want := dnats(), []string{"10.180.2.1:8443", "10.180.3.1:8443", "10.180.1.1:8443", "10.180.2.1:8443"}; !slices.Equal(got, want) {
+		t.Errorf("before the second transaction, %s DNATs to %v, want %v", chain, got, want)
+	}
+	if hp := nft("list", "set", "ip", SharedTable, setHairpin); !strings.Contains(hp, "10.180.1.1 . 10.180.1.1") {
+		t.Errorf("the hairpin element of 10.180.1.1 went with the sync:\n%s", hp)
+	}
+	later.run()
+	if got, want := dnats(), []string{"10.180.2.1:8443", "10.180.3.1:8443"}; !slices.Equal(got, want) {
+		t.Errorf("after the second transaction, %s DNATs to %v, want %v", chain, got, want)
+	}
+	if hp := nft("list", "set", "ip", SharedTable, setHairpin); strings.Contains(hp, "10.180.1.1") || !strings.Contains(hp, "10.180.3.1 . 10.180.3.1") {
+		t.Errorf("hairpin set after the second transaction:\n%s", hp)
 	}
 }

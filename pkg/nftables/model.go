@@ -50,6 +50,12 @@ type Chain struct {
 	Name  string
 	Hook  *Hook
 	Rules []Rule
+	// Decides says every packet that enters the chain leaves it by one of
+	// its rules (the last one matches whatever gets there, and ends in a
+	// verdict or NAT): new rules written ahead of old ones replace them at
+	// once, and the old ones can be removed later. Such a chain refers to
+	// no chain but the shared ones every Service uses.
+	Decides bool
 }
 
 func (c *Chain) id() string { return c.Table + "/" + c.Name }

@@ -209,8 +209,12 @@ func (p *portPlan) firewallChainRules(o *Objects) {
 // affinity a client's remembered endpoint comes first, and each endpoint
 // has a chain that remembers its clients.
 func (p *portPlan) policyChainRules(o *Objects, chain string, eps []*watch.Endpoint) {
-	o.chain(p.shard, chain)
 	affinity := p.port.SessionAffinityTimeout > 0
+	// Only the maps keyed on this port's protocol send packets here, and
+	// the last pick has no condition but that protocol. Under affinity the
+	// old rules go to endpoint chains a change may delete, which the
+	// kernel refuses while a rule still refers to them.
+	o.chain(p.shard, chain).Decides = len(eps) > 0 && !affinity
 	if affinity {
 		for _, ep := range eps {
 			o.rule(p.shard, chain, InSet{fam: p.fam, Key: KeySaddr, Set: p.affinitySet(ep)}, Goto(p.endpointChain(ep)))

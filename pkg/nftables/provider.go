@@ -16,10 +16,21 @@ import (
 // (proxy.Provider). It alone decides between a full and a partial sync: a
 // full sync rebuilds every table this mode owns in one transaction; a
 // partial one writes only the changed Services' chains and elements, in
-// the shards that hold them.
+// the shards that hold them, and leaves the deletions that change no
+// packet's fate (rules it shadowed, unused hairpin elements) to a second
+// transaction right after (see leftovers).
 type Provider struct {
 	kernel Interface
 	opts   PlanOptions
+
+	// writing serializes the kernel writes (Sync, removeLeftovers) and
+	// guards later.
+	writing sync.Mutex
+	later   leftovers
+	// runLater starts removeLeftovers: on a goroutine, so that the sync
+	// (and the next change) does not wait for it; tests run it by hand.
+	runLater func(func())
+	running  sync.WaitGroup
 
 	mu      sync.Mutex // guards applied and gen, read by Verify
 	applied *Ruleset   // last ruleset written; nil: the next sync is full
@@ -31,8 +42,20 @@ func NewProvider(kernel Interface, opts PlanOptions) *Provider {
 	if opts.Shards <= 0 {
 		opts.Shards = DefaultShards
 	}
-	return &Provider{kernel: kernel, opts: opts}
+	p := &Provider{kernel: kernel, opts: opts}
+	p.runLater = func(f func()) {
+		p.running.Add(1)
+		go func() {
+			defer p.running.Done()
+			f()
+		}()
+	}
+	return p
 }
+
+// Settle waits for the removal of what earlier syncs left (after Sync
+// has returned).
+func (p *Provider) Settle() { p.running.Wait() }
 
 // Family is the IP family the provider programs.
 func (p *Provider) Family() v1.IPFamily { return p.opts.Family }
@@ -59,6 +82,8 @@ func (p *Provider) setApplied(rs *Ruleset) {
 
 // Sync makes the kernel match snap.
 func (p *Provider) Sync(snap *watch.Snapshot) (proxy.Result, error) {
+	p.writing.Lock()
+	defer p.writing.Unlock()
 	prev := p.Applied()
 	if prev != nil && snap.NodeChanged {
 		prev = nil
@@ -69,23 +94,34 @@ func (p *Provider) Sync(snap *watch.Snapshot) (proxy.Result, error) {
 	if full {
 		var err error
 		if txs, err = p.fullTransactions(rs); err != nil {
-			p.setApplied(nil)
+			p.failed()
 			return proxy.Result{}, err
 		}
+		p.later = leftovers{}
 	} else {
-		txs = splitLarge(partialTransaction(prev, rs, snap.Changed))
+		txs = splitLarge(p.partialTransaction(prev, rs, snap.Changed))
 	}
 	for _, tx := range txs {
 		if tx.Empty() {
 			continue
 		}
 		if err := p.kernel.Apply(tx); err != nil {
-			p.setApplied(nil)
+			p.failed()
 			return proxy.Result{}, err
 		}
 	}
 	p.setApplied(rs)
+	if !p.later.empty() {
+		p.runLater(p.removeLeftovers)
+	}
 	return p.result(rs, txs, full), nil
+}
+
+// failed makes the next sync a full one, which rewrites whatever the
+// kernel holds.
+func (p *Provider) failed() {
+	p.setApplied(nil)
+	p.later = leftovers{}
 }
 
 // fullTransactions rebuilds every table of rs, whole tables per
@@ -152,18 +188,20 @@ func splitLarge(tx *Transaction) []*Transaction {
 }
 
 // partialTransaction writes what differs between prev and rs for the
-// changed Services.
-func partialTransaction(prev, rs *Ruleset, changed map[watchName]bool) *Transaction {
-	b := &txBuilder{}
+// changed Services, except the deletions it adds to p.later.
+func (p *Provider) partialTransaction(prev, rs *Ruleset, changed map[watchName]bool) *Transaction {
+	b := &txBuilder{shadowing: true}
 	for name := range changed {
 		b.diff(prev.Services.Get(name.String()), rs.Services.Get(name.String()))
+		p.later.shadowed(name.String(), b.shadowed)
+		b.shadowed = nil
 	}
 	for _, a := range rs.hairpinAdded {
-		b.add(Op{Kind: AddElem, Elem: hairpinElem(a)})
+		if !p.later.keepHairpin(a) {
+			b.add(Op{Kind: AddElem, Elem: hairpinElem(a)})
+		}
 	}
-	for _, a := range rs.hairpinRemoved {
-		b.add(Op{Kind: DelElem, Elem: hairpinElem(a)})
-	}
+	p.later.unusedHairpin(rs.hairpinRemoved)
 	return b.build()
 }
 
@@ -174,7 +212,7 @@ func (p *Provider) result(rs *Ruleset, txs []*Transaction, full bool) proxy.Resu
 			res.KernelCalls["nftables_transaction"]++
 		}
 		for _, op := range tx.Ops {
-			if op.Kind == AddRules {
+			if op.Kind == AddRules || op.Kind == InsertRules {
 				res.Written["nftables"] += len(op.Chain.Rules)
 			}
 		}

@@ -87,6 +87,7 @@ func TestOneEndpointChangeCostFlat(t *testing.T) {
 		tr := clusterOf(n)
 		fake := NewFake()
 		p := NewProvider(fake, testOptions())
+		removeLeftoversByHand(p)
 		syncOrFail(t, p, tr.Snapshot())
 		tr.OnEndpointSlice(watchtest.Slice("ns", "svc-7", "svc-7-1", 8080, "p", watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}), false)
 		res, err := p.Sync(tr.Snapshot())
@@ -152,6 +153,7 @@ func TestDeltasMatchAFullSync(t *testing.T) {
 		if _, err := p.Sync(snap); err != nil {
 			t.Fatalf("%s: %v", step.name, err)
 		}
+		p.Settle()
 		fresh := NewFake()
 		syncOrFail(t, NewProvider(fresh, testOptions()), snap)
 		if got, want := fake.Dump(), fresh.Dump(); got != want {
@@ -241,4 +243,97 @@ func TestTotalsKeptAcrossDeltas(t *testing.T) {
 		t.Errorf("after deltas: rules %d, no-local external %d; a full plan: %d, %d (want 1)",
 			got.Rules["nftables"], got.NoLocalExternal, want.Rules["nftables"], want.NoLocalExternal)
 	}
+}
+
+// byHand holds a Provider's leftover removals until run.
+type byHand struct{ queued []func() }
+
+func removeLeftoversByHand(p *Provider) *byHand {
+	h := &byHand{}
+	p.runLater = func(f func()) { h.queued = append(h.queued, f) }
+	return h
+}
+
+func (h *byHand) run() {
+	for _, f := range h.queued {
+		f()
+	}
+	h.queued = nil
+}
+
+// recorder keeps the transactions applied.
+type recorder struct {
+	Interface
+	txs []*Transaction
+}
+
+func (r *recorder) Apply(tx *Transaction) error {
+	r.txs = append(r.txs, tx)
+	return r.Interface.Apply(tx)
+}
+
+// TestEndpointChangesDeleteLater: a partial sync that replaces endpoints
+// deletes nothing (its new rules go ahead of the old ones, which they
+// shadow, and an unused hairpin element stays); the second transaction
+// then leaves exactly what a full sync writes, with the rules of the
+// latest sync even when two syncs ran before it, and a hairpin address a
+// Service takes again before its deletion is not added twice.
+func TestEndpointChangesDeleteLater(t *testing.T) {
+	tr := clusterOf(50)
+	fake := NewFake()
+	rec := &recorder{Interface: fake}
+	p := NewProvider(rec, testOptions())
+	later := removeLeftoversByHand(p)
+	syncOrFail(t, p, tr.Snapshot())
+	endpoints := func(ips ...string) {
+		var eps []watchtest.Endpoint
+		for _, ip := range ips {
+			eps = append(eps, watchtest.Endpoint{IP: ip, Node: "other"})
+		}
+		tr.OnEndpointSlice(watchtest.Slice("ns", "svc-7", "svc-7-1", 8080, "p", eps...), false)
+	}
+	sync := func(step string) {
+		t.Helper()
+		rec.txs = nil
+		syncOrFail(t, p, tr.Snapshot())
+		for _, tx := range rec.txs {
+			for _, op := range tx.Ops {
+				if op.Kind == FlushChain || op.Kind == DelElem || op.Kind == DelChain || op.Kind == DelSet {
+					t.Errorf("%s: the sync deletes (%s)", step, op.Kind)
+				}
+			}
+		}
+		svc := p.Applied().Services.Get("ns/svc-7").Chains[0]
+		if got := fakeChain(fake, svc); len(got) < len(svc.Rules) || fmt.Sprint(got[:len(svc.Rules)]) != fmt.Sprint(svc.Rules) {
+			t.Errorf("%s: chain %s does not start with the planned rules:\n%v\nplanned:\n%v", step, svc.Name, got, svc.Rules)
+		}
+	}
+	matchesFullSync := func(step string) {
+		t.Helper()
+		fresh := NewFake()
+		syncOrFail(t, NewProvider(fresh, testOptions()), tr.Snapshot())
+		if got, want := fake.Dump(), fresh.Dump(); got != want {
+			t.Errorf("%s: the tables differ from a full sync:\n%s", step, lineDiff(got, want))
+		}
+	}
+	endpoints("10.180.1.1", "10.199.0.1")
+	sync("a new address")
+	later.run()
+	matchesFullSync("a new address, leftovers removed")
+
+	endpoints("10.180.1.1", "10.199.0.2")
+	sync("10.199.0.1 replaced")
+	endpoints("10.199.0.1", "10.199.0.3")
+	sync("10.199.0.1 back before its element went")
+	if len(later.queued) != 2 {
+		t.Fatalf("%d removals queued, want one per sync", len(later.queued))
+	}
+	later.run()
+	matchesFullSync("two syncs, then their leftovers removed")
+}
+
+func fakeChain(f *Fake, c *Chain) []Rule {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tables[c.Table].chains[c.Name].Rules
 }

@@ -21,6 +21,9 @@ const (
 	FlushChain
 	// AddRules appends a chain's rules (to a new or flushed chain).
 	AddRules
+	// InsertRules writes a chain's rules ahead of the ones it has, which
+	// they shadow (Chain.Decides); a later transaction removes the old ones.
+	InsertRules
 	// DelElem removes a set or map element.
 	DelElem
 	// AddElem adds a set or map element.
@@ -32,7 +35,7 @@ const (
 	numKinds
 )
 
-var kindNames = [...]string{"reset-table", "drop-table", "add-set", "add-chain", "flush-chain", "add-rules",
+var kindNames = [...]string{"reset-table", "drop-table", "add-set", "add-chain", "flush-chain", "add-rules", "insert-rules",
 	"del-elem", "add-elem", "del-chain", "del-set"}
 
 func (k OpKind) String() string { return kindNames[k] }
@@ -91,7 +94,15 @@ func (t *Transaction) split() map[string]*Transaction {
 }
 
 // txBuilder collects ops by kind and orders them at the end.
-type txBuilder struct{ ops [numKinds][]Op }
+type txBuilder struct {
+	ops [numKinds][]Op
+	// shadowing, when set, makes diff rewrite a changed chain that
+	// Decides by InsertRules instead of a flush, and list it in shadowed:
+	// a transaction that deletes nothing commits without waiting for the
+	// kernel to free what it deleted (about 10 ms, whatever the size).
+	shadowing bool
+	shadowed  []*Chain
+}
 
 func (b *txBuilder) add(op Op) { b.ops[op.Kind] = append(b.ops[op.Kind], op) }
 
@@ -147,6 +158,12 @@ func (b *txBuilder) diff(old, new *Objects) {
 		case !ok:
 			b.add(Op{Kind: AddChain, Chain: c})
 		case prev.body() == c.body():
+			continue
+		case b.shadowing && c.Decides && prev.Decides && c.Hook == nil:
+			// Both: the old rules stay for a while, so they must not go
+			// to a chain this transaction may delete.
+			b.add(Op{Kind: InsertRules, Chain: c})
+			b.shadowed = append(b.shadowed, c)
 			continue
 		default:
 			b.add(Op{Kind: FlushChain, Chain: c})
