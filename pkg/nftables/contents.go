@@ -15,12 +15,19 @@ import (
 	"svcproxy.dev/svcproxy/pkg/watch"
 )
 
-// Contents is what a table holds, as `proxy explain` compares it: the
-// rule count of each chain and the elements of each set, by the same
-// identities the planner uses.
+// Contents is a table read back, by the identities the planner uses:
+// what `proxy explain` compares, and what a full sync compares before it
+// rewrites a table.
 type Contents struct {
 	Rules map[string]int    // chain name -> rule count
 	Elems map[string]string // Elem.id() -> verdict text ("" in a set)
+	// Stamps are each chain's rule stamps, in order (Rule.stamp; 0 for a
+	// rule without one).
+	Stamps map[string][]uint64
+	// Hooks are the chains' hooks (Hook.String; "" for a regular chain).
+	Hooks map[string]string
+	// Sets are the sets' and maps' shapes (Set.shape).
+	Sets map[string]string
 }
 
 // setKeys are the key shapes of the layout's sets and maps.
@@ -30,41 +37,35 @@ var setKeys = map[string]Key{
 	setClusterIPs: KeyDaddr, setNodePortIPs: KeyDaddr, setHairpin: KeyHairpin,
 }
 
-// Contents reads one table's chains (with their rule counts) and the
-// elements of its dispatch sets and maps.
+// Contents reads one table back; a table the kernel lacks reads as
+// empty.
 func (k *Kernel) Contents(table string) (*Contents, error) {
-	c, err := k.conn()
+	all, err := k.Read([]string{table})
 	if err != nil {
 		return nil, err
 	}
-	t := &nftables.Table{Name: table, Family: k.fam.table}
-	chains, err := c.ListChainsOfTableFamily(k.fam.table)
-	if err != nil {
-		return nil, err
+	if c := all[table]; c != nil {
+		return c, nil
 	}
-	out := &Contents{Rules: map[string]int{}, Elems: map[string]string{}}
-	for _, ch := range chains {
-		if ch.Table.Name != table {
-			continue
-		}
-		rules, err := c.GetRules(t, ch)
-		if err != nil {
-			return nil, fmt.Errorf("rules of %s: %w", ch.Name, err)
-		}
-		out.Rules[ch.Name] = len(rules)
-	}
-	sets, err := c.GetSets(t)
+	return newContents(), nil
+}
+
+// readSets reads a table's sets' shapes and the elements of its dispatch
+// sets and maps.
+func (k *Kernel) readSets(c *nftables.Conn, table string, out *Contents) error {
+	sets, err := c.GetSets(&nftables.Table{Name: table, Family: k.fam.table})
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("sets of table %s: %w", table, err)
 	}
 	for _, s := range sets {
+		out.Sets[s.Name] = k.fam.kernelShape(s)
 		key, ok := setKeys[s.Name]
 		if !ok {
 			continue
 		}
 		elems, err := c.GetSetElements(s)
 		if err != nil {
-			return nil, fmt.Errorf("elements of %s: %w", s.Name, err)
+			return fmt.Errorf("elements of %s: %w", s.Name, err)
 		}
 		for _, e := range elems {
 			el := &Elem{Table: table, Set: s.Name, Key: decodeKey(k.fam, key, e.Key)}
@@ -75,7 +76,7 @@ func (k *Kernel) Contents(table string) (*Contents, error) {
 			out.Elems[el.id()] = v
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // decodeVerdict reads a map element's verdict as the library leaves it:
@@ -181,6 +182,10 @@ func Differences(objs *Objects, tables map[string]*Contents) []string {
 			out = append(out, fmt.Sprintf("chain %s is missing from table %s", c.Name, c.Table))
 		case n != len(c.Rules):
 			out = append(out, fmt.Sprintf("chain %s of table %s has %d rules, planned %d", c.Name, c.Table, n, len(c.Rules)))
+		default:
+			if i := firstOther(t.Stamps[c.Name], stamps(c.Rules)); i >= 0 {
+				out = append(out, fmt.Sprintf("rule %d of chain %s in table %s is not the planned %q", i+1, c.Name, c.Table, c.Rules[i]))
+			}
 		}
 	}
 	for _, e := range objs.Elems {
@@ -204,4 +209,14 @@ func (c *Contents) rules(chain string) (int, bool) {
 	}
 	n, ok := c.Rules[chain]
 	return n, ok
+}
+
+// firstOther is the first index where got and want differ, or -1.
+func firstOther(got, want []uint64) int {
+	for i := range want {
+		if i >= len(got) || got[i] != want[i] {
+			return i
+		}
+	}
+	return -1
 }

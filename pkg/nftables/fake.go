@@ -62,6 +62,34 @@ func (f *Fake) Chains() (map[string][]string, error) {
 	return out, nil
 }
 
+// Read reads tables back as Kernel.Read does.
+func (f *Fake) Read(tables []string) (map[string]*Contents, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]*Contents{}
+	for _, name := range tables {
+		t := f.tables[name]
+		if t == nil {
+			continue
+		}
+		c := newContents()
+		for cn, ch := range t.chains {
+			c.Hooks[cn], c.Stamps[cn], c.Rules[cn] = ch.Hook.String(), stamps(ch.Rules), len(ch.Rules)
+		}
+		for sn, s := range t.sets {
+			c.Sets[sn] = s.spec.shape()
+			if _, ok := setKeys[sn]; !ok {
+				continue
+			}
+			for _, e := range s.elems {
+				c.Elems[e.id()] = e.body()
+			}
+		}
+		out[name] = c
+	}
+	return out, nil
+}
+
 // Dump renders every table, sorted, as text: the state two fakes can be
 // compared by.
 func (f *Fake) Dump() string {

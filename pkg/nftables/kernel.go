@@ -21,6 +21,8 @@ type Interface interface {
 	// Chains lists the chains of every table this mode owns, by table
 	// (a table without chains is listed with none).
 	Chains() (map[string][]string, error)
+	// Read reads tables back; one the kernel lacks is absent.
+	Read(tables []string) (map[string]*Contents, error)
 }
 
 // Kernel is Interface over netlink for one IP family of a network
@@ -161,13 +163,14 @@ func (w *batchWriter) op(op Op) {
 	case AddRules:
 		ch := w.chain(op.Chain)
 		for _, r := range op.Chain.Rules {
-			w.c.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: r.exprs(w.fam)})
+			w.c.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: r.exprs(w.fam), UserData: r.userData()})
 		}
 	case InsertRules:
 		// Each one goes to the head of the chain: last rule first.
 		ch := w.chain(op.Chain)
 		for i := len(op.Chain.Rules) - 1; i >= 0; i-- {
-			w.c.InsertRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: op.Chain.Rules[i].exprs(w.fam)})
+			r := op.Chain.Rules[i]
+			w.c.InsertRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: r.exprs(w.fam), UserData: r.userData()})
 		}
 	case DelChain:
 		w.c.DelChain(w.chain(op.Chain))

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -151,5 +152,46 @@ func TestKernelShadowsThenDeletes(t *testing.T) {
 	}
 	if hp := nft("list", "set", "ip", SharedTable, setHairpin); strings.Contains(hp, "10.180.1.1") || !strings.Contains(hp, "10.180.3.1 . 10.180.3.1") {
 		t.Errorf("hairpin set after the second transaction:\n%s", hp)
+	}
+}
+
+// TestKernelRestartKeepsTables: on the real kernel, a restarted provider
+// reads every table back (rule stamps, hooks, set shapes, elements),
+// finds them as planned and writes nothing; after `nft flush chain` on a
+// Service chain it rewrites that shard alone.
+func TestKernelRestartKeepsTables(t *testing.T) {
+	kernel, nft := kernelAt(t, v1.IPv4Protocol)
+	tr := watchtest.Tracker(testServices(), watchtest.Slice("ns1", "web", "web-1", 8080, "http",
+		watchtest.Endpoint{IP: "10.180.0.1", Node: watchtest.Node}, watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}),
+		watchtest.Slice("ns2", "api", "api-1", 8443, "https", watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}))
+	opts := PlanOptions{Family: v1.IPv4Protocol, Shards: 4, MasqueradeBit: 14,
+		LocalDetector:     &LocalDetector{CIDR: mustPrefix("10.180.0.0/16")},
+		NodePortAddresses: []netip.Addr{netip.MustParseAddr("192.168.0.2")}}
+	if _, err := NewProvider(kernel, opts).Sync(tr.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	restart := func() []string {
+		t.Helper()
+		rec := &recorder{Interface: kernel}
+		if _, err := NewProvider(rec, opts).Sync(tr.Snapshot()); err != nil {
+			t.Fatal(err)
+		}
+		return tablesWritten(rec.txs)
+	}
+	if written := restart(); len(written) != 0 {
+		t.Fatalf("a restart over the planned tables wrote %v", written)
+	}
+	shard := ShardTable(ShardOf(types.NamespacedName{Namespace: "ns2", Name: "api"}, 4))
+	p := NewProvider(NewFake(), opts)
+	if _, err := p.Sync(tr.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	chain := p.Applied().Services.Get("ns2/api").Chains[0].Name
+	nft("flush", "chain", "ip", shard, chain)
+	if written := restart(); !slices.Equal(written, []string{shard}) {
+		t.Errorf("after nft flush chain %s, the full sync wrote %v, want %s alone", chain, written, shard)
+	}
+	if got := nft("list", "chain", "ip", shard, chain); !strings.Contains(got, "dnat to 10.180.2.1:8443") {
+		t.Errorf("chain %s after the repair:\n%s", chain, got)
 	}
 }

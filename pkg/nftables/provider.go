@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
 
 	"svcproxy.dev/svcproxy/pkg/proxy"
 	"svcproxy.dev/svcproxy/pkg/watch"
@@ -124,22 +125,58 @@ func (p *Provider) failed() {
 	p.later = leftovers{}
 }
 
-// fullTransactions rebuilds every table of rs, whole tables per
-// transaction and as many per transaction as fit in maxOps (the shared
-// table first), and then drops the tables this mode owns that rs does not
-// (a smaller shard count than before). Tables refer to none of each
-// other's chains or sets, so each one is consistent on its own; one
-// transaction for all of them would not fit the kernel's batch limits at
-// 20,000 Services (ENOBUFS on the acknowledgements of ~700,000 messages),
-// and one per table costs a commit per shard in a small cluster.
+// fullTransactions rewrites every table of rs that the kernel does not
+// hold exactly as planned (read back first: a restart with the rules in
+// place, or a repair of one shard, rewrites only what differs), whole
+// tables per transaction and as many per transaction as fit in maxOps
+// (the shared table first), and then drops the tables this mode owns that
+// rs does not (a smaller shard count than before). Tables refer to none
+// of each other's chains or sets, so each one is consistent on its own;
+// one transaction for all of them would not fit the kernel's batch limits
+// at 20,000 Services (ENOBUFS on the acknowledgements of ~700,000
+// messages), and one per table costs a commit per shard in a small
+// cluster.
 func (p *Provider) fullTransactions(rs *Ruleset) ([]*Transaction, error) {
 	present, err := p.kernel.Chains()
 	if err != nil {
 		return nil, fmt.Errorf("listing nftables tables: %w", err)
 	}
-	b := &txBuilder{}
 	tables := rs.Tables()
+	held, err := p.kernel.Read(slices.DeleteFunc(slices.Clone(tables), func(t string) bool { _, ok := present[t]; return !ok }))
+	if err != nil {
+		klog.ErrorS(err, "Reading nftables tables back; rewriting all of them", "family", p.opts.Family)
+		held = nil
+	}
+	byTable := fullBuild(rs).split()
+	out, kept := []*Transaction{{}}, 0
 	for _, t := range tables {
+		if tableMatches(byTable[t].Ops, held[t]) {
+			kept++
+			continue
+		}
+		last := out[len(out)-1]
+		if len(last.Ops) > 0 && len(last.Ops)+len(byTable[t].Ops) > maxOps {
+			last = &Transaction{}
+			out = append(out, last)
+		}
+		last.Ops = append(last.Ops, byTable[t].Ops...)
+	}
+	if kept > 0 {
+		klog.V(2).InfoS("Kept nftables tables that hold the plan", "family", p.opts.Family, "kept", kept, "tables", len(tables))
+	}
+	drop := &txBuilder{}
+	for _, t := range slices.Sorted(maps.Keys(present)) {
+		if !slices.Contains(tables, t) {
+			drop.add(Op{Kind: DropTable, Table: t})
+		}
+	}
+	return append(out, drop.build()), nil
+}
+
+// fullBuild is every write of rs into empty tables.
+func fullBuild(rs *Ruleset) *Transaction {
+	b := &txBuilder{}
+	for _, t := range rs.Tables() {
 		b.add(Op{Kind: ResetTable, Table: t})
 	}
 	b.diff(nil, rs.Base)
@@ -149,23 +186,7 @@ func (p *Provider) fullTransactions(rs *Ruleset) ([]*Transaction, error) {
 	for a := range rs.hairpinUses.Keys() {
 		b.add(Op{Kind: AddElem, Elem: hairpinElem(a)})
 	}
-	byTable := b.build().split()
-	out := []*Transaction{{}}
-	for _, t := range tables {
-		last := out[len(out)-1]
-		if len(last.Ops) > 0 && len(last.Ops)+len(byTable[t].Ops) > maxOps {
-			last = &Transaction{}
-			out = append(out, last)
-		}
-		last.Ops = append(last.Ops, byTable[t].Ops...)
-	}
-	drop := &txBuilder{}
-	for _, t := range slices.Sorted(maps.Keys(present)) {
-		if !slices.Contains(tables, t) {
-			drop.add(Op{Kind: DropTable, Table: t})
-		}
-	}
-	return append(out, drop.build()), nil
+	return b.build()
 }
 
 // maxOps bounds a transaction that splitLarge leaves whole: far below the

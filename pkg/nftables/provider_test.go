@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -336,4 +337,69 @@ func fakeChain(f *Fake, c *Chain) []Rule {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.tables[c.Table].chains[c.Name].Rules
+}
+
+// tablesWritten lists the tables the non-empty transactions wrote.
+func tablesWritten(txs []*Transaction) []string {
+	var out []string
+	for _, tx := range txs {
+		for _, op := range tx.Ops {
+			if t := op.table(); !slices.Contains(out, t) {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+// TestFullSyncRewritesOnlyTablesThatDiffer: a restarted provider finds
+// every table as planned and writes nothing; after a Service chain is
+// emptied behind its back, and a hairpin element deleted, the next full
+// sync rewrites that shard and the shared table only, and leaves what a
+// fresh full sync leaves.
+func TestFullSyncRewritesOnlyTablesThatDiffer(t *testing.T) {
+	tr := watchtest.Tracker(testServices(), watchtest.Slice("ns2", "api", "api-1", 8443, "https",
+		watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}, watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}))
+	fake := NewFake()
+	syncOrFail(t, NewProvider(fake, testOptions()), tr.Snapshot())
+	want := fake.Dump()
+
+	restart := func() []string {
+		t.Helper()
+		rec := &recorder{Interface: fake}
+		p := NewProvider(rec, testOptions())
+		if res, err := p.Sync(tr.Snapshot()); err != nil || !res.Full {
+			t.Fatalf("first sync after a restart: full=%v, %v", res.Full, err)
+		}
+		return tablesWritten(rec.txs)
+	}
+	if written := restart(); len(written) != 0 {
+		t.Errorf("a restart over the planned tables wrote %v", written)
+	}
+
+	api := p0Chain(t, tr)
+	if err := fake.Apply(&Transaction{Ops: []Op{{Kind: FlushChain, Chain: api},
+		{Kind: DelElem, Elem: hairpinElem(netip.MustParseAddr("10.180.2.1"))}}}); err != nil {
+		t.Fatal(err)
+	}
+	if written, want := restart(), []string{SharedTable, api.Table}; !slices.Equal(written, want) {
+		t.Errorf("after a chain was emptied and an element deleted, the full sync wrote %v, want %v", written, want)
+	}
+	if got := fake.Dump(); got != want {
+		t.Errorf("after the repair the tables differ from the planned ones:\n%s", lineDiff(got, want))
+	}
+}
+
+// p0Chain is ns2/api's Service chain as planned.
+func p0Chain(t *testing.T, tr *watch.Tracker) *Chain {
+	t.Helper()
+	p := NewProvider(NewFake(), testOptions())
+	syncOrFail(t, p, tr.Snapshot())
+	for _, c := range p.Applied().Services.Get("ns2/api").Chains {
+		if strings.HasPrefix(c.Name, "service-") {
+			return c
+		}
+	}
+	t.Fatal("ns2/api has no service chain")
+	return nil
 }

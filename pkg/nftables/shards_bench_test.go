@@ -29,6 +29,8 @@ import (
 //   - endpoint: a partial sync that replaces one endpoint of a Service
 //     (sync-us/op), then the transaction that deletes what it left
 //     (deferred-us/op); apply-us/op is both transactions;
+//   - restart: the first (full) sync of a new Provider over the tables
+//     in place, which reads them back and writes nothing;
 //   - connect: a TCP connection through a ClusterIP from the namespace
 //     itself, whose first packet walks every shard's nat output chain.
 //
@@ -100,6 +102,17 @@ func benchShards(b *testing.B, n, shards int) {
 		b.ReportMetric(float64(kernel.spent.Microseconds())/float64(b.N), "apply-us/op")
 		b.ReportMetric(float64(syncs.Microseconds())/float64(b.N), "sync-us/op")
 		b.ReportMetric(float64(deletions.Microseconds())/float64(b.N), "deferred-us/op")
+	})
+	b.Run("restart", func(b *testing.B) {
+		for b.Loop() {
+			rec := &recorder{Interface: kernel}
+			if _, err := NewProvider(rec, opts).Sync(tr.Snapshot()); err != nil {
+				b.Fatal(err)
+			}
+			if w := tablesWritten(rec.txs); len(w) > 0 {
+				b.Fatalf("a restart over the planned tables wrote %v", w)
+			}
+		}
 	})
 	b.Run("connect", func(b *testing.B) { benchConnect(b, h) })
 }

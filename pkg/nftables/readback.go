@@ -1,0 +1,235 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// A rule carries a stamp in its user data: a hash of its text as the
+// planner wrote it, so that reading a table back tells whether each rule
+// is the planned one without decoding expressions. The stamp is a TLV of
+// a type nft does not know, which nft skips when it lists the rule.
+const stampTLV = 0x53
+
+// stamp is the hash of the rule's text.
+func (r Rule) stamp() uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(r.String()))
+	return h.Sum64()
+}
+
+func (r Rule) userData() []byte {
+	return binary.BigEndian.AppendUint64([]byte{stampTLV, 8}, r.stamp())
+}
+
+func stamps(rules []Rule) []uint64 {
+	out := make([]uint64, len(rules))
+	for i, r := range rules {
+		out[i] = r.stamp()
+	}
+	return out
+}
+
+// stampOf finds the stamp in a rule's user data (0 when it has none).
+func stampOf(udata []byte) uint64 {
+	for len(udata) >= 2 {
+		t, l := udata[0], int(udata[1])
+		if 2+l > len(udata) {
+			break
+		}
+		if t == stampTLV && l == 8 {
+			return binary.BigEndian.Uint64(udata[2:10])
+		}
+		udata = udata[2+l:]
+	}
+	return 0
+}
+
+// shape renders what of a set must match for the kernel's set to be this
+// one: map or set, the key's fields (for sets; the library does not read
+// a map's key type back), the timeout.
+func (s *Set) shape() string {
+	key := s.Key.fields()
+	if s.Map {
+		key = ""
+	}
+	return fmt.Sprintf("map=%v key=%q timeout=%s", s.Map, key, s.Timeout)
+}
+
+// kernelShape is shape for a set read from the kernel; an interval or
+// concatenation flag, which the planner never sets, makes it differ.
+func (f *family) kernelShape(s *nftables.Set) string {
+	key := ""
+	if !s.IsMap {
+		key = f.fieldsOfLength(s.KeyType.Bytes)
+	}
+	var timeout Set
+	if s.HasTimeout {
+		timeout.Timeout = s.Timeout
+	}
+	out := fmt.Sprintf("map=%v key=%q timeout=%s", s.IsMap, key, timeout.Timeout)
+	if s.Interval || s.Concatenation {
+		out += " interval"
+	}
+	return out
+}
+
+// fieldsOfLength names a plain set's key fields by the key's length.
+func (f *family) fieldsOfLength(n uint32) string {
+	for _, k := range []Key{KeyDaddr, KeyHairpin, KeyDestPort} {
+		if f.keyLength(k) == n {
+			return k.fields()
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// keyLength is a key's length in the kernel, each field padded to 4
+// bytes.
+func (f *family) keyLength(k Key) uint32 {
+	switch k {
+	case KeyHairpin:
+		return 2 * f.addrLen
+	case KeyDestPort:
+		return f.addrLen + 8
+	case KeyProtoPort:
+		return 8
+	}
+	return f.addrLen
+}
+
+// tableMatches reports whether a table read back (nil: missing) holds
+// exactly what ops, a full sync's writes of that table, would put there.
+func tableMatches(ops []Op, c *Contents) bool {
+	if c == nil {
+		return false
+	}
+	var chains, sets, elems int
+	for _, op := range ops {
+		switch op.Kind {
+		case ResetTable, AddRules: // AddChain compares the rules
+		case AddSet:
+			sets++
+			if got, ok := c.Sets[op.Set.Name]; !ok || got != op.Set.shape() {
+				return false
+			}
+		case AddChain:
+			chains++
+			if got, ok := c.Hooks[op.Chain.Name]; !ok || got != op.Chain.Hook.String() || !slices.Equal(c.Stamps[op.Chain.Name], stamps(op.Chain.Rules)) {
+				return false
+			}
+		case AddElem:
+			elems++
+			if got, ok := c.Elems[op.Elem.id()]; !ok || got != op.Elem.body() {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return chains == len(c.Hooks) && sets == len(c.Sets) && elems == len(c.Elems)
+}
+
+// Read reads tables back (a table the kernel lacks is absent from the
+// result): every chain with its hook and rule stamps, every set's shape,
+// and the elements of the dispatch sets and maps.
+func (k *Kernel) Read(tables []string) (map[string]*Contents, error) {
+	c, err := k.conn()
+	if err != nil {
+		return nil, err
+	}
+	chains, err := c.ListChainsOfTableFamily(k.fam.table)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*Contents{}
+	for _, ch := range chains {
+		if !slices.Contains(tables, ch.Table.Name) {
+			continue
+		}
+		ct := out[ch.Table.Name]
+		if ct == nil {
+			ct = newContents()
+			out[ch.Table.Name] = ct
+		}
+		ct.Hooks[ch.Name] = hookOf(ch).String()
+		ct.Rules[ch.Name] = 0
+	}
+	for name, ct := range out {
+		if err := k.readRules(name, ct); err != nil {
+			return nil, fmt.Errorf("rules of table %s: %w", name, err)
+		}
+		if err := k.readSets(c, name, ct); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func newContents() *Contents {
+	return &Contents{Rules: map[string]int{}, Elems: map[string]string{}, Stamps: map[string][]uint64{},
+		Hooks: map[string]string{}, Sets: map[string]string{}}
+}
+
+func hookOf(ch *nftables.Chain) *Hook {
+	if ch.Hooknum == nil || ch.Priority == nil {
+		return nil
+	}
+	return &Hook{Type: ch.Type, Hook: ch.Hooknum, Priority: int32(*ch.Priority)}
+}
+
+// readRules dumps every rule of a table in one request, keeping only each
+// rule's chain and stamp (the library's GetRules asks per chain, on a new
+// socket each time, and decodes every expression).
+func (k *Kernel) readRules(table string, ct *Contents) error {
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: max(k.netns, 0)})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := bigBuffers(conn); err != nil {
+		return err
+	}
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")}})
+	if err != nil {
+		return err
+	}
+	msgs, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
+		Data:   append([]byte{byte(k.fam.table), unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return err
+		}
+		var chain string
+		var stamp uint64
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_RULE_CHAIN:
+				chain = ad.String()
+			case unix.NFTA_RULE_USERDATA:
+				stamp = stampOf(ad.Bytes())
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return err
+		}
+		ct.Stamps[chain] = append(ct.Stamps[chain], stamp)
+		ct.Rules[chain]++
+	}
+	return nil
+}
