@@ -168,9 +168,9 @@ var (
 	// SyncDeferredDeletionsDuration is how long nftables mode's second
 	// transaction after a partial sync takes: it removes the rules the
 	// sync shadowed by writing new ones ahead, and hairpin elements no
-	// Service uses. Every deletion makes the kernel wait for readers to
-	// finish (milliseconds at any size), which is why the sync itself
-	// deletes only what changes where traffic goes.
+	// Service uses. A deletion adds milliseconds to a commit at any size,
+	// which is why the sync itself deletes only what changes where
+	// traffic goes.
 	SyncDeferredDeletionsDuration = newHistogramVec("sync_proxy_rules_deferred_deletions_duration_seconds",
 		"Duration in seconds of the transactions that remove what partial syncs left unused (nftables mode)", syncLatencyBuckets, labelIPFamily)
 

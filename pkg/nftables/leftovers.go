@@ -17,7 +17,10 @@ import (
 // Service uses any more. Neither decides a packet's fate: the new rules
 // come first and end in a verdict, and a hairpin element matches only
 // traffic from an address to itself. Deleting them in the sync would make
-// its commit wait for the kernel to free them.
+// its commit slower by a fixed wait: any deletion in a transaction added
+// 7 to 16 ms on kernel 6.18 whatever the table's size (nft in a bare
+// namespace: adding an element 5.3 ms, deleting it 12.0 ms; a one-endpoint
+// sync at 1,000 Services 13.4 ms with its deletions, 0.64 ms without).
 type leftovers struct {
 	// chains are the shadowed chains' ids, each with its Service.
 	chains  map[string]string
@@ -96,7 +99,7 @@ func (p *Provider) removeLeftovers() {
 	fam := string(p.opts.Family)
 	metrics.SyncKernelCallsTotal.WithLabelValues("nftables_deferred_transaction", fam).Inc()
 	if err != nil {
-		klog.ErrorS(err, "Deleting rules and elements partial syncs left unused; the next sync rewrites every table", "family", fam)
+		klog.ErrorS(err, "Deleting rules and elements partial syncs left unused; the next sync rewrites the tables that differ from the plan", "family", fam)
 		p.setApplied(nil)
 		return
 	}

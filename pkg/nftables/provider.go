@@ -15,8 +15,8 @@ import (
 
 // Provider is nftables mode for one IP family as the sync loop sees it
 // (proxy.Provider). It alone decides between a full and a partial sync: a
-// full sync rebuilds every table this mode owns in one transaction; a
-// partial one writes only the changed Services' chains and elements, in
+// full sync rewrites every table this mode owns that the kernel does not
+// hold as planned; a partial one writes only the changed Services' chains and elements, in
 // the shards that hold them, and leaves the deletions that change no
 // packet's fate (rules it shadowed, unused hairpin elements) to a second
 // transaction right after (see leftovers).

@@ -98,8 +98,8 @@ type txBuilder struct {
 	ops [numKinds][]Op
 	// shadowing, when set, makes diff rewrite a changed chain that
 	// Decides by InsertRules instead of a flush, and list it in shadowed:
-	// a transaction that deletes nothing commits without waiting for the
-	// kernel to free what it deleted (about 10 ms, whatever the size).
+	// a transaction that deletes anything takes 7 to 16 ms longer to
+	// commit, whatever the size (measured on kernel 6.18; see leftovers).
 	shadowing bool
 	shadowed  []*Chain
 }
