@@ -17,9 +17,15 @@ import (
 // a type nft does not know, which nft skips when it lists the rule.
 const stampTLV = 0x53
 
+// stampVersion goes into every stamp: change it with any change to how a
+// term is encoded for the kernel that leaves its text as it was, so that
+// a new binary rewrites the rules an older one wrote.
+const stampVersion = "1\n"
+
 // stamp is the hash of the rule's text.
 func (r Rule) stamp() uint64 {
 	h := fnv.New64a()
+	h.Write([]byte(stampVersion))
 	h.Write([]byte(r.String()))
 	return h.Sum64()
 }
@@ -110,7 +116,8 @@ func tableMatches(ops []Op, c *Contents) bool {
 	if c == nil {
 		return false
 	}
-	var chains, sets, elems int
+	var chains, sets int
+	elems := map[string]bool{} // two Services may plan the same element
 	for _, op := range ops {
 		switch op.Kind {
 		case ResetTable, AddRules: // AddChain compares the rules
@@ -125,7 +132,7 @@ func tableMatches(ops []Op, c *Contents) bool {
 				return false
 			}
 		case AddElem:
-			elems++
+			elems[op.Elem.id()] = true
 			if got, ok := c.Elems[op.Elem.id()]; !ok || got != op.Elem.body() {
 				return false
 			}
@@ -133,7 +140,7 @@ func tableMatches(ops []Op, c *Contents) bool {
 			return false
 		}
 	}
-	return chains == len(c.Hooks) && sets == len(c.Sets) && elems == len(c.Elems)
+	return chains == len(c.Hooks) && sets == len(c.Sets) && len(elems) == len(c.Elems)
 }
 
 // Read reads tables back (a table the kernel lacks is absent from the
