@@ -67,6 +67,9 @@ func (f *Fake) Read(tables []string) (map[string]*Contents, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[string]*Contents{}
+	if tables == nil {
+		tables = slices.Collect(maps.Keys(f.tables))
+	}
 	for _, name := range tables {
 		t := f.tables[name]
 		if t == nil {

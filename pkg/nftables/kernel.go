@@ -21,7 +21,8 @@ type Interface interface {
 	// Chains lists the chains of every table this mode owns, by table
 	// (a table without chains is listed with none).
 	Chains() (map[string][]string, error)
-	// Read reads tables back; one the kernel lacks is absent.
+	// Read reads tables back; one the kernel lacks is absent. With nil
+	// tables it reads every table this mode owns.
 	Read(tables []string) (map[string]*Contents, error)
 }
 

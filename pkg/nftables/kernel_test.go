@@ -157,8 +157,9 @@ func TestKernelShadowsThenDeletes(t *testing.T) {
 
 // TestKernelRestartKeepsTables: on the real kernel, a restarted provider
 // reads every table back (rule stamps, hooks, set shapes, elements),
-// finds them as planned and writes nothing; after `nft flush chain` on a
-// Service chain it rewrites that shard alone.
+// finds them as planned and writes nothing; it drops owned tables it does
+// not plan; after `nft flush chain` on a Service chain it rewrites that
+// shard alone.
 func TestKernelRestartKeepsTables(t *testing.T) {
 	kernel, nft := kernelAt(t, v1.IPv4Protocol)
 	tr := watchtest.Tracker(testServices(), watchtest.Slice("ns1", "web", "web-1", 8080, "http",
@@ -180,6 +181,18 @@ func TestKernelRestartKeepsTables(t *testing.T) {
 	}
 	if written := restart(); len(written) != 0 {
 		t.Fatalf("a restart over the planned tables wrote %v", written)
+	}
+	// Tables this mode owns but does not plan go: a shard beyond the
+	// count (empty), and kube-proxy's table (with a chain and a set).
+	nft("add", "table", "ip", ShardTable(77))
+	nft("add", "table", "ip", KubeProxyTable)
+	nft("add", "chain", "ip", KubeProxyTable, "services")
+	nft("add", "set", "ip", KubeProxyTable, "cluster-ips", "{ type ipv4_addr ; }")
+	if written := restart(); !slices.Equal(written, []string{KubeProxyTable, ShardTable(77)}) {
+		t.Errorf("with two unplanned tables, the full sync wrote %v, want them dropped alone", written)
+	}
+	if got := nft("list", "tables"); strings.Contains(got, ShardTable(77)) || strings.Contains(got, KubeProxyTable) {
+		t.Errorf("unplanned tables left:\n%s", got)
 	}
 	shard := ShardTable(ShardOf(types.NamespacedName{Namespace: "ns2", Name: "api"}, 4))
 	p := NewProvider(NewFake(), opts)

@@ -137,16 +137,11 @@ func (p *Provider) failed() {
 // messages), and one per table costs a commit per shard in a small
 // cluster.
 func (p *Provider) fullTransactions(rs *Ruleset) ([]*Transaction, error) {
-	present, err := p.kernel.Chains()
+	held, err := p.kernel.Read(nil)
 	if err != nil {
-		return nil, fmt.Errorf("listing nftables tables: %w", err)
+		return nil, fmt.Errorf("reading nftables tables back: %w", err)
 	}
 	tables := rs.Tables()
-	held, err := p.kernel.Read(slices.DeleteFunc(slices.Clone(tables), func(t string) bool { _, ok := present[t]; return !ok }))
-	if err != nil {
-		klog.ErrorS(err, "Reading nftables tables back; rewriting all of them", "family", p.opts.Family)
-		held = nil
-	}
 	byTable := fullBuild(rs).split()
 	out, kept := []*Transaction{{}}, 0
 	for _, t := range tables {
@@ -165,7 +160,7 @@ func (p *Provider) fullTransactions(rs *Ruleset) ([]*Transaction, error) {
 		klog.V(2).InfoS("Kept nftables tables that hold the plan", "family", p.opts.Family, "kept", kept, "tables", len(tables))
 	}
 	drop := &txBuilder{}
-	for _, t := range slices.Sorted(maps.Keys(present)) {
+	for _, t := range slices.Sorted(maps.Keys(held)) {
 		if !slices.Contains(tables, t) {
 			drop.add(Op{Kind: DropTable, Table: t})
 		}

@@ -144,20 +144,36 @@ func tableMatches(ops []Op, c *Contents) bool {
 }
 
 // Read reads tables back (a table the kernel lacks is absent from the
-// result): every chain with its hook and rule stamps, every set's shape,
-// and the elements of the dispatch sets and maps.
+// result; nil tables: every table this mode owns): every chain with its
+// hook and rule stamps, every set's shape, and the elements of the
+// dispatch sets and maps. Of kube-proxy's table it reads only the chains:
+// it is listed to be removed, never compared.
 func (k *Kernel) Read(tables []string) (map[string]*Contents, error) {
 	c, err := k.conn()
 	if err != nil {
 		return nil, err
 	}
+	wanted := func(t string) bool { return slices.Contains(tables, t) }
+	out := map[string]*Contents{}
+	if tables == nil {
+		wanted = Owned
+		// An owned table without chains is listed too, to be dropped.
+		all, err := c.ListTablesOfFamily(k.fam.table)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range all {
+			if Owned(t.Name) {
+				out[t.Name] = newContents()
+			}
+		}
+	}
 	chains, err := c.ListChainsOfTableFamily(k.fam.table)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]*Contents{}
 	for _, ch := range chains {
-		if !slices.Contains(tables, ch.Table.Name) {
+		if !wanted(ch.Table.Name) {
 			continue
 		}
 		ct := out[ch.Table.Name]
@@ -169,6 +185,9 @@ func (k *Kernel) Read(tables []string) (map[string]*Contents, error) {
 		ct.Rules[ch.Name] = 0
 	}
 	for name, ct := range out {
+		if name == KubeProxyTable {
+			continue
+		}
 		if err := k.readRules(name, ct); err != nil {
 			return nil, fmt.Errorf("rules of table %s: %w", name, err)
 		}
