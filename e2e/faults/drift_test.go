@@ -15,14 +15,7 @@ import (
 func TestDriftRepaired(t *testing.T) {
 	b := newBed(t, "drift", bedOptions{})
 	const vip = "172.30.41.10"
-	ports := []port{{"http", 80}}
-	b.backend(backendA, false, 80)
-	b.backend(backendB, false, 80)
-	c := b.client(clientIP)
-	b.service("web", vip, ports...)
-	b.slice("web", "web-1", ports, backendA, backendB)
-	b.startProxy()
-	b.expectBackends(c, vip+":80", 20, backendA, backendB)
+	c := b.webOnTwoBackends(vip)
 	svcChain := b.svcChain(vip, 80)
 
 	incidents := []struct {

@@ -420,6 +420,21 @@ func attempt(c acceptance.Client, dst string, timeout time.Duration) acceptance.
 	return c.Attempt("TCP", netip.MustParseAddrPort(dst), timeout)
 }
 
+// webOnTwoBackends starts the proxy with Service web (vip, TCP 80) on
+// backends A and B, checks both answer, and returns the usual client.
+func (b *bed) webOnTwoBackends(vip string) acceptance.Client {
+	b.t.Helper()
+	ports := []port{{"http", 80}}
+	b.backend(backendA, false, 80)
+	b.backend(backendB, false, 80)
+	c := b.client(clientIP)
+	b.service("web", vip, ports...)
+	b.slice("web", "web-1", ports, backendA, backendB)
+	b.startProxy()
+	b.expectBackends(c, vip+":80", 20, backendA, backendB)
+	return c
+}
+
 // expectBackends makes n connections and fails unless each reached one of
 // want (and, with all, every one of want was seen).
 func (b *bed) expectBackends(c acceptance.Client, dst string, n int, want ...netip.Addr) {

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"sigs.k8s.io/yaml"
 )
 
 // TestModeSwitchNFTables switches one node iptables -> nftables ->
@@ -22,14 +20,7 @@ func TestModeSwitchNFTables(t *testing.T) {
 		cfg["nftables"] = map[string]any{"syncPeriod": syncPeriod.String(), "minSyncPeriod": "1s"}
 	}})
 	const vip = "172.30.42.10"
-	ports := []port{{"http", 80}}
-	b.backend(backendA, false, 80)
-	b.backend(backendB, false, 80)
-	c := b.client(clientIP)
-	b.service("web", vip, ports...)
-	b.slice("web", "web-1", ports, backendA, backendB)
-	b.startProxy()
-	b.expectBackends(c, vip+":80", 20, backendA, backendB)
+	c := b.webOnTwoBackends(vip)
 
 	lp := startLoop(c, vip+":80", 30*time.Millisecond)
 	defer lp.Stop()
@@ -47,7 +38,7 @@ func TestModeSwitchNFTables(t *testing.T) {
 		if err := b.proc.Err(); err != nil {
 			t.Fatalf("the proxy did not stop cleanly before the switch to %s: %v", s.to, err)
 		}
-		b.setMode(s.to)
+		b.editConfig(func(cfg map[string]any) { cfg["mode"] = s.to })
 		b.startProxy()
 		if !b.running(s.to) {
 			t.Fatalf("after the switch the proxy does not say it runs in %s mode:\n%s", s.to, b.proxyLog())
@@ -78,26 +69,6 @@ func since(t, start time.Time) string {
 		return "-"
 	}
 	return t.Sub(start).Round(time.Millisecond).String()
-}
-
-// setMode rewrites the `mode:` of the bed's config file.
-func (b *bed) setMode(mode string) {
-	b.t.Helper()
-	raw, err := os.ReadFile(b.cfgPath)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := yaml.Unmarshal(raw, &cfg); err != nil {
-		b.t.Fatal(err)
-	}
-	cfg["mode"] = mode
-	if raw, err = yaml.Marshal(cfg); err != nil {
-		b.t.Fatal(err)
-	}
-	if err := os.WriteFile(b.cfgPath, raw, 0o600); err != nil {
-		b.t.Fatal(err)
-	}
 }
 
 // running reports whether the last run's log says it started in mode.
