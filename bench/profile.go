@@ -36,7 +36,7 @@ func profileFile(r *Run, phase string) string {
 // writes it into the output directory and reports what went wrong, which
 // the caller logs: a missing profile never fails the bench.
 func (b *bench) startProfile(ctx context.Context, r *Run, netns, phase string, secs int) (wait func() error) {
-	if !b.o.Profile || r.Proxy != SvcProxy {
+	if !b.o.Profile || r.Proxy == KubeProxy {
 		return func() error { return nil }
 	}
 	done := make(chan error, 2)

@@ -69,7 +69,8 @@ func nftablesNodePortAddresses(cfg *v1alpha1.KubeProxyConfiguration, node *v1.No
 func cleanupNFTables() error {
 	var errs []error
 	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
-		if err := nftables.Cleanup(nftables.NewKernel(fam)); err != nil {
+		kernel := nftables.NewKernel(fam)
+		if err := errors.Join(nftables.Cleanup(kernel), kernel.Close()); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", fam, err))
 		}
 	}

@@ -27,15 +27,22 @@ type Interface interface {
 }
 
 // Kernel is Interface over netlink for one IP family of a network
-// namespace (the current one unless NewKernelAt names another).
+// namespace (the current one unless NewKernelAt names another). It keeps
+// two sockets open (see socket): one for transactions, one for reads, so
+// that a long read (a drift check) does not hold up a sync.
 type Kernel struct {
 	fam   *family
 	netns int // a namespace file descriptor, or -1
+
+	write, read socket
 }
 
 // NewKernel returns the netlink Interface of family in the current network
 // namespace.
 func NewKernel(f v1.IPFamily) *Kernel { return &Kernel{fam: familyOf(f), netns: -1} }
+
+// Close closes the Kernel's sockets; a later call opens new ones.
+func (k *Kernel) Close() error { return errors.Join(k.write.close(), k.read.close()) }
 
 // NewKernelAt returns the netlink Interface of family in the network
 // namespace open as netnsFd (which the caller keeps open).
@@ -43,12 +50,12 @@ func NewKernelAt(f v1.IPFamily, netnsFd int) *Kernel {
 	return &Kernel{fam: familyOf(f), netns: netnsFd}
 }
 
-func (k *Kernel) conn() (*nftables.Conn, error) {
+func (k *Kernel) connOptions() []nftables.ConnOption {
 	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
 	if k.netns >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(k.netns))
 	}
-	return nftables.New(opts...)
+	return opts
 }
 
 // The socket's buffer limits. A batch goes to the kernel in one sendmsg,
@@ -77,11 +84,12 @@ func bigBuffers(c *netlink.Conn) error {
 }
 
 // Apply commits tx in one netlink batch.
-func (k *Kernel) Apply(tx *Transaction) error {
-	c, err := k.conn()
+func (k *Kernel) Apply(tx *Transaction) (err error) {
+	c, err := k.write.open(k)
 	if err != nil {
 		return err
 	}
+	defer func() { k.write.release(err) }()
 	w := &batchWriter{c: c, fam: k.fam}
 	for i := 0; i < len(tx.Ops); i++ {
 		if n := w.elems(tx.Ops[i:]); n > 0 {
@@ -100,11 +108,12 @@ func (k *Kernel) Apply(tx *Transaction) error {
 }
 
 // Chains lists this mode's tables and their chains.
-func (k *Kernel) Chains() (map[string][]string, error) {
-	c, err := k.conn()
+func (k *Kernel) Chains() (_ map[string][]string, err error) {
+	c, err := k.read.open(k)
 	if err != nil {
 		return nil, err
 	}
+	defer func() { k.read.release(err) }()
 	tables, err := c.ListTablesOfFamily(k.fam.table)
 	if err != nil {
 		return nil, err

@@ -41,7 +41,9 @@ func kernelAt(t *testing.T, fam v1.IPFamily) (*Kernel, func(args ...string) stri
 		}
 		return string(out)
 	}
-	return NewKernelAt(fam, int(h)), nft
+	k := NewKernelAt(fam, int(h))
+	t.Cleanup(func() { _ = k.Close() })
+	return k, nft
 }
 
 func testServices() []watchtest.Service {

@@ -148,11 +148,12 @@ func tableMatches(ops []Op, c *Contents) bool {
 // hook and rule stamps, every set's shape, and the elements of the
 // dispatch sets and maps. Of kube-proxy's table it reads only the chains:
 // it is listed to be removed, never compared.
-func (k *Kernel) Read(tables []string) (map[string]*Contents, error) {
-	c, err := k.conn()
+func (k *Kernel) Read(tables []string) (_ map[string]*Contents, err error) {
+	c, err := k.read.open(k)
 	if err != nil {
 		return nil, err
 	}
+	defer func() { k.read.release(err) }()
 	wanted := func(t string) bool { return slices.Contains(tables, t) }
 	out := map[string]*Contents{}
 	if tables == nil {
@@ -211,15 +212,11 @@ func hookOf(ch *nftables.Chain) *Hook {
 }
 
 // readRules dumps every rule of a table in one request, keeping only each
-// rule's chain and stamp (the library's GetRules asks per chain, on a new
-// socket each time, and decodes every expression).
+// rule's chain and stamp (the library's GetRules asks per chain and
+// decodes every expression). The caller holds k.read.
 func (k *Kernel) readRules(table string, ct *Contents) error {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: max(k.netns, 0)})
+	conn, err := k.read.rawConn(k)
 	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if err := bigBuffers(conn); err != nil {
 		return err
 	}
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")}})

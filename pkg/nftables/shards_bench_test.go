@@ -67,7 +67,9 @@ func benchShards(b *testing.B, n, shards int) {
 	}
 	tr := benchCluster(n)
 	opts := PlanOptions{Family: v1.IPv4Protocol, Shards: shards, MasqueradeBit: 14, NodePortAddresses: []netip.Addr{}}
-	kernel := &timedKernel{Interface: NewKernelAt(v1.IPv4Protocol, int(h))}
+	k := NewKernelAt(v1.IPv4Protocol, int(h))
+	defer k.Close()
+	kernel := &timedKernel{Interface: k}
 	p := NewProvider(kernel, opts)
 	later := removeLeftoversByHand(p)
 	start := time.Now()
