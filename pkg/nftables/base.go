@@ -1,6 +1,8 @@
 package nftables
 
 import (
+	"fmt"
+
 	"github.com/google/nftables"
 )
 
@@ -23,7 +25,17 @@ const (
 	setClusterIPs         = "cluster-ips"
 	setNodePortIPs        = "nodeport-ips"
 	setHairpin            = "hairpin"
+	mapEndpointPicks      = "endpoint-picks"
 )
+
+// maxPicks is the most endpoints a Service port may have and still be
+// served by its shard's pick chains (pickChain) rather than a chain of
+// its own. Each shard has one pick chain per count up to it, so this
+// bounds the chains that exist whatever the cluster holds.
+const maxPicks = 16
+
+// pickChain names the chain that DNATs to one of n endpoints.
+func pickChain(n int) string { return fmt.Sprintf("pick-%d", n) }
 
 func hook(t nftables.ChainType, h *nftables.ChainHook, prio int32) *Hook {
 	return &Hook{Type: t, Hook: h, Priority: prio}
@@ -102,8 +114,26 @@ func shardBase(o *Objects, f *family, t string, opts PlanOptions) {
 		&Chain{Table: t, Name: chainMarkMasq, Rules: []Rule{{SetMark{Bit: bit}}}})
 	o.Sets = append(o.Sets,
 		&Set{Table: t, Name: mapServiceIPs, Key: KeyDestPort, Map: true},
-		&Set{Table: t, Name: mapServiceNodePorts, Key: KeyProtoPort, Map: true})
+		&Set{Table: t, Name: mapServiceNodePorts, Key: KeyProtoPort, Map: true},
+		&Set{Table: t, Name: mapEndpointPicks, Key: KeyPick, Targets: true})
+	for n := 1; n <= maxPicks; n++ {
+		o.Chains = append(o.Chains, &Chain{Table: t, Name: pickChain(n), Rules: pickRules(f, opts, n)})
+	}
 	nodePortIPs(o, t, opts)
+}
+
+// pickRules are a pick chain's rules: the masquerade mark that a Service
+// chain gives ClusterIP traffic (only ClusterIPs dispatch here), then the
+// draw among n endpoints and the DNAT to it.
+func pickRules(f *family, opts PlanOptions, n int) []Rule {
+	var rules []Rule
+	switch {
+	case opts.MasqueradeAll:
+		rules = append(rules, Rule{Jump(chainMarkMasq)})
+	case opts.LocalDetector != nil:
+		rules = append(rules, Rule{opts.LocalDetector.match(false), Jump(chainMarkMasq)})
+	}
+	return append(rules, Rule{DNATPick{fam: f, Map: mapEndpointPicks, N: uint32(n)}})
 }
 
 // nodePortMatch matches the addresses NodePorts are served on: the

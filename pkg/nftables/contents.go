@@ -34,7 +34,7 @@ type Contents struct {
 var setKeys = map[string]Key{
 	mapServiceIPs: KeyDestPort, mapNoEndpointServices: KeyDestPort, mapFirewallIPs: KeyDestPort,
 	mapServiceNodePorts: KeyProtoPort, mapNoEndpointNodePort: KeyProtoPort,
-	setClusterIPs: KeyDaddr, setNodePortIPs: KeyDaddr, setHairpin: KeyHairpin,
+	setClusterIPs: KeyDaddr, setNodePortIPs: KeyDaddr, setHairpin: KeyHairpin, mapEndpointPicks: KeyPick,
 }
 
 // Contents reads one table back; a table the kernel lacks reads as
@@ -70,7 +70,10 @@ func (k *Kernel) readSets(c *nftables.Conn, table string, out *Contents) error {
 		for _, e := range elems {
 			el := &Elem{Table: table, Set: s.Name, Key: decodeKey(k.fam, key, e.Key)}
 			v := ""
-			if s.IsMap && len(e.Val) > 0 {
+			switch {
+			case key == KeyPick:
+				v = decodeTarget(k.fam, e.Val)
+			case s.IsMap && len(e.Val) > 0:
 				v = decodeVerdict(e.Val)
 			}
 			out.Elems[el.id()] = v
@@ -111,11 +114,24 @@ func decodeKey(f *family, k Key, b []byte) ElemKey {
 		b = b[f.addrLen:]
 	}
 	out.Twice = k == KeyHairpin
-	if (k == KeyDestPort || k == KeyProtoPort) && len(b) >= 8 {
+	if (k == KeyDestPort || k == KeyProtoPort || k == KeyPick) && len(b) >= 8 {
 		out.Proto = protoName(b[0])
 		out.Port = binaryutil.BigEndian.Uint16(b[4:6])
+		b = b[8:]
+	}
+	if k == KeyPick && len(b) >= 4 {
+		out.Picked, out.Pick = true, binaryutil.NativeEndian.Uint32(b[:4])
 	}
 	return out
+}
+
+// decodeTarget is the inverse of targetBytes, as Elem.body writes it.
+func decodeTarget(f *family, b []byte) string {
+	if len(b) < int(f.addrLen)+2 {
+		return fmt.Sprintf("undecodable endpoint %x", b)
+	}
+	a, _ := netip.AddrFromSlice(b[:f.addrLen])
+	return targetText(netip.AddrPortFrom(a, binaryutil.BigEndian.Uint16(b[f.addrLen:f.addrLen+2])))
 }
 
 func protoName(p byte) string {
@@ -160,8 +176,8 @@ func (o *Objects) Lines() []string {
 	}
 	for _, e := range o.Elems {
 		line := fmt.Sprintf("table %s %s element %s", e.Table, e.Set, e.Key)
-		if e.Verdict != nil {
-			line += " : " + e.Verdict.String()
+		if body := e.body(); body != "" {
+			line += " : " + body
 		}
 		out = append(out, line)
 	}

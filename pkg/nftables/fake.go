@@ -238,6 +238,13 @@ func (t *fakeTable) checkRule(r Rule) error {
 			if s == nil || s.spec.Timeout == 0 {
 				return fmt.Errorf("update of %q, which is not a timed set", x.Set)
 			}
+		case DNATPick:
+			if s := t.sets[x.Map]; s == nil || !s.spec.Targets || s.spec.Key != KeyPick {
+				return fmt.Errorf("dnat from %q, which is not a map of picks to endpoints", x.Map)
+			}
+			if x.N == 0 {
+				return fmt.Errorf("numgen modulus 0")
+			}
 		}
 	}
 	return nil
@@ -276,6 +283,8 @@ func (t *fakeTable) elem(kind OpKind, e *Elem) error {
 		return fmt.Errorf("set %s has element %s", e.Set, e.Key)
 	case s.spec.Map != (e.Verdict != nil):
 		return fmt.Errorf("set %s: element %s with verdict %v in a map=%v", e.Set, e.Key, e.Verdict, s.spec.Map)
+	case s.spec.Targets != e.Target.IsValid():
+		return fmt.Errorf("set %s: element %s with endpoint %v in a map of endpoints=%v", e.Set, e.Key, e.Target, s.spec.Targets)
 	case e.Verdict != nil && e.Verdict.Chain != "" && t.chains[e.Verdict.Chain] == nil:
 		return fmt.Errorf("set %s: element %s goes to undefined chain %q", e.Set, e.Key, e.Verdict.Chain)
 	}
@@ -287,7 +296,8 @@ func checkKey(k Key, e ElemKey) error {
 	hasAddr, hasPort := e.Addr.IsValid(), e.Proto != ""
 	ok := map[Key]bool{KeyDestPort: hasAddr && hasPort && !e.Twice, KeyProtoPort: !hasAddr && hasPort,
 		KeyDaddr: hasAddr && !hasPort && !e.Twice, KeySaddr: hasAddr && !hasPort && !e.Twice,
-		KeyHairpin: hasAddr && !hasPort && e.Twice}[k]
+		KeyHairpin: hasAddr && !hasPort && e.Twice, KeyPick: hasAddr && hasPort && !e.Twice}[k]
+	ok = ok && e.Picked == (k == KeyPick)
 	if !ok {
 		return fmt.Errorf("key %s does not fit the set's key %d", e, k)
 	}
@@ -355,6 +365,8 @@ func usesSet(t Term, set string) bool {
 		return x.Set == set
 	case UpdateSource:
 		return x.Set == set
+	case DNATPick:
+		return x.Map == set
 	}
 	return false
 }

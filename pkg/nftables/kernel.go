@@ -3,6 +3,7 @@ package nftables
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -211,6 +212,9 @@ func (w *batchWriter) elems(ops []Op) int {
 		if v := op.Elem.Verdict; v != nil {
 			e.VerdictData = &expr.Verdict{Kind: v.Kind, Chain: v.Chain}
 		}
+		if t := op.Elem.Target; t.IsValid() {
+			e.Val = targetBytes(t)
+		}
 		elems = append(elems, e)
 		n++
 	}
@@ -237,8 +241,11 @@ func (w *batchWriter) set(s *Set) *nftables.Set {
 	// concatenated sets without intervals; the key type still names each
 	// field, which is all `nft list` needs.
 	out := &nftables.Set{Table: w.table(s.Table), Name: s.Name, KeyType: w.keyType(s.Key)}
-	if s.Map {
+	switch {
+	case s.Map:
 		out.IsMap, out.DataType = true, nftables.TypeVerdict
+	case s.Targets:
+		out.IsMap, out.DataType = true, nftables.MustConcatSetType(w.fam.addrType, nftables.TypeInetService)
 	}
 	if s.Timeout > 0 {
 		out.HasTimeout, out.Timeout, out.Dynamic = true, s.Timeout, true
@@ -254,12 +261,15 @@ func (w *batchWriter) keyType(k Key) nftables.SetDatatype {
 		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
 	case KeyHairpin:
 		return nftables.MustConcatSetType(w.fam.addrType, w.fam.addrType)
+	case KeyPick:
+		return nftables.MustConcatSetType(w.fam.addrType, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
 	}
 	return w.fam.addrType
 }
 
 // key encodes an element key as the kernel compares it: each field of a
-// concatenation padded to 4 bytes, ports in network order.
+// concatenation padded to 4 bytes, ports in network order, numgen's
+// number in the host's (as numgen writes its register).
 func (w *batchWriter) key(k ElemKey) []byte {
 	var out []byte
 	if k.Addr.IsValid() {
@@ -273,5 +283,14 @@ func (w *batchWriter) key(k ElemKey) []byte {
 		out = append(out, binaryutil.BigEndian.PutUint16(k.Port)...)
 		out = append(out, 0, 0)
 	}
+	if k.Picked {
+		out = append(out, binaryutil.NativeEndian.PutUint32(k.Pick)...)
+	}
 	return out
+}
+
+// targetBytes encodes an endpoint as a map value of addr . inet_service.
+func targetBytes(t netip.AddrPort) []byte {
+	out := append(t.Addr().AsSlice(), binaryutil.BigEndian.PutUint16(t.Port())...)
+	return append(out, 0, 0)
 }

@@ -121,7 +121,10 @@ func TestKernelShadowsThenDeletes(t *testing.T) {
 		}
 		return watchtest.Slice("ns2", "api", "api-1", 8443, "https", eps...)
 	}
-	tr := watchtest.Tracker(testServices(), slice("10.180.1.1", "10.180.2.1"))
+	// An external IP gives the Service a chain of its own (see picked).
+	svcs := testServices()
+	svcs[2].ExternalIPs = []string{"192.0.2.12"}
+	tr := watchtest.Tracker(svcs, slice("10.180.1.1", "10.180.2.1"))
 	p := NewProvider(kernel, PlanOptions{Family: v1.IPv4Protocol, Shards: 4, MasqueradeBit: 14})
 	later := removeLeftoversByHand(p)
 	if _, err := p.Sync(tr.Snapshot()); err != nil {
@@ -196,17 +199,23 @@ func TestKernelRestartKeepsTables(t *testing.T) {
 	if got := nft("list", "tables"); strings.Contains(got, ShardTable(77)) || strings.Contains(got, KubeProxyTable) {
 		t.Errorf("unplanned tables left:\n%s", got)
 	}
+	// ns2/api has one endpoint: its shard's pick-1 chain and one element
+	// of the shard's endpoint map serve it.
 	shard := ShardTable(ShardOf(types.NamespacedName{Namespace: "ns2", Name: "api"}, 4))
-	p := NewProvider(NewFake(), opts)
-	if _, err := p.Sync(tr.Snapshot()); err != nil {
+	nft("flush", "chain", "ip", shard, pickChain(1))
+	if written := restart(); !slices.Equal(written, []string{shard}) {
+		t.Errorf("after nft flush chain %s, the full sync wrote %v, want %s alone", pickChain(1), written, shard)
+	}
+	// nft cannot write this map's keys (an integer field without a
+	// length), so the element goes by a transaction of our own.
+	pick := &Elem{Table: shard, Set: mapEndpointPicks, Key: ElemKey{Addr: netip.MustParseAddr("172.30.0.12"), Proto: "tcp", Port: 443, Picked: true}}
+	if err := kernel.Apply(&Transaction{Ops: []Op{{Kind: DelElem, Elem: pick}}}); err != nil {
 		t.Fatal(err)
 	}
-	chain := p.Applied().Services.Get("ns2/api").Chains[0].Name
-	nft("flush", "chain", "ip", shard, chain)
 	if written := restart(); !slices.Equal(written, []string{shard}) {
-		t.Errorf("after nft flush chain %s, the full sync wrote %v, want %s alone", chain, written, shard)
+		t.Errorf("after an element was deleted, the full sync wrote %v, want %s alone", written, shard)
 	}
-	if got := nft("list", "chain", "ip", shard, chain); !strings.Contains(got, "dnat to 10.180.2.1:8443") {
-		t.Errorf("chain %s after the repair:\n%s", chain, got)
+	if got := nft("list", "map", "ip", shard, mapEndpointPicks); !strings.Contains(got, "10.180.2.1 . 8443") {
+		t.Errorf("map %s after the repair:\n%s", mapEndpointPicks, got)
 	}
 }

@@ -71,13 +71,15 @@ func (c *Chain) body() string {
 	return b.String()
 }
 
-// Set is a set of keys, a verdict map (Map), or a timed set the rules
+// Set is a set of keys, a verdict map (Map), a map to endpoints
+// (Targets: each value an address and port), or a timed set the rules
 // fill themselves (Timeout, for session affinity).
 type Set struct {
 	Table   string
 	Name    string
 	Key     Key
 	Map     bool
+	Targets bool
 	Timeout time.Duration
 }
 
@@ -85,8 +87,11 @@ func (s *Set) id() string { return s.Table + "/" + s.Name }
 
 func (s *Set) body() string {
 	kind, data := "set", ""
-	if s.Map {
+	switch {
+	case s.Map:
 		kind, data = "map", " : verdict"
+	case s.Targets:
+		kind, data = "map", " : addr . inet_service"
 	}
 	var timeout string
 	if s.Timeout > 0 {
@@ -102,13 +107,19 @@ type ElemKey struct {
 	Port  uint16
 	// Twice is a hairpin key: Addr as source and as destination.
 	Twice bool
+	// Picked says Pick is part of the key: the value of numgen that
+	// chooses this element among a Service port's endpoints.
+	Picked bool
+	Pick   uint32
 }
 
-// Elem is an element of a set, or of a verdict map with its Verdict.
+// Elem is an element of a set, of a verdict map with its Verdict, or of
+// a map to endpoints with its Target.
 type Elem struct {
 	Table, Set string
 	Key        ElemKey
 	Verdict    *Verdict
+	Target     netip.AddrPort
 }
 
 func (e *Elem) id() string {
@@ -126,15 +137,25 @@ func (k ElemKey) String() string {
 	if k.Proto != "" {
 		parts = append(parts, k.Proto, fmt.Sprint(k.Port))
 	}
+	if k.Picked {
+		parts = append(parts, fmt.Sprint(k.Pick))
+	}
 	return strings.Join(parts, " . ")
 }
 
 func (e *Elem) body() string {
-	if e.Verdict == nil {
-		return ""
+	switch {
+	case e.Verdict != nil:
+		return e.Verdict.String()
+	case e.Target.IsValid():
+		return targetText(e.Target)
 	}
-	return e.Verdict.String()
+	return ""
 }
+
+// targetText writes an endpoint as nft writes a map value of type
+// addr . inet_service.
+func targetText(t netip.AddrPort) string { return fmt.Sprintf("%s . %d", t.Addr(), t.Port()) }
 
 // Objects is what one Service (or the fixed part of the layout) puts in
 // the kernel.

@@ -56,10 +56,10 @@ func (p *portPlan) plan(o *Objects) {
 	p.nodePortElems(o)
 	p.externalChainRules(o)
 	p.firewallChainRules(o)
-	if p.UsesCluster {
+	if p.UsesCluster && !p.picked() {
 		p.policyChainRules(o, p.svcChain, p.Selection.Cluster)
 	}
-	if p.UsesLocal {
+	if p.UsesLocal && !p.picked() {
 		p.policyChainRules(o, p.svlChain, p.Selection.Local)
 	}
 	for _, ep := range p.Reachable() {
@@ -100,6 +100,10 @@ func (p *portPlan) clusterIPElems(o *Objects) {
 		p.noEndpoints(o, key, p.InternalFilter)
 		return
 	}
+	if p.picked() {
+		p.pickElems(o, key)
+		return
+	}
 	o.chain(p.shard, p.internalChain)
 	toService := Rule{Addr{Prefix: netip.PrefixFrom(p.clusterIP, p.clusterIP.BitLen())}, Proto(p.proto), DestPort(p.port.Port)}
 	switch {
@@ -109,6 +113,27 @@ func (p *portPlan) clusterIPElems(o *Objects) {
 		o.rule(p.shard, p.internalChain, append(toService, p.opts.LocalDetector.match(false), Jump(chainMarkMasq))...)
 	}
 	p.dispatch(o, key, p.internalChain)
+}
+
+// picked says the port's shard serves it without a chain of its own: its
+// ClusterIP is the only way in (no NodePort, external or load balancer
+// IP), it has no session affinity, and it has between 1 and maxPicks
+// endpoints for that traffic.
+func (p *portPlan) picked() bool {
+	return p.port.NodePort == 0 && len(p.port.ExternalIPs) == 0 && len(p.port.LoadBalancerIPs) == 0 &&
+		p.port.SessionAffinityTimeout == 0 && len(p.Internal) > 0 && len(p.Internal) <= maxPicks
+}
+
+// pickElems sends the ClusterIP to the shard's pick chain for its
+// endpoint count, and maps each number that chain may draw to one
+// endpoint.
+func (p *portPlan) pickElems(o *Objects, key ElemKey) {
+	p.dispatch(o, key, pickChain(len(p.Internal)))
+	for i, ep := range p.Internal {
+		k := key
+		k.Picked, k.Pick = true, uint32(i)
+		o.elem(&Elem{Table: p.shard, Set: mapEndpointPicks, Key: k, Target: netip.AddrPortFrom(ep.Addr, uint16(ep.Port))})
+	}
 }
 
 func (p *portPlan) externalIPElems(o *Objects) {

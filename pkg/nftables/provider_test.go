@@ -106,6 +106,38 @@ func TestOneEndpointChangeCostFlat(t *testing.T) {
 	t.Logf("one endpoint change: ops, rules written = %s", ops[50])
 }
 
+// TestPickedServiceChangesElementsOnly: a Service port served by its
+// shard's pick chains changes endpoints by map elements alone; no chain
+// is written, flushed or deleted.
+func TestPickedServiceChangesElementsOnly(t *testing.T) {
+	tr := clusterOf(50)
+	rec := &recorder{Interface: NewFake()}
+	p := NewProvider(rec, testOptions())
+	removeLeftoversByHand(p)
+	syncOrFail(t, p, tr.Snapshot())
+	for _, eps := range [][]string{{"10.180.1.1", "10.180.2.1"}, {"10.180.1.1"}, {"10.180.3.1", "10.180.4.1", "10.180.5.1"}} {
+		var list []watchtest.Endpoint
+		for _, ip := range eps {
+			list = append(list, watchtest.Endpoint{IP: ip, Node: "other"})
+		}
+		tr.OnEndpointSlice(watchtest.Slice("ns", "svc-7", "svc-7-1", 8080, "p", list...), false)
+		rec.txs = nil
+		syncOrFail(t, p, tr.Snapshot())
+		var kinds []string
+		for _, tx := range rec.txs {
+			for _, op := range tx.Ops {
+				if op.Elem == nil {
+					t.Errorf("endpoints %v: the sync writes %s of %s", eps, op.Kind, op.table())
+				}
+				kinds = append(kinds, op.Kind.String()+" "+op.Elem.Set)
+			}
+		}
+		if !slices.ContainsFunc(kinds, func(k string) bool { return strings.HasSuffix(k, " "+mapEndpointPicks) }) {
+			t.Errorf("endpoints %v: the sync wrote %v, no element of %s", eps, kinds, mapEndpointPicks)
+		}
+	}
+}
+
 // TestDeltasMatchAFullSync applies a run of changes as partial syncs and
 // compares the fake's tables, after each, with a fresh full sync of the
 // same snapshot: deltas must leave exactly what a rewrite would.
@@ -281,6 +313,10 @@ func (r *recorder) Apply(tx *Transaction) error {
 // Service takes again before its deletion is not added twice.
 func TestEndpointChangesDeleteLater(t *testing.T) {
 	tr := clusterOf(50)
+	// An external IP gives svc-7 a chain of its own (see picked).
+	svc7 := watchtest.Service{Namespace: "ns", Name: "svc-7", ClusterIPs: []string{"172.30.0.8"}, ExternalIPs: []string{"192.0.2.7"},
+		Ports: []v1.ServicePort{watchtest.TCPPort("p", 80, 0)}}
+	tr.OnService(types.NamespacedName{Namespace: "ns", Name: "svc-7"}, svc7.Object())
 	fake := NewFake()
 	rec := &recorder{Interface: fake}
 	p := NewProvider(rec, testOptions())
@@ -353,8 +389,9 @@ func tablesWritten(txs []*Transaction) []string {
 }
 
 // TestFullSyncRewritesOnlyTablesThatDiffer: a restarted provider finds
-// every table as planned and writes nothing; after a Service chain is
-// emptied behind its back, and a hairpin element deleted, the next full
+// every table as planned and writes nothing; after an element of a
+// Service's endpoint map and a hairpin element are deleted behind its
+// back, the next full
 // sync rewrites that shard and the shared table only, and leaves what a
 // fresh full sync leaves.
 func TestFullSyncRewritesOnlyTablesThatDiffer(t *testing.T) {
@@ -377,29 +414,29 @@ func TestFullSyncRewritesOnlyTablesThatDiffer(t *testing.T) {
 		t.Errorf("a restart over the planned tables wrote %v", written)
 	}
 
-	api := p0Chain(t, tr)
-	if err := fake.Apply(&Transaction{Ops: []Op{{Kind: FlushChain, Chain: api},
+	pick := apiPick(t, tr)
+	if err := fake.Apply(&Transaction{Ops: []Op{{Kind: DelElem, Elem: pick},
 		{Kind: DelElem, Elem: hairpinElem(netip.MustParseAddr("10.180.2.1"))}}}); err != nil {
 		t.Fatal(err)
 	}
-	if written, want := restart(), []string{SharedTable, api.Table}; !slices.Equal(written, want) {
-		t.Errorf("after a chain was emptied and an element deleted, the full sync wrote %v, want %v", written, want)
+	if written, want := restart(), []string{SharedTable, pick.Table}; !slices.Equal(written, want) {
+		t.Errorf("after two elements were deleted, the full sync wrote %v, want %v", written, want)
 	}
 	if got := fake.Dump(); got != want {
 		t.Errorf("after the repair the tables differ from the planned ones:\n%s", lineDiff(got, want))
 	}
 }
 
-// p0Chain is ns2/api's Service chain as planned.
-func p0Chain(t *testing.T, tr *watch.Tracker) *Chain {
+// apiPick is an element of ns2/api's endpoint map as planned.
+func apiPick(t *testing.T, tr *watch.Tracker) *Elem {
 	t.Helper()
 	p := NewProvider(NewFake(), testOptions())
 	syncOrFail(t, p, tr.Snapshot())
-	for _, c := range p.Applied().Services.Get("ns2/api").Chains {
-		if strings.HasPrefix(c.Name, "service-") {
-			return c
+	for _, e := range p.Applied().Services.Get("ns2/api").Elems {
+		if e.Set == mapEndpointPicks {
+			return e
 		}
 	}
-	t.Fatal("ns2/api has no service chain")
+	t.Fatal("ns2/api has no element in " + mapEndpointPicks)
 	return nil
 }

@@ -62,10 +62,14 @@ func stampOf(udata []byte) uint64 {
 // a map's key type back), the timeout.
 func (s *Set) shape() string {
 	key := s.Key.fields()
-	if s.Map {
+	if s.Map || s.Targets {
 		key = ""
 	}
-	return fmt.Sprintf("map=%v key=%q timeout=%s", s.Map, key, s.Timeout)
+	out := fmt.Sprintf("map=%v key=%q timeout=%s", s.Map || s.Targets, key, s.Timeout)
+	if s.Targets {
+		out += " targets"
+	}
+	return out
 }
 
 // kernelShape is shape for a set read from the kernel; an interval or
@@ -80,6 +84,10 @@ func (f *family) kernelShape(s *nftables.Set) string {
 		timeout.Timeout = s.Timeout
 	}
 	out := fmt.Sprintf("map=%v key=%q timeout=%s", s.IsMap, key, timeout.Timeout)
+	if s.IsMap && s.DataType.Name != "" {
+		// The library reads a verdict map's data type into KeyType.
+		out += " targets"
+	}
 	if s.Interval || s.Concatenation {
 		out += " interval"
 	}

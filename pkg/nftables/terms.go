@@ -60,6 +60,9 @@ const (
 	// KeyHairpin is "ip saddr . ip daddr": after DNAT, a connection whose
 	// source is the endpoint it was sent to.
 	KeyHairpin
+	// KeyPick is "ip daddr . meta l4proto . th dport . numgen": a Service
+	// port and the number numgen drew for the packet (DNATPick).
+	KeyPick
 )
 
 // fields names the key's fields as nft names their types.
@@ -71,6 +74,8 @@ func (k Key) fields() string {
 		return "inet_proto . inet_service"
 	case KeyHairpin:
 		return "addr . addr"
+	case KeyPick:
+		return "addr . inet_proto . inet_service . integer"
 	}
 	return "addr"
 }
@@ -85,6 +90,8 @@ func (k Key) text(f *family) string {
 		return f.name + " saddr"
 	case KeyHairpin:
 		return f.name + " saddr . " + f.name + " daddr"
+	case KeyPick:
+		return f.name + " daddr . meta l4proto . th dport . numgen"
 	}
 	return f.name + " daddr"
 }
@@ -373,6 +380,31 @@ func (t DNAT) exprs(f *family) []expr.Any {
 		&expr.Immediate{Register: unix.NFT_REG_2, Data: binaryutil.BigEndian.PutUint16(ap.Port())},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.nfproto, RegAddrMin: reg1, RegProtoMin: unix.NFT_REG_2, Specified: true},
 	}
+}
+
+// DNATPick draws one of N endpoints at random and DNATs to it: numgen
+// completes the key of Map (KeyPick), whose value is the endpoint's
+// address and port. It serves every Service port with N endpoints, so
+// such ports need no chain of their own: a change of endpoints is a
+// change of map elements, and the chain count (which every commit walks)
+// does not grow with the Services.
+type DNATPick struct {
+	fam *family
+	Map string
+	N   uint32
+}
+
+func (t DNATPick) String() string {
+	return fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", t.fam.name, t.fam.name, t.N, t.Map)
+}
+
+func (t DNATPick) exprs(f *family) []expr.Any {
+	fields := f.addrLen / 4
+	return append(KeyDestPort.load(f),
+		&expr.Numgen{Register: regAt(fields + 2), Modulus: t.N, Type: unix.NFT_NG_RANDOM},
+		// The value (address, then port) lands where the key began.
+		&expr.Lookup{SourceRegister: reg1, SetName: t.Map, IsDestRegSet: true, DestRegister: reg1},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.nfproto, RegAddrMin: reg1, RegProtoMin: regAt(fields), Specified: true})
 }
 
 // UpdateSource adds (or refreshes) the packet's source address in a
