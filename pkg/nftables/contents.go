@@ -153,6 +153,12 @@ func PortObjects(name types.NamespacedName, port *watch.ServicePort, eps []*watc
 	p := newPortPlan(port, watch.FamilyEndpoints(eps, opts.Family), node, opts)
 	p.shard = ShardTable(ShardOf(name, opts.Shards))
 	p.plan(objs)
+	if p.picked() {
+		// The shard's pick chain is part of the base, not of the Service,
+		// but it is what serves the port: explain shows and checks it.
+		n := len(p.Internal)
+		objs.Chains = append(objs.Chains, &Chain{Table: p.shard, Name: pickChain(n), Rules: pickRules(p.fam, opts, n)})
+	}
 	return objs
 }
 

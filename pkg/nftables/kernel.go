@@ -262,7 +262,9 @@ func (w *batchWriter) keyType(k Key) nftables.SetDatatype {
 	case KeyHairpin:
 		return nftables.MustConcatSetType(w.fam.addrType, w.fam.addrType)
 	case KeyPick:
-		return nftables.MustConcatSetType(w.fam.addrType, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
+		// The drawn number is a host-order u32, which nft knows as a mark
+		// (its "integer" has no length, and nft could not parse the keys).
+		return nftables.MustConcatSetType(w.fam.addrType, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
 	}
 	return w.fam.addrType
 }

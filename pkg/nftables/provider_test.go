@@ -128,6 +128,7 @@ func TestPickedServiceChangesElementsOnly(t *testing.T) {
 			for _, op := range tx.Ops {
 				if op.Elem == nil {
 					t.Errorf("endpoints %v: the sync writes %s of %s", eps, op.Kind, op.table())
+					continue
 				}
 				kinds = append(kinds, op.Kind.String()+" "+op.Elem.Set)
 			}
@@ -172,6 +173,25 @@ func TestDeltasMatchAFullSync(t *testing.T) {
 			tr.OnEndpointSlice(watchtest.Slice("ns1", "empty", "empty-1", 81, "p", watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}), false)
 		}},
 		{"api shares 10.180.1.1 with web", func() {
+			tr.OnEndpointSlice(watchtest.Slice("ns2", "api", "api-1", 8443, "https",
+				watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}, watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}), false)
+		}},
+		{"api gets an external IP: a chain of its own", func() {
+			s := testServices()[2]
+			s.ExternalIPs = []string{"192.0.2.12"}
+			tr.OnService(types.NamespacedName{Namespace: "ns2", Name: "api"}, s.Object())
+		}},
+		{"api reached by its ClusterIP alone again: picked", func() {
+			tr.OnService(types.NamespacedName{Namespace: "ns2", Name: "api"}, testServices()[2].Object())
+		}},
+		{"api has more endpoints than maxPicks: a chain", func() {
+			var eps []watchtest.Endpoint
+			for i := range maxPicks + 1 {
+				eps = append(eps, watchtest.Endpoint{IP: fmt.Sprintf("10.181.0.%d", i+1), Node: "other"})
+			}
+			tr.OnEndpointSlice(watchtest.Slice("ns2", "api", "api-1", 8443, "https", eps...), false)
+		}},
+		{"api back to two endpoints: picked", func() {
 			tr.OnEndpointSlice(watchtest.Slice("ns2", "api", "api-1", 8443, "https",
 				watchtest.Endpoint{IP: "10.180.1.1", Node: "other"}, watchtest.Endpoint{IP: "10.180.2.1", Node: "other"}), false)
 		}},

@@ -75,7 +75,7 @@ func (k Key) fields() string {
 	case KeyHairpin:
 		return "addr . addr"
 	case KeyPick:
-		return "addr . inet_proto . inet_service . integer"
+		return "addr . inet_proto . inet_service . mark"
 	}
 	return "addr"
 }
@@ -395,7 +395,7 @@ type DNATPick struct {
 }
 
 func (t DNATPick) String() string {
-	return fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", t.fam.name, t.fam.name, t.N, t.Map)
+	return fmt.Sprintf("dnat %s addr . port to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", t.fam.name, t.fam.name, t.N, t.Map)
 }
 
 func (t DNATPick) exprs(f *family) []expr.Any {
