@@ -5,9 +5,10 @@
 // conntrack reconciler running beside the next sync) keep while it builds
 // the next one. With plain maps each Snapshot had to clone every map: at
 // 5,000 Services that was most of a one-endpoint change's CPU and almost
-// all of its garbage, growing with N. A Map splits its entries over a fixed
-// number of shards; an edit clones only the shards it writes, so a change
-// to one Service copies a few dozen entries however many there are.
+// all of its garbage, growing with N. A Map splits its entries over a
+// fixed two-level table of leaves; an edit clones only the leaves it
+// writes (and the two small tables above them), so a change to one
+// Service copies a few dozen entries however many there are.
 package cowmap
 
 import (
@@ -17,17 +18,23 @@ import (
 	"maps"
 )
 
-// shards is the number of shards: at 20,000 keys an edit of one key copies
-// about 300 entries, and at 200 keys copying the shard table costs as
-// little as a small map.
-const shards = 64
+// fanout is the width of each level: 4,096 leaves. With one level of 64,
+// nftables mode's map of 200,000 endpoint addresses (20,000 Services) had
+// 3,000 entries per shard, and copying the two an endpoint change wrote
+// took a sync about 4 ms (CPU profile of make bench's churn); with two,
+// an edit copies about 50 entries and two 64-entry tables per key.
+const fanout = 64
 
 var seed = maphash.MakeSeed()
+
+// table is the top level; each entry is nil or a middle level, whose
+// entries are nil or a leaf map.
+type table[K comparable, V any] [fanout]*[fanout]map[K]V
 
 // Map is an immutable map; Edit makes changed copies. The zero value is an
 // empty map. Map values are cheap to copy and safe for concurrent readers.
 type Map[K comparable, V any] struct {
-	table *[shards]map[K]V
+	table *table[K, V]
 	n     int
 }
 
@@ -40,8 +47,22 @@ func From[K comparable, V any](m map[K]V) Map[K, V] {
 	return e.Map()
 }
 
-func shardOf[K comparable](k K) int {
-	return int(maphash.Comparable(seed, k) % shards)
+// slot is the leaf of k: its index in the top level, then in the middle.
+func slot[K comparable](k K) (int, int) {
+	h := maphash.Comparable(seed, k)
+	return int(h % fanout), int(h / fanout % fanout)
+}
+
+// leaf is k's leaf map (nil when it has none).
+func (m Map[K, V]) leaf(k K) map[K]V {
+	if m.table == nil {
+		return nil
+	}
+	i, j := slot(k)
+	if mid := m.table[i]; mid != nil {
+		return mid[j]
+	}
+	return nil
 }
 
 // Get returns k's value, or the zero value when k is absent.
@@ -52,11 +73,7 @@ func (m Map[K, V]) Get(k K) V {
 
 // Lookup returns k's value and whether k is present.
 func (m Map[K, V]) Lookup(k K) (V, bool) {
-	if m.table == nil {
-		var zero V
-		return zero, false
-	}
-	v, ok := m.table[shardOf(k)][k]
+	v, ok := m.leaf(k)[k]
 	return v, ok
 }
 
@@ -69,10 +86,15 @@ func (m Map[K, V]) All() iter.Seq2[K, V] {
 		if m.table == nil {
 			return
 		}
-		for _, shard := range m.table {
-			for k, v := range shard {
-				if !yield(k, v) {
-					return
+		for _, mid := range m.table {
+			if mid == nil {
+				continue
+			}
+			for _, leaf := range mid {
+				for k, v := range leaf {
+					if !yield(k, v) {
+						return
+					}
 				}
 			}
 		}
@@ -95,19 +117,20 @@ func (m Map[K, V]) String() string { return fmt.Sprint(maps.Collect(m.All())) }
 
 // Edit starts a copy of m to change; m itself never changes.
 func (m Map[K, V]) Edit() *Editor[K, V] {
-	e := &Editor[K, V]{m: Map[K, V]{table: new([shards]map[K]V), n: m.n}}
+	e := &Editor[K, V]{m: Map[K, V]{table: new(table[K, V]), n: m.n}}
 	if m.table != nil {
 		*e.m.table = *m.table
 	}
 	return e
 }
 
-// Editor changes a copy of a Map. It clones a shard the first time it
-// writes to it; the shards it does not write stay shared with the original.
-// An Editor is not safe for concurrent use.
+// Editor changes a copy of a Map. It clones a middle table and a leaf the
+// first time it writes to them; what it does not write stays shared with
+// the original. An Editor is not safe for concurrent use.
 type Editor[K comparable, V any] struct {
-	m     Map[K, V]
-	owned [shards]bool
+	m         Map[K, V]
+	ownedMid  [fanout]bool
+	ownedLeaf map[[2]int]bool
 	// published: Map returned m, so the next write starts a new copy.
 	published bool
 }
@@ -120,37 +143,49 @@ func (e *Editor[K, V]) Lookup(k K) (V, bool) { return e.m.Lookup(k) }
 
 // Set sets k's value.
 func (e *Editor[K, V]) Set(k K, v V) {
-	shard := e.own(shardOf(k))
-	if _, ok := shard[k]; !ok {
+	leaf := e.own(slot(k))
+	if _, ok := leaf[k]; !ok {
 		e.m.n++
 	}
-	shard[k] = v
+	leaf[k] = v
 }
 
 // Delete removes k.
 func (e *Editor[K, V]) Delete(k K) {
-	i := shardOf(k)
-	if _, ok := e.m.table[i][k]; !ok {
+	if _, ok := e.m.Lookup(k); !ok {
 		return
 	}
-	delete(e.own(i), k)
+	delete(e.own(slot(k)), k)
 	e.m.n--
 }
 
-// own returns shard i, cloned first if it is still shared.
-func (e *Editor[K, V]) own(i int) map[K]V {
+// own returns leaf j of middle table i, each cloned first if it is still
+// shared.
+func (e *Editor[K, V]) own(i, j int) map[K]V {
 	if e.published {
 		*e = *e.m.Edit()
 	}
-	if !e.owned[i] {
-		shard := make(map[K]V, len(e.m.table[i])+1)
-		for k, v := range e.m.table[i] {
-			shard[k] = v
+	if !e.ownedMid[i] {
+		mid := new([fanout]map[K]V)
+		if old := e.m.table[i]; old != nil {
+			*mid = *old
 		}
-		e.m.table[i] = shard
-		e.owned[i] = true
+		e.m.table[i] = mid
+		e.ownedMid[i] = true
 	}
-	return e.m.table[i]
+	mid := e.m.table[i]
+	if !e.ownedLeaf[[2]int{i, j}] {
+		leaf := make(map[K]V, len(mid[j])+1)
+		for k, v := range mid[j] {
+			leaf[k] = v
+		}
+		mid[j] = leaf
+		if e.ownedLeaf == nil {
+			e.ownedLeaf = map[[2]int]bool{}
+		}
+		e.ownedLeaf[[2]int{i, j}] = true
+	}
+	return mid[j]
 }
 
 // Map returns the edited copy. Later edits go to a new copy and leave it

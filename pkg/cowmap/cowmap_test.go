@@ -41,25 +41,34 @@ func TestEditLeavesOriginal(t *testing.T) {
 	}
 }
 
-// TestEditClonesOnlyWrittenShards: an edit of one key leaves every other
-// shard shared with the original.
-func TestEditClonesOnlyWrittenShards(t *testing.T) {
+// TestEditClonesOnlyWrittenLeaves: an edit of one key leaves every other
+// leaf, and every other middle table, shared with the original.
+func TestEditClonesOnlyWrittenLeaves(t *testing.T) {
 	m := map[int]int{}
-	for i := range 5000 {
+	for i := range 50000 {
 		m[i] = i
 	}
 	orig := From(m)
 	e := orig.Edit()
 	e.Set(42, 0)
 	edited := e.Map()
-	shared := 0
-	for i := range shards {
-		if fmt.Sprintf("%p", orig.table[i]) == fmt.Sprintf("%p", edited.table[i]) {
-			shared++
+	i42, j42 := slot(42)
+	sharedMid, sharedLeaf, leaves := 0, 0, 0
+	for i := range fanout {
+		if orig.table[i] == edited.table[i] {
+			sharedMid++
+		}
+		for j := range fanout {
+			leaves++
+			if fmt.Sprintf("%p", orig.table[i][j]) == fmt.Sprintf("%p", edited.table[i][j]) {
+				sharedLeaf++
+			} else if i != i42 || j != j42 {
+				t.Errorf("leaf %d/%d was cloned; only %d/%d was written", i, j, i42, j42)
+			}
 		}
 	}
-	if shared != shards-1 {
-		t.Errorf("%d of %d shards shared after editing one key, want %d", shared, shards, shards-1)
+	if sharedMid != fanout-1 || sharedLeaf != leaves-1 {
+		t.Errorf("after editing one key, %d of %d middle tables and %d of %d leaves shared; want all but one", sharedMid, fanout, sharedLeaf, leaves)
 	}
 }
 

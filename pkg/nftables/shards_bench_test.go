@@ -29,6 +29,8 @@ import (
 //   - endpoint: a partial sync that replaces one endpoint of a Service
 //     (sync-us/op), then the transaction that deletes what it left
 //     (deferred-us/op); apply-us/op is both transactions;
+//   - endpoint-paced: endpoint at one change a second, the pace of make
+//     bench's churn, with caches cold between changes;
 //   - restart: the first (full) sync of a new Provider over the tables
 //     in place, which reads them back and writes nothing;
 //   - connect: a TCP connection through a ClusterIP from the namespace
@@ -105,6 +107,24 @@ func benchShards(b *testing.B, n, shards int) {
 		b.ReportMetric(float64(syncs.Microseconds())/float64(b.N), "sync-us/op")
 		b.ReportMetric(float64(deletions.Microseconds())/float64(b.N), "deferred-us/op")
 	})
+	// endpoint-paced is endpoint at the proxy's churn pace in make bench,
+	// one change a second: caches go cold between changes.
+	b.Run("endpoint-paced", func(b *testing.B) {
+		kernel.spent = 0
+		var syncs time.Duration
+		for i := 0; b.Loop(); i++ {
+			time.Sleep(time.Second)
+			replaceEndpoint(tr, 2, i)
+			start := time.Now()
+			if _, err := p.Sync(tr.Snapshot()); err != nil {
+				b.Fatal(err)
+			}
+			syncs += time.Since(start)
+			later.run()
+		}
+		b.ReportMetric(float64(kernel.spent.Microseconds())/float64(b.N), "apply-us/op")
+		b.ReportMetric(float64(syncs.Microseconds())/float64(b.N), "sync-us/op")
+	})
 	b.Run("restart", func(b *testing.B) {
 		for b.Loop() {
 			rec := &recorder{Interface: kernel}
@@ -136,13 +156,20 @@ func addService(tr *watch.Tracker, i int) {
 	tr.OnService(types.NamespacedName{Namespace: "ns", Name: name}, s.Object())
 	var eps []watchtest.Endpoint
 	for e := range 10 {
-		ip := fmt.Sprintf("10.129.%d.%d", i%250, e+1)
+		ip := endpointAddr(i, e)
 		if i == 0 {
 			ip = "10.128.0.1" // the namespace's own address: every pick lands here
 		}
 		eps = append(eps, watchtest.Endpoint{IP: ip, Node: "other"})
 	}
 	tr.OnEndpointSlice(watchtest.Slice("ns", name, name+"-1", 8080, "p", eps...), false)
+}
+
+// endpointAddr is endpoint e of Service i: every endpoint has an address
+// of its own, as in make bench (10 N addresses in the hairpin set).
+func endpointAddr(i, e int) string {
+	x := i*10 + e + 1
+	return fmt.Sprintf("10.%d.%d.%d", 132+x>>16, x>>8&255, x&255)
 }
 
 // replaceEndpoint gives Service i a first endpoint no other Service has
@@ -152,7 +179,7 @@ func replaceEndpoint(tr *watch.Tracker, i, r int) {
 	name := fmt.Sprintf("svc-%d", i)
 	eps := []watchtest.Endpoint{{IP: fmt.Sprintf("10.130.%d.%d", r/250%250, r%250+1), Node: "other"}}
 	for e := 1; e < 10; e++ {
-		eps = append(eps, watchtest.Endpoint{IP: fmt.Sprintf("10.129.%d.%d", i%250, e+1), Node: "other"})
+		eps = append(eps, watchtest.Endpoint{IP: endpointAddr(i, e), Node: "other"})
 	}
 	tr.OnEndpointSlice(watchtest.Slice("ns", name, name+"-1", 8080, "p", eps...), false)
 }
