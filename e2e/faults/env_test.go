@@ -741,12 +741,7 @@ func (p *poller[T]) Stop() []sample[T] {
 // with "<own addr> <line>", for as long as the connection lasts.
 func echoServer(t *testing.T, pod *acceptance.Pod, p uint16) {
 	t.Helper()
-	var ln net.Listener
-	err := nsutil.Do(pod.Netns, func() error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(pod.Addr, p).String())
-		return err
-	})
+	ln, err := nsutil.Listen(pod.Netns, "tcp", netip.AddrPortFrom(pod.Addr, p).String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -463,12 +463,8 @@ func (g *guest) graceful(t *testing.T) {
 // echo serves TCP on addr:80 in ns: each line is answered with
 // "<own ip> <line>".
 func echo(t *testing.T, ns, addr string) {
-	var l net.Listener
-	if err := nsutil.Do(ns, func() error {
-		var err error
-		l, err = net.Listen("tcp", net.JoinHostPort(addr, "80"))
-		return err
-	}); err != nil {
+	l, err := nsutil.Listen(ns, "tcp", net.JoinHostPort(addr, "80"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })

@@ -7,6 +7,7 @@ package nsutil
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -172,6 +173,18 @@ func Do(name string, fn func() error) error {
 	}
 	runtime.UnlockOSThread()
 	return ferr
+}
+
+// Listen opens a listener on address in the named namespace; it stays
+// there, and may be used from any goroutine.
+func Listen(name, network, address string) (net.Listener, error) {
+	var ln net.Listener
+	err := Do(name, func() error {
+		var err error
+		ln, err = net.Listen(network, address)
+		return err
+	})
+	return ln, err
 }
 
 // Sysctls writes net.* sysctls inside the named namespace. Keys use dots

@@ -84,12 +84,7 @@ func listen(t *testing.T, ns string, addrs []string) <-chan string {
 	t.Helper()
 	reached := make(chan string, 100)
 	for _, a := range addrs {
-		var ln net.Listener
-		err := nsutil.Do(ns, func() error {
-			var err error
-			ln, err = net.Listen("tcp", net.JoinHostPort(a, "8080"))
-			return err
-		})
+		ln, err := nsutil.Listen(ns, "tcp", net.JoinHostPort(a, "8080"))
 		if err != nil {
 			t.Fatal(err)
 		}
